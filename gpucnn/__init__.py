@@ -1,0 +1,13 @@
+"""gpucnn: a from-scratch CNN library whose layers run unchanged on NumPy (CPU) and CuPy (GPU).
+
+>>> from gpucnn import Sequential
+>>> from gpucnn.layers import Conv2D, MaxPool2D, Dense, ReLU, Flatten
+"""
+
+from .backend import Backend, BackendError, select_backend
+from .model import Sequential
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = ["Adam", "Backend", "BackendError", "SGD", "Sequential", "__version__", "select_backend"]

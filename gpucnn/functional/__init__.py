@@ -1,0 +1,42 @@
+"""Stateless layer math on array-API arrays, in paired ``*_forward`` / ``*_backward`` functions.
+
+Images are channels-last ``(N, H, W, C)`` here; see :mod:`gpucnn.functional.im2col` for the
+shape symbols.
+"""
+
+from .activations import dropout_backward, dropout_forward, relu_backward, relu_forward
+from .conv import conv2d_backward, conv2d_forward
+from .dense import dense_backward, dense_forward
+from .im2col import col2im, im2col, output_size, pad2d, resolve_padding, unpad2d
+from .losses import check_labels, log_softmax, softmax, softmax_cross_entropy
+from .pooling import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+
+__all__ = [
+    "avg_pool2d_backward",
+    "avg_pool2d_forward",
+    "check_labels",
+    "col2im",
+    "conv2d_backward",
+    "conv2d_forward",
+    "dense_backward",
+    "dense_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "im2col",
+    "log_softmax",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "output_size",
+    "pad2d",
+    "relu_backward",
+    "relu_forward",
+    "resolve_padding",
+    "softmax",
+    "softmax_cross_entropy",
+    "unpad2d",
+]

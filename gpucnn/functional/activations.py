@@ -1,0 +1,41 @@
+"""Element-wise activations and dropout. Shapes are preserved: any (N, ...) array."""
+
+from __future__ import annotations
+
+from ..backend import Array, namespace
+
+
+def relu_forward(x: Array) -> Array:
+    """``max(x, 0)`` element-wise."""
+    return namespace(x).maximum(x, 0.0)
+
+
+def relu_backward(grad_out: Array, out: Array) -> Array:
+    """Pass the gradient where the forward output was positive (the subgradient at 0 is 0)."""
+    return namespace(grad_out, out).where(out > 0, grad_out, 0.0)
+
+
+def dropout_forward(x: Array, rate: float, uniform: Array) -> tuple[Array, Array]:
+    """Inverted dropout: zero each element with probability ``rate``, scale the rest.
+
+    Parameters
+    ----------
+    x : array of any shape
+    rate : drop probability in [0, 1)
+    uniform : array of ``x.shape`` with samples from U[0, 1) (drawn by the caller, which owns
+        the random state)
+
+    Returns
+    -------
+    out : ``x * scale``
+    scale : array of ``x.shape`` holding 0 or ``1 / (1 - rate)``, reused by the backward pass
+    """
+    xp = namespace(x, uniform)
+    scale = xp.where(uniform >= rate, 1.0 / (1.0 - rate), 0.0)
+    scale = xp.astype(scale, x.dtype)
+    return x * scale, scale
+
+
+def dropout_backward(grad_out: Array, scale: Array) -> Array:
+    """Gradient of :func:`dropout_forward`: the same scale applied to the gradient."""
+    return grad_out * scale

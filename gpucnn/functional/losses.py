@@ -1,0 +1,66 @@
+"""Softmax and softmax cross-entropy, computed through log-sum-exp (never exp of raw logits)."""
+
+from __future__ import annotations
+
+from ..backend import Array, namespace
+
+
+def log_softmax(logits: Array) -> Array:
+    """Row-wise log-softmax of (N, K) logits, shifted by the row maximum for stability."""
+    xp = namespace(logits)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def softmax(logits: Array) -> Array:
+    """Row-wise softmax of (N, K) logits: probabilities that sum to 1 per row."""
+    return namespace(logits).exp(log_softmax(logits))
+
+
+def check_labels(
+    labels: Array, num_samples: int, num_classes: int, check_range: bool = True
+) -> None:
+    """Raise ``ValueError`` unless ``labels`` is an integer vector of length N in [0, K).
+
+    ``check_range`` reads two numbers back from the device; callers that validated the
+    whole dataset up front pass False to keep the batch loop free of synchronisation.
+    """
+    xp = namespace(labels)
+    if labels.ndim != 1 or labels.shape[0] != num_samples:
+        raise ValueError(
+            f"expected labels of shape ({num_samples},); received shape {tuple(labels.shape)}"
+        )
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise ValueError(f"expected integer class labels; received dtype {labels.dtype}")
+    if check_range and num_samples:
+        low, high = int(xp.min(labels)), int(xp.max(labels))
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"expected labels in [0, {num_classes - 1}]; received labels in [{low}, {high}]"
+            )
+
+
+def softmax_cross_entropy(
+    logits: Array, labels: Array, check_range: bool = True
+) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy over the batch and its gradient.
+
+    Parameters
+    ----------
+    logits : array of shape (N, K)
+    labels : integer array of shape (N,) with values in [0, K)
+    check_range : see :func:`check_labels`
+
+    Returns
+    -------
+    loss : 0-d array, ``mean(-log softmax(logits)[n, labels[n]])``
+    grad_logits : array of shape (N, K), ``(softmax(logits) - onehot(labels)) / N``
+    """
+    xp = namespace(logits, labels)
+    N, K = logits.shape
+    check_labels(labels, N, K, check_range)
+    log_probs = log_softmax(logits)
+    onehot = xp.expand_dims(labels, axis=1) == xp.arange(K, dtype=labels.dtype)
+    loss = -xp.sum(xp.where(onehot, log_probs, 0.0)) / N
+    grad = (xp.exp(log_probs) - xp.astype(onehot, logits.dtype)) / N
+    return loss, grad

@@ -1,0 +1,95 @@
+"""Max and average pooling over KH x KW windows with stride (SH, SW), no padding.
+
+Shape symbols are defined in :mod:`gpucnn.functional.im2col`; images are channels-last.
+Windows may overlap (stride < window). Trailing rows/columns that no full window covers are
+ignored (floor rule), as in PyTorch and Keras.
+"""
+
+from __future__ import annotations
+
+from ..backend import Array, namespace
+from .im2col import Pair, output_size, window_slice
+
+
+def _window_indices(x: Array, pool: Pair, stride: Pair):
+    """Yield the strided index of every kernel offset, in row-major window order."""
+    _, H, W, _ = x.shape
+    KH, KW = pool
+    SH, SW = stride
+    OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
+    for i in range(KH):
+        for j in range(KW):
+            yield (slice(None), window_slice(i, SH, OH), window_slice(j, SW, OW), slice(None))
+
+
+def max_pool2d_forward(x: Array, pool: Pair, stride: Pair) -> Array:
+    """Maximum over each window.
+
+    Parameters
+    ----------
+    x : array of shape (N, H, W, C)
+    pool, stride : (KH, KW) and (SH, SW)
+
+    Returns
+    -------
+    out : array of shape (N, OH, OW, C)
+    """
+    xp = namespace(x)
+    out = None
+    for index in _window_indices(x, pool, stride):
+        out = xp.asarray(x[index], copy=True) if out is None else xp.maximum(out, x[index])
+    return out
+
+
+def max_pool2d_backward(grad_out: Array, x: Array, out: Array, pool: Pair, stride: Pair) -> Array:
+    """Route each output gradient to exactly one input: its window's first maximum.
+
+    Parameters
+    ----------
+    grad_out : array of shape (N, OH, OW, C)
+    x, out : the forward pass's input (N, H, W, C) and output (N, OH, OW, C)
+    pool, stride : as in the forward pass
+
+    Returns
+    -------
+    grad_x : array of shape (N, H, W, C). Where a window holds several equal maxima only the
+        first in row-major order receives the gradient, so the gradient's total is preserved.
+    """
+    xp = namespace(grad_out, x, out)
+    grad_x = xp.zeros(x.shape, dtype=grad_out.dtype)
+    overlapping = stride[0] < pool[0] or stride[1] < pool[1]
+    taken = None  # windows whose maximum was already found at an earlier offset
+    for index in _window_indices(x, pool, stride):
+        hit = x[index] == out
+        if taken is None:
+            taken = hit
+        else:
+            hit = xp.logical_and(hit, xp.logical_not(taken))
+            taken = xp.logical_or(taken, hit)
+        routed = xp.where(hit, grad_out, 0.0)
+        if overlapping:
+            grad_x[index] += routed
+        else:  # each input belongs to one window only: assignment suffices
+            grad_x[index] = routed
+    return grad_x
+
+
+def avg_pool2d_forward(x: Array, pool: Pair, stride: Pair) -> Array:
+    """Mean over each window: (N, H, W, C) -> (N, OH, OW, C)."""
+    xp = namespace(x)
+    total = None
+    for index in _window_indices(x, pool, stride):
+        total = xp.asarray(x[index], copy=True) if total is None else total + x[index]
+    return total / (pool[0] * pool[1])
+
+
+def avg_pool2d_backward(
+    grad_out: Array, x_shape: tuple[int, ...], pool: Pair, stride: Pair
+) -> Array:
+    """Spread each output gradient evenly over its window: returns (N, H, W, C)."""
+    xp = namespace(grad_out)
+    grad_x = xp.zeros(x_shape, dtype=grad_out.dtype)
+    share = grad_out / (pool[0] * pool[1])
+    for index in _window_indices(grad_x, pool, stride):
+        grad_x[index] += share
+    return grad_x

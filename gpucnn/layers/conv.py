@@ -1,0 +1,119 @@
+"""Conv2D: owns the filters and bias, delegates the math to :mod:`gpucnn.functional.conv`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..backend import Array
+from ..functional.conv import conv2d_backward, conv2d_forward
+from ..functional.im2col import as_pair, output_size, resolve_padding
+from .base import BuildContext, Layer, Shape, public_shape
+
+
+class Conv2D(Layer):
+    """2-D convolution with F filters, any number of input channels, stride and zero padding.
+
+    Parameters
+    ----------
+    filters : F, the number of output channels.
+    kernel_size : KH = KW as an int, or (KH, KW).
+    stride : SH = SW as an int, or (SH, SW). Default 1.
+    padding : an int, a pair (PH, PW), ``"valid"`` (0) or ``"same"`` (output size
+        ``ceil(input / stride)``). Default 0.
+
+    Attributes
+    ----------
+    params["weight"] : array of shape (F, C, KH, KW), He-normal initialised.
+    params["bias"] : array of shape (F,), zeros.
+
+    Input (N, H, W, C) -> output (N, OH, OW, F), channels-last inside a model.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"Conv2D: expected filters to be an int >= 1; received {filters!r}")
+        self.filters = filters
+        self.kernel_size = as_pair(kernel_size, "Conv2D kernel_size")
+        self.stride = as_pair(stride, "Conv2D stride")
+        if isinstance(padding, str):
+            if padding.lower() not in ("same", "valid"):
+                raise ValueError(
+                    f"Conv2D: expected padding 'same', 'valid', an int or a pair; received {padding!r}"
+                )
+        else:
+            as_pair(padding, "Conv2D padding", minimum=0)
+        self.padding_spec = padding
+        self.padding = (0, 0, 0, 0)
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise self.error(
+                f"expected an image input of shape (C, H, W); received per-sample shape {input_shape}"
+            )
+        H, W, C = input_shape
+        KH, KW = self.kernel_size
+        SH, SW = self.stride
+        self.padding = resolve_padding(self.padding_spec, self.kernel_size, self.stride, (H, W))
+        PT, PB, PL, PR = self.padding
+        OH = output_size(H, KH, SH, PT, PB)
+        OW = output_size(W, KW, SW, PL, PR)
+        if OH < 1 or OW < 1:
+            raise self.error(
+                f"kernel {self.kernel_size} does not fit the padded input: expected a padded "
+                f"height and width of at least {self.kernel_size}; received "
+                f"{(H + PT + PB, W + PL + PR)} from input shape {public_shape(input_shape)} "
+                f"with padding {self.padding_spec!r}"
+            )
+        fan_in = C * KH * KW
+        self.params = {
+            "weight": context.random.normal(
+                (self.filters, C, KH, KW), math.sqrt(2.0 / fan_in), context.dtype
+            ),
+            "bias": context.xp.zeros((self.filters,), dtype=context.dtype),
+        }
+        return (OH, OW, self.filters)
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        out, cols = conv2d_forward(
+            x, self.params["weight"], self.params["bias"], self.stride, self.padding
+        )
+        self._cache = (cols, tuple(x.shape)) if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        cols, x_shape = self._cache
+        grad_x, grad_w, grad_b = conv2d_backward(
+            grad_out,
+            cols,
+            self.params["weight"],
+            x_shape,
+            self.stride,
+            self.padding,
+            need_input_grad,
+        )
+        self.grads = {"weight": grad_w, "bias": grad_b}
+        return grad_x
+
+    def get_config(self) -> dict[str, Any]:
+        padding = (
+            self.padding_spec
+            if isinstance(self.padding_spec, (str, int))
+            else list(self.padding_spec)
+        )
+        return {
+            "type": "Conv2D",
+            "filters": self.filters,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": padding,
+        }

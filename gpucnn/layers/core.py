@@ -1,0 +1,125 @@
+"""Dense, ReLU, Flatten and Dropout."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..backend import Array, namespace
+from ..functional.activations import dropout_backward, dropout_forward, relu_backward, relu_forward
+from ..functional.dense import dense_backward, dense_forward
+from .base import BuildContext, Layer, Shape, public_shape
+
+
+class Dense(Layer):
+    """Fully connected layer ``x @ weight + bias``.
+
+    Parameters
+    ----------
+    units : O, the number of outputs.
+
+    Attributes
+    ----------
+    params["weight"] : array of shape (D, O) (in_features, out_features), He-normal initialised.
+    params["bias"] : array of shape (O,), zeros.
+
+    Input (N, D) -> output (N, O).
+    """
+
+    def __init__(self, units: int, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"Dense: expected units to be an int >= 1; received {units!r}")
+        self.units = units
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 1:
+            raise self.error(
+                f"expected a flat input of shape (features,); received per-sample shape "
+                f"{public_shape(input_shape)} (add Flatten() before Dense)"
+            )
+        (D,) = input_shape
+        self.params = {
+            "weight": context.random.normal((D, self.units), math.sqrt(2.0 / D), context.dtype),
+            "bias": context.xp.zeros((self.units,), dtype=context.dtype),
+        }
+        return (self.units,)
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        self._cache = x if training else None
+        return dense_forward(x, self.params["weight"], self.params["bias"])
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        grad_x, grad_w, grad_b = dense_backward(
+            grad_out, self._cache, self.params["weight"], need_input_grad
+        )
+        self.grads = {"weight": grad_w, "bias": grad_b}
+        return grad_x
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "Dense", "units": self.units}
+
+
+class ReLU(Layer):
+    """Rectified linear unit ``max(x, 0)``; any shape in, same shape out."""
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        out = relu_forward(x)
+        self._cache = out if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return relu_backward(grad_out, self._cache)
+
+
+class Flatten(Layer):
+    """Flatten each sample: (N, H, W, C) -> (N, H*W*C), in the internal channels-last order."""
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        return (math.prod(input_shape),)
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        return namespace(x).reshape(x, (x.shape[0], *self.output_shape))
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return namespace(grad_out).reshape(grad_out, (grad_out.shape[0], *self.input_shape))
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability ``rate`` and scale the
+    rest by ``1 / (1 - rate)``; identity at inference. Any shape in, same shape out.
+
+    Parameters
+    ----------
+    rate : drop probability in [0, 1).
+    """
+
+    def __init__(self, rate: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        if not (isinstance(rate, (int, float)) and 0.0 <= float(rate) < 1.0):
+            raise ValueError(f"Dropout: expected rate in [0, 1); received {rate!r}")
+        self.rate = float(rate)
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        self.random = context.random
+        self.dtype = context.dtype
+        return input_shape
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        if not training or self.rate == 0.0:
+            self._cache = None
+            return x
+        out, self._cache = dropout_forward(
+            x, self.rate, self.random.uniform(tuple(x.shape), self.dtype)
+        )
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "Dropout", "rate": self.rate}

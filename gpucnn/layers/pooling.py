@@ -1,0 +1,87 @@
+"""MaxPool2D and AvgPool2D: parameter-free layers over :mod:`gpucnn.functional.pooling`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import Array
+from ..functional.im2col import as_pair, output_size
+from ..functional.pooling import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+from .base import BuildContext, Layer, Shape, public_shape
+
+
+class _Pool2D(Layer):
+    """Shared geometry: window (KH, KW), stride (SH, SW) defaulting to the window, no padding."""
+
+    def __init__(
+        self,
+        pool_size: int | tuple[int, int] = 2,
+        stride: int | tuple[int, int] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        kind = type(self).__name__
+        self.pool_size = as_pair(pool_size, f"{kind} pool_size")
+        self.stride = self.pool_size if stride is None else as_pair(stride, f"{kind} stride")
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise self.error(
+                f"expected an image input of shape (C, H, W); received per-sample shape {input_shape}"
+            )
+        H, W, C = input_shape
+        OH = output_size(H, self.pool_size[0], self.stride[0])
+        OW = output_size(W, self.pool_size[1], self.stride[1])
+        if OH < 1 or OW < 1:
+            raise self.error(
+                f"window {self.pool_size} does not fit: expected an input height and width of "
+                f"at least {self.pool_size}; received input shape {public_shape(input_shape)}"
+            )
+        return (OH, OW, C)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "pool_size": list(self.pool_size),
+            "stride": list(self.stride),
+        }
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling with exact backprop: each output gradient goes to one input (the argmax;
+    the first in row-major order on ties). Windows may overlap.
+
+    Parameters
+    ----------
+    pool_size : KH = KW as an int, or (KH, KW). Default 2.
+    stride : int or pair; defaults to ``pool_size``.
+
+    Input (N, H, W, C) -> output (N, OH, OW, C); no parameters.
+    """
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        out = max_pool2d_forward(x, self.pool_size, self.stride)
+        self._cache = (x, out) if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        x, out = self._cache
+        return max_pool2d_backward(grad_out, x, out, self.pool_size, self.stride)
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling; same parameters and shapes as :class:`MaxPool2D`."""
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        self.check_input(x)
+        self._cache = tuple(x.shape) if training else None
+        return avg_pool2d_forward(x, self.pool_size, self.stride)
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return avg_pool2d_backward(grad_out, self._cache, self.pool_size, self.stride)

@@ -1,0 +1,253 @@
+"""Sequential: a stack of layers with shape inference, forward/backward, predict and summary.
+
+At its boundary a model speaks the public image layout ``(N, C, H, W)``; inside, activations
+are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import Array, Backend, Random, select_backend, to_device, to_numpy
+from .functional.losses import softmax, softmax_cross_entropy
+from .layers import Layer, layer_from_config
+from .layers.base import BuildContext, public_shape
+
+DTYPES = ("float32", "float64")
+
+
+class Sequential:
+    """A feed-forward stack of layers.
+
+    Parameters
+    ----------
+    layers : the layers, in order; each is built here for the shape its predecessor produces.
+    input_shape : per-sample input shape, ``(C, H, W)`` for images or ``(D,)`` for vectors.
+    dtype : ``"float32"`` (default) or ``"float64"``.
+    backend : ``"auto"``, ``"numpy"``, ``"cupy"``, an array namespace module or a Backend.
+    seed : seeds weight initialisation and dropout.
+
+    Examples
+    --------
+    >>> model = Sequential([Conv2D(8, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(10)],
+    ...                    input_shape=(1, 28, 28), backend="numpy")
+    >>> logits = model.forward(x)          # x: (N, 1, 28, 28) -> (N, 10)
+    >>> grad_x = model.backward(grad_logits)
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        input_shape: Sequence[int],
+        dtype: str = "float32",
+        backend: str | ModuleType | Backend | None = "auto",
+        seed: int = 0,
+    ):
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"expected dtype in {DTYPES}; received {dtype!r}")
+        if not layers or not all(isinstance(layer, Layer) for layer in layers):
+            raise ValueError(f"expected a non-empty list of Layer objects; received {layers!r}")
+        shape = tuple(input_shape)
+        if len(shape) not in (1, 3) or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise ValueError(
+                f"expected input_shape (C, H, W) or (D,) of positive ints; received {input_shape!r}"
+            )
+        self.backend = select_backend(backend)
+        self.xp = self.backend.xp
+        self.dtype_name = str(dtype)
+        self.dtype = getattr(self.xp, self.dtype_name)
+        self.input_shape = shape
+        self.seed = int(seed)
+        self.random = Random(self.seed, self.xp)
+        self.layers = list(layers)
+        context = BuildContext(self.xp, self.dtype, self.random)
+        inner = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.name is None:
+                kind = type(layer).__name__.lower()
+                counts[kind] = counts.get(kind, 0) + 1
+                layer.name = f"{kind}_{counts[kind]}"
+            inner = layer.build(inner, context)
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expected unique layer names; received {names}")
+        self.output_shape = public_shape(inner)
+
+    # ------------------------------------------------------------------ forward / backward
+    def forward(self, x: Any, training: bool = True, check: bool = True) -> Array:
+        """Run the network.
+
+        Parameters
+        ----------
+        x : array of shape (N, *input_shape), NumPy or of the model's namespace; floating
+            point (it is cast to the model's dtype).
+        training : keep what ``backward`` needs and apply dropout. False for inference.
+        check : also reject NaN/inf inputs; this reads one flag back from the device, so the
+            trainer validates its data once and passes False.
+
+        Returns
+        -------
+        out : array of shape (N, *output_shape) in the model's namespace (logits for a
+            classifier).
+        """
+        x = self._prepare_input(x, check)
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        """Back-propagate ``grad_out`` (N, *output_shape) through every layer.
+
+        Fills each layer's ``grads`` and returns the gradient with respect to the input, of
+        shape (N, *input_shape), or None when ``need_input_grad`` is False (which spares the
+        first layer's input-gradient GEMM, as training does).
+        """
+        g = grad_out
+        for index in range(len(self.layers) - 1, -1, -1):
+            g = self.layers[index].backward(g, need_input_grad=index > 0 or need_input_grad)
+        if g is None or len(self.input_shape) != 3:
+            return g
+        return self.xp.permute_dims(g, (0, 3, 1, 2))
+
+    def loss_and_backward(self, x: Any, labels: Any, check: bool = True) -> tuple[Array, Array]:
+        """One training pass: forward, softmax cross-entropy, backward (input grad skipped).
+
+        Returns the 0-d loss and the (N, K) logits, both still on the device.
+        """
+        logits = self.forward(x, training=True, check=check)
+        labels = to_device(labels, self.xp)
+        loss, grad = softmax_cross_entropy(logits, labels, check_range=check)
+        self.backward(grad, need_input_grad=False)
+        return loss, logits
+
+    def _prepare_input(self, x: Any, check: bool) -> Array:
+        xp = self.xp
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError(f"expected an array input; received {type(x).__name__}")
+        expected = ("N", *self.input_shape)
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected input of shape {expected}; received {tuple(x.shape)}")
+        x = to_device(x, xp)
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise ValueError(
+                f"expected floating-point input (e.g. images scaled to [0, 1]); received dtype {x.dtype}"
+            )
+        if x.dtype != self.dtype:
+            x = xp.astype(x, self.dtype)
+        if check and not bool(xp.all(xp.isfinite(x))):
+            raise ValueError("expected finite input values; received NaN or inf")
+        if len(self.input_shape) == 3:
+            x = xp.permute_dims(x, (0, 2, 3, 1))
+        return x
+
+    # ------------------------------------------------------------------ inference
+    def predict_proba(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, computed in batches: (N, *input_shape) -> NumPy (N, K)."""
+        chunks = [
+            to_numpy(softmax(self.forward(batch, training=False)))
+            for batch in _batches(x, batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, *self.output_shape), np.float32)
+
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""
+        return np.argmax(self.predict_proba(x, batch_size), axis=1)
+
+    # ------------------------------------------------------------------ parameters
+    def parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """Yield ``(qualified_name, layer, key)`` for every parameter, e.g. ``conv2d_1.weight``."""
+        for layer in self.layers:
+            for key in layer.params:
+                yield f"{layer.name}.{key}", layer, key
+
+    @property
+    def num_params(self) -> int:
+        return sum(layer.num_params for layer in self.layers)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """All parameters as host NumPy arrays keyed ``layer.key``."""
+        return {name: to_numpy(layer.params[key]).copy() for name, layer, key in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy parameters in; keys and shapes must match this architecture exactly."""
+        expected = {name: tuple(layer.params[key].shape) for name, layer, key in self.parameters()}
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(
+                f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
+            )
+        for name, layer, key in self.parameters():
+            value = state[name]
+            if tuple(value.shape) != expected[name]:
+                raise ValueError(
+                    f"parameter {name}: expected shape {expected[name]}; received {tuple(value.shape)}"
+                )
+            layer.params[key] = to_device(np.asarray(to_numpy(value)), self.xp, self.dtype)
+
+    # ------------------------------------------------------------------ description
+    def get_config(self) -> dict[str, Any]:
+        """The architecture as JSON-compatible data (see :meth:`from_config`)."""
+        return {
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype_name,
+            "layers": [dict(layer.get_config(), name=layer.name) for layer in self.layers],
+        }
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        backend: str | ModuleType | Backend | None = "auto",
+        seed: int = 0,
+        dtype: str | None = None,
+    ) -> Sequential:
+        """Rebuild a model from :meth:`get_config` output (weights freshly initialised)."""
+        if not isinstance(config, dict) or "layers" not in config or "input_shape" not in config:
+            raise ValueError("expected an architecture with 'input_shape' and 'layers' keys")
+        layers = [layer_from_config(spec) for spec in config["layers"]]
+        return cls(
+            layers,
+            input_shape=tuple(config["input_shape"]),
+            dtype=dtype or config.get("dtype", "float32"),
+            backend=backend,
+            seed=seed,
+        )
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) a table of each layer's output shape and parameter count."""
+        rows = [("Layer (type)", "Output shape", "Params")]
+        rows.append(("input", str(("N", *self.input_shape)).replace("'", ""), "0"))
+        for layer in self.layers:
+            shape = str(("N", *public_shape(layer.output_shape))).replace("'", "")
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.num_params:,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rule = "-" * (sum(widths) + 4)
+        lines = [rule]
+        for k, (a, b, c) in enumerate(rows):
+            lines.append(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}")
+            if k == 0:
+                lines.append(rule)
+        lines += [
+            rule,
+            f"Total params: {self.num_params:,}  (backend: {self.backend.name}, dtype: {self.dtype_name})",
+        ]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+
+def _batches(x: Any, batch_size: int) -> Iterator[Any]:
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1; received {batch_size}")
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size]
+
+
+__all__ = ["Sequential"]
