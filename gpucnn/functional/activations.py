@@ -31,8 +31,7 @@ def dropout_forward(x: Array, rate: float, uniform: Array) -> tuple[Array, Array
     scale : array of ``x.shape`` holding 0 or ``1 / (1 - rate)``, reused by the backward pass
     """
     xp = namespace(x, uniform)
-    scale = xp.where(uniform >= rate, 1.0 / (1.0 - rate), 0.0)
-    scale = xp.astype(scale, x.dtype)
+    scale = xp.astype(uniform >= rate, x.dtype) * (1.0 / (1.0 - rate))
     return x * scale, scale
 
 

@@ -1,0 +1,122 @@
+"""Test helpers: naive loop references (NCHW, float64) and central-difference gradients.
+
+The references are written independently of ``gpucnn.functional``: plain loops over samples,
+filters and output pixels, in the public (N, C, H, W) layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gpucnn.backend import to_device, to_numpy
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same': output ceil(size / stride); odd totals put the extra at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_naive(x, w, b, stride, pads):
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,), pads (PT, PB, PL, PR) -> (N, F, OH, OW)."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    SH, SW = stride
+    PT, PB, PL, PR = pads
+    padded = np.zeros((N, C, H + PT + PB, W + PL + PR))
+    padded[:, :, PT : PT + H, PL : PL + W] = x
+    OH = (H + PT + PB - KH) // SH + 1
+    OW = (W + PL + PR - KW) // SW + 1
+    out = np.zeros((N, F, OH, OW))
+    for n in range(N):
+        for f in range(F):
+            for i in range(OH):
+                for j in range(OW):
+                    window = padded[n, :, i * SH : i * SH + KH, j * SW : j * SW + KW]
+                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
+    return out
+
+
+def pool_naive(x, pool, stride, reduce):
+    """x (N, C, H, W) -> (N, C, OH, OW) with ``reduce`` (np.max or np.mean) per window."""
+    N, C, H, W = x.shape
+    KH, KW = pool
+    SH, SW = stride
+    OH, OW = (H - KH) // SH + 1, (W - KW) // SW + 1
+    out = np.zeros((N, C, OH, OW))
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    out[n, c, i, j] = reduce(x[n, c, i * SH : i * SH + KH, j * SW : j * SW + KW])
+    return out
+
+
+def cross_entropy_naive(logits, labels):
+    total = 0.0
+    for row, label in zip(logits, labels, strict=True):
+        m = max(row)
+        total += -(row[label] - m - np.log(sum(np.exp(v - m) for v in row)))
+    return total / len(labels)
+
+
+def numeric_gradient(
+    f: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    eps: float = 1e-6,
+    max_entries: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of scalar ``f`` at float64 ``x``.
+
+    Returns ``(indices, grads)``: flat indices checked (all, or a random ``max_entries`` of
+    them) and the numeric derivative at each.
+    """
+    flat = x.reshape(-1)
+    indices = np.arange(flat.size)
+    if max_entries is not None and flat.size > max_entries:
+        indices = np.random.default_rng(seed).choice(flat.size, max_entries, replace=False)
+    grads = np.empty(len(indices))
+    for k, idx in enumerate(indices):
+        saved = flat[idx]
+        flat[idx] = saved + eps
+        up = f(x)
+        flat[idx] = saved - eps
+        down = f(x)
+        flat[idx] = saved
+        grads[k] = (up - down) / (2 * eps)
+    return indices, grads
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """``||a - n|| / (||a|| + ||n||)``, 0 when both vanish."""
+    denom = np.linalg.norm(analytic) + np.linalg.norm(numeric)
+    return 0.0 if denom == 0 else float(np.linalg.norm(analytic - numeric) / denom)
+
+
+def assert_gradient(f, x, analytic, max_entries=None, tol=1e-6):
+    """Check ``analytic`` (NumPy, same shape as ``x``) against central differences of ``f``."""
+    indices, numeric = numeric_gradient(f, x, max_entries=max_entries)
+    picked = np.asarray(analytic).reshape(-1)[indices]
+    err = relative_error(picked, numeric)
+    assert err < tol, f"relative gradient error {err:.2e} >= {tol:.0e}"
+
+
+def on(xp, a):
+    """A host array moved into namespace ``xp``."""
+    return to_device(np.asarray(a), xp)
+
+
+def host(a) -> np.ndarray:
+    return to_numpy(a)
