@@ -132,12 +132,13 @@ class Adam(Optimizer):
         m += (1.0 - self.beta1) * grad
         v *= self.beta2
         v += (1.0 - self.beta2) * (grad * grad)
-        step_size = (
-            self.lr * math.sqrt(1.0 - self.beta2**self.steps) / (1.0 - self.beta1**self.steps)
-        )
+        # textbook Adam: m_hat / (sqrt(v_hat) + eps), with the bias corrections folded in
+        correction1 = 1.0 - self.beta1**self.steps
+        root_correction2 = math.sqrt(1.0 - self.beta2**self.steps)
         if decay:
             param -= (self.lr * decay) * param
-        param -= step_size * (m / (namespace(param).sqrt(v) + self.eps))
+        xp = namespace(param)
+        param -= (self.lr / correction1) * (m / (xp.sqrt(v) / root_correction2 + self.eps))
 
     def get_config(self) -> dict[str, Any]:
         return {

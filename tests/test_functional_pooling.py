@@ -1,6 +1,5 @@
 """Max and average pooling against naive loops and central differences, on every namespace."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -1,0 +1,181 @@
+"""Sequential: whole-network gradients, shape inference, inference helpers, input validation."""
+
+import numpy as np
+import pytest
+from helpers import assert_gradient, host, on
+
+from gpucnn import Sequential
+from gpucnn.functional import softmax_cross_entropy
+from gpucnn.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+
+
+def deep_net(xp, dtype="float64", seed=3):
+    """Two conv layers with several filters each, both pool kinds, dropout, dense and ReLU."""
+    return Sequential(
+        [
+            Conv2D(3, 3, padding=1), ReLU(), MaxPool2D(3, stride=2),
+            Conv2D(4, (2, 3), padding="same"), ReLU(), AvgPool2D(2, stride=1),
+            Flatten(), Dropout(0.2), Dense(5), ReLU(), Dense(3),
+        ],
+        input_shape=(2, 9, 8), dtype=dtype, backend=xp, seed=seed,
+    )  # fmt: skip
+
+
+def reference_net(**kwargs):
+    return Sequential(
+        [Conv2D(32, 3), ReLU(), MaxPool2D(2), Conv2D(64, 3, stride=1, padding=1), ReLU(), MaxPool2D(2),
+         Flatten(), Dense(128), ReLU(), Dense(10)],
+        input_shape=(1, 28, 28), **kwargs,
+    )  # fmt: skip
+
+
+def test_whole_network_gradients_match_central_differences(xp, rng):
+    model = deep_net(xp)
+    x = rng.standard_normal((3, 2, 9, 8))
+    labels = np.array([0, 2, 1])
+    state = model.random.get_state()
+
+    def loss(x_):
+        model.random.set_state(state)  # the same dropout mask on every call
+        logits = model.forward(on(xp, x_), check=False)
+        return float(softmax_cross_entropy(logits, on(xp, labels))[0])
+
+    model.random.set_state(state)
+    _, grad = softmax_cross_entropy(model.forward(on(xp, x)), on(xp, labels))
+    grad_x = host(model.backward(grad))
+    assert grad_x.shape == x.shape  # returned in the public (N, C, H, W) layout
+    analytic = {name: host(layer.grads[key]) for name, layer, key in model.parameters()}
+    assert_gradient(loss, x, grad_x)
+    for name, layer, key in model.parameters():
+        p = host(layer.params[key]).copy()
+
+        def loss_p(v, layer=layer, key=key):
+            layer.params[key] = on(xp, v)
+            return loss(x)
+
+        assert_gradient(loss_p, p, analytic[name], max_entries=30)
+        layer.params[key] = on(xp, p)
+
+
+def test_shape_inference_and_summary_of_the_reference_network():
+    model = reference_net(backend="numpy")
+    shapes = [layer.output_shape for layer in model.layers]
+    assert shapes[0] == (26, 26, 32) and shapes[5] == (6, 6, 64) and shapes[6] == (2304,)
+    assert model.output_shape == (10,)
+    text = model.summary(print_fn=None)
+    assert "(N, 32, 26, 26)" in text and "(N, 64, 6, 6)" in text
+    # independent count: 32*9+32, 64*32*9+64, 2304*128+128, 128*10+10
+    assert model.num_params == 320 + 18496 + 295040 + 1290
+    assert "315,146" in text
+
+
+def test_forward_backward_public_api(xp, rng):
+    model = reference_net(backend=xp, dtype="float32", seed=0)
+    x = rng.random((4, 1, 28, 28)).astype(np.float32)
+    logits = model.forward(on(xp, x))
+    assert tuple(logits.shape) == (4, 10) and logits.dtype == xp.float32
+    grad_x = model.backward(on(xp, np.ones((4, 10), np.float32)))
+    assert tuple(grad_x.shape) == (4, 1, 28, 28)
+    for layer in model.layers:
+        assert set(layer.grads) == set(layer.params)
+
+
+def test_same_seed_gives_the_same_weights_on_every_namespace(xp):
+    a = deep_net("numpy", dtype="float32", seed=11).state_dict()
+    b = deep_net(xp, dtype="float32", seed=11).state_dict()
+    c = deep_net("numpy", dtype="float32", seed=12).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_predict_runs_in_batches_and_returns_numpy(xp, rng):
+    model = deep_net(xp, dtype="float32")
+    x = rng.random((7, 2, 9, 8)).astype(np.float32)
+    probs = model.predict_proba(x, batch_size=3)
+    assert isinstance(probs, np.ndarray) and probs.shape == (7, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    full = model.predict_proba(x, batch_size=100)
+    np.testing.assert_allclose(probs, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(x), np.argmax(full, axis=1))
+
+
+def test_state_dict_round_trip_and_mismatch():
+    model = deep_net("numpy")
+    other = deep_net("numpy", seed=99)
+    other.load_state_dict(model.state_dict())
+    x = np.random.default_rng(0).random((2, 2, 9, 8))
+    np.testing.assert_array_equal(model.predict_proba(x), other.predict_proba(x))
+    state = model.state_dict()
+    state["dense_1.weight"] = state["dense_1.weight"][:, :2]
+    with pytest.raises(
+        ValueError, match=r"dense_1.weight: expected shape \(\d+, 5\); received \(\d+, 2\)"
+    ):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({})
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    model = deep_net("numpy")
+    clone = Sequential.from_config(model.get_config(), backend="numpy", seed=3)
+    assert clone.get_config() == model.get_config()
+    assert all(np.array_equal(v, clone.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (
+            np.zeros((2, 28, 28), np.float32),
+            r"expected input of shape \('N', 1, 28, 28\); received \(2, 28, 28\)",
+        ),
+        (np.zeros((2, 3, 28, 28), np.float32), r"received \(2, 3, 28, 28\)"),
+        (
+            np.zeros((2, 1, 28, 28), np.uint8),
+            "expected floating-point input.*received dtype .*uint8",
+        ),
+        (
+            np.full((2, 1, 28, 28), np.nan, np.float32),
+            "expected finite input values; received NaN or inf",
+        ),
+        ([[1.0]], "expected an array input; received list"),
+    ],
+)
+def test_bad_inputs_are_rejected(xp, x, message):
+    model = reference_net(backend=xp)
+    with pytest.raises(ValueError, match=message):
+        model.forward(x)
+
+
+def test_labels_out_of_range_are_rejected(xp):
+    model = deep_net(xp, dtype="float32")
+    with pytest.raises(
+        ValueError, match=r"expected labels in \[0, 2\]; received labels in \[0, 3\]"
+    ):
+        model.loss_and_backward(np.zeros((2, 2, 9, 8), np.float32), np.array([0, 3]))
+
+
+def test_a_kernel_larger_than_its_input_fails_at_construction():
+    with pytest.raises(
+        ValueError, match=r"Conv2D 'conv2d_2'.*at least \(5, 5\); received \(3, 3\)"
+    ):
+        Sequential(
+            [Conv2D(2, 3), MaxPool2D(2), Conv2D(2, 5)], input_shape=(1, 8, 8), backend="numpy"
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"dtype": "float16"}, r"expected dtype in \('float32', 'float64'\); received 'float16'"),
+        ({"input_shape": (28, 28)}, r"expected input_shape \(C, H, W\) or \(D,\)"),
+        (
+            {"backend": "tpu"},
+            r"expected a backend in \('auto', 'numpy', 'cupy'\); received backend='tpu'",
+        ),
+    ],
+)
+def test_bad_model_arguments(kwargs, message):
+    args = {"input_shape": (1, 8, 8), "backend": "numpy"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        Sequential([Conv2D(2, 3)], **args)
