@@ -149,3 +149,96 @@ class Adam(Optimizer):
             "eps": self.eps,
             "weight_decay": self.weight_decay,
         }
+
+
+class Schedule:
+    """A learning-rate multiplier as a function of the 0-based epoch: ``lr = base_lr * s(epoch)``."""
+
+    def __call__(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ConstantLR(Schedule):
+    def __call__(self, epoch: int) -> float:
+        return 1.0
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "constant"}
+
+
+class StepLR(Schedule):
+    """Multiply by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, step_size: int = 1, gamma: float = 0.5):
+        if step_size < 1 or not 0 < gamma <= 1:
+            raise ValueError(
+                f"expected step_size >= 1 and gamma in (0, 1]; received {step_size}, {gamma}"
+            )
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma ** (epoch // self.step_size)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "step", "step_size": self.step_size, "gamma": self.gamma}
+
+
+class ExponentialLR(Schedule):
+    """Multiply by ``gamma`` every epoch."""
+
+    def __init__(self, gamma: float = 0.9):
+        if not 0 < gamma <= 1:
+            raise ValueError(f"expected gamma in (0, 1]; received {gamma}")
+        self.gamma = float(gamma)
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma**epoch
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "exponential", "gamma": self.gamma}
+
+
+class CosineLR(Schedule):
+    """Cosine decay from 1 to ``min_factor`` over ``epochs`` epochs."""
+
+    def __init__(self, epochs: int, min_factor: float = 0.0):
+        if epochs < 1:
+            raise ValueError(f"expected epochs >= 1 for the cosine schedule; received {epochs}")
+        self.epochs, self.min_factor = int(epochs), float(min_factor)
+
+    def __call__(self, epoch: int) -> float:
+        progress = min(epoch, self.epochs) / self.epochs
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"type": "cosine", "epochs": self.epochs, "min_factor": self.min_factor}
+
+
+def make_optimizer(config: dict[str, Any]) -> Optimizer:
+    """Build an optimizer from ``get_config()`` output (e.g. ``{"type": "sgd", "lr": 0.05}``)."""
+    kwargs = dict(config)
+    kind = kwargs.pop("type", None)
+    classes = {"sgd": SGD, "adam": Adam}
+    if kind not in classes:
+        raise ValueError(f"expected an optimizer type in {sorted(classes)}; received {kind!r}")
+    return classes[kind](**kwargs)
+
+
+def make_schedule(config: dict[str, Any] | None) -> Schedule:
+    """Build a schedule from ``get_config()`` output; None means constant."""
+    if config is None:
+        return ConstantLR()
+    kwargs = dict(config)
+    kind = kwargs.pop("type", None)
+    classes = {
+        "constant": ConstantLR,
+        "step": StepLR,
+        "exponential": ExponentialLR,
+        "cosine": CosineLR,
+    }
+    if kind not in classes:
+        raise ValueError(f"expected a schedule type in {sorted(classes)}; received {kind!r}")
+    return classes[kind](**kwargs)

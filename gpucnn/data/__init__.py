@@ -1,5 +1,24 @@
-"""Datasets: the offline 8x8 digits now; IDX files, MNIST and batching alongside."""
+"""Datasets: the offline 8x8 digits, IDX files, MNIST and Fashion-MNIST, splits."""
 
 from .digits import load_digits
+from .download import DownloadError, download_file
+from .idx import IdxError, read_idx, write_idx
+from .mnist import FASHION_MNIST, MNIST, DatasetError, default_root, load_fashion_mnist, load_mnist
+from .split import standardize, train_val_split
 
-__all__ = ["load_digits"]
+__all__ = [
+    "DatasetError",
+    "DownloadError",
+    "FASHION_MNIST",
+    "IdxError",
+    "MNIST",
+    "default_root",
+    "download_file",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+    "standardize",
+    "train_val_split",
+    "write_idx",
+]

@@ -16,7 +16,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as exc:  # scikit-learn is a dependency; this guards broken installs
-        raise RuntimeError(f"the digits dataset needs scikit-learn ({exc}); pip install scikit-learn") from None
+        raise RuntimeError(
+            f"the digits dataset needs scikit-learn ({exc}); pip install scikit-learn"
+        ) from None
     bunch = sklearn_digits()
     x = (bunch.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # pixel values are 0..16
     return x, bunch.target.astype(np.int64)

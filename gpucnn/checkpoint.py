@@ -1,0 +1,143 @@
+"""Checkpoints: one ``.npz`` with the weights, optimizer state and a JSON description.
+
+The description (architecture, optimizer config, epoch, RNG states, anything the caller
+adds) is stored as a plain unicode array, so loading uses ``allow_pickle=False`` and never
+executes code from the file. Writes go to a temporary file in the same folder that is then
+renamed over the target: a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend
+from .model import Sequential
+
+FORMAT = "gpucnn-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds: ``meta`` (JSON data), ``params`` and ``optimizer`` arrays."""
+
+    meta: dict[str, Any]
+    params: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: Sequential, optimizer=None, **meta: Any
+) -> Path:
+    """Atomically write ``model`` (and ``optimizer``) to ``path``; extra keywords go to meta."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": model.get_config(),
+        "model_random": model.random.get_state(),
+        **meta,
+    }
+    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        info["optimizer"] = {
+            "config": optimizer.get_config(),
+            "steps": state["steps"],
+            "lr": state["lr"],
+        }
+        arrays.update({f"optim/{k}": v for k, v in state["arrays"].items()})
+    arrays["meta"] = np.array(json.dumps(info))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint without unpickling anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable gpucnn checkpoint ({exc})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(
+            f"{path} is not a gpucnn checkpoint (no readable 'meta' entry)"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: expected format {FORMAT!r}; received {meta.get('format')!r}"
+        )
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: expected checkpoint version {VERSION}; received {meta.get('version')!r}"
+        )
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+    return Checkpoint(meta, params, optim)
+
+
+def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
+    """Load weights into ``model`` after checking that the architectures are identical."""
+    saved = checkpoint.meta["architecture"]
+    current = model.get_config()
+    if saved["input_shape"] != current["input_shape"] or saved["layers"] != current["layers"]:
+        raise CheckpointError(
+            "checkpoint architecture does not match the model: expected "
+            f"{_describe(current)}; received {_describe(saved)}"
+        )
+    try:
+        model.load_state_dict(checkpoint.params)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
+    model.random.set_state(checkpoint.meta["model_random"])
+
+
+def load_model(
+    path: str | os.PathLike, backend: str | Backend | None = "auto"
+) -> tuple[Sequential, Checkpoint]:
+    """Rebuild the saved architecture on ``backend`` and load its weights."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = Sequential.from_config(checkpoint.meta["architecture"], backend=backend)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
+    restore_model(checkpoint, model)
+    return model, checkpoint
+
+
+def _describe(config: dict[str, Any]) -> str:
+    layers = ", ".join(
+        layer["type"]
+        + "("
+        + ", ".join(f"{k}={v}" for k, v in layer.items() if k not in ("type", "name"))
+        + ")"
+        for layer in config["layers"]
+    )
+    return f"input {tuple(config['input_shape'])} -> [{layers}]"

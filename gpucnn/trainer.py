@@ -1,0 +1,429 @@
+"""The training loop: shuffled mini-batches, validation, schedules, checkpoints, signals.
+
+Backend-agnostic: the dataset is moved to the model's device once, batches are gathered
+there with ``take``, and metrics stay on the device until an epoch ends. On the CPU every
+batch's loss is checked for NaN/inf (reading a host number is free); on a GPU that read is
+a synchronisation, so it happens every ``GPU_CHECK_EVERY`` batches.
+
+Reproducibility: the shuffle order comes from a NumPy generator seeded by ``seed`` and the
+dropout masks from the model's own seeded generator; both states go into checkpoints, with
+the position inside an interrupted epoch, so a resumed run equals an uninterrupted one bit
+for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import synchronize, to_device
+from .checkpoint import Checkpoint, restore_model, save_checkpoint
+from .functional.losses import softmax_cross_entropy
+from .model import Sequential
+from .optim import SGD, ConstantLR, Optimizer, Schedule
+from .progress import ProgressBar
+
+GPU_CHECK_EVERY = 20
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s", "images_per_second")
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (non-finite loss or gradient)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; ``checkpoint`` is where the state was saved (or None)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        self.signum, self.checkpoint = signum, checkpoint
+        where = f"state saved to {checkpoint}" if checkpoint else "no checkpoint path was set"
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: {where}")
+
+
+class Callback:
+    """Hook into training; set ``trainer.stop_training = True`` to stop after this epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        pass
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; restore the best weights.
+
+    Parameters
+    ----------
+    monitor : a history key, e.g. ``"val_accuracy"`` (maximised) or ``"val_loss"`` (minimised).
+    patience : epochs without improvement before stopping.
+    min_delta : the smallest change that counts as improvement.
+    restore_best : load the best epoch's weights when training ends.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+    ):
+        if monitor not in HISTORY_KEYS:
+            raise ValueError(f"expected monitor in {HISTORY_KEYS}; received {monitor!r}")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        self.restore_best = restore_best
+        self.sign = 1.0 if "accuracy" in monitor else -1.0
+        self.best = -math.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.wait = 0
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        if self.sign * value > self.best + self.min_delta:
+            self.best, self.best_epoch, self.wait = self.sign * value, epoch, 0
+            if self.restore_best:
+                self.best_weights = trainer.model.state_dict()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+
+
+def evaluate(
+    model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 512
+) -> tuple[float, float]:
+    """Mean softmax cross-entropy and accuracy of ``model`` on ``(x, y)``, in inference mode."""
+    xp = model.xp
+    total_loss = xp.asarray(0.0, dtype=xp.float64)
+    correct = xp.asarray(0, dtype=xp.int64)
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(x[start : start + batch_size], training=False, check=False)
+        labels = to_device(y[start : start + batch_size], xp)
+        loss, _ = softmax_cross_entropy(logits, labels, check_range=False)
+        total_loss = total_loss + xp.astype(loss, xp.float64) * labels.shape[0]
+        correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+    n = max(len(x), 1)
+    return float(total_loss) / n, int(correct) / n
+
+
+def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str) -> None:
+    """Check shapes, finiteness and label range once, on the host, before training."""
+    expected = ("N", *model.input_shape)
+    if (
+        not isinstance(x, np.ndarray)
+        or x.ndim != len(expected)
+        or tuple(x.shape[1:]) != model.input_shape
+    ):
+        raise ValueError(
+            f"{what}: expected images of shape {expected}; received {getattr(x, 'shape', type(x))}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{what}: expected floating-point images; received dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: expected finite values; received NaN or inf")
+    classes = model.output_shape[0]
+    y = np.asarray(y)
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"{what}: expected integer labels of shape ({len(x)},); received {y.dtype} {y.shape}"
+        )
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(
+            f"{what}: expected labels in [0, {classes - 1}]; received labels in [{y.min()}, {y.max()}]"
+        )
+
+
+class Trainer:
+    """Fits a :class:`Sequential` classifier with softmax cross-entropy.
+
+    Parameters
+    ----------
+    model : the network; its last layer's outputs are the class logits.
+    optimizer : default ``SGD(lr=0.05, momentum=0.9)``.
+    schedule : learning-rate multiplier per epoch (see :mod:`gpucnn.optim`); default constant.
+    clip_norm : rescale the gradients when their global L2 norm exceeds this.
+    callbacks : :class:`Callback` objects, e.g. :class:`EarlyStopping`.
+    checkpoint_path : where to write the resumable state after every epoch and on SIGINT/SIGTERM.
+    checkpoint_meta : extra JSON data stored in each checkpoint (the CLI stores its arguments).
+    seed : seeds the shuffle order.
+    progress : draw a progress bar (None: only on a terminal).
+    log : called with one line per epoch; None for silence.
+
+    Example
+    -------
+    >>> history = Trainer(model, optimizer=SGD(lr=0.05, momentum=0.9)).fit(
+    ...     x, y, validation_data=(xv, yv), epochs=3, batch_size=128)
+    """
+
+    def __init__(
+        self,
+        model: Sequential,
+        optimizer: Optimizer | None = None,
+        schedule: Schedule | None = None,
+        clip_norm: float | None = None,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_path: str | Path | None = None,
+        checkpoint_meta: dict[str, Any] | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+        log=print,
+    ):
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
+        self.model = model
+        self.optimizer = optimizer or SGD(lr=0.05, momentum=0.9)
+        self.schedule = schedule or ConstantLR()
+        self.clip_norm = clip_norm
+        self.callbacks = list(callbacks)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.checkpoint_meta = dict(checkpoint_meta or {})
+        self.shuffle_rng = np.random.default_rng(seed)
+        self.progress = progress
+        self.log = log
+        self.epoch = 0  # completed epochs
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+        self.stop_training = False
+        self._position: dict[str, Any] | None = None  # inside an interrupted epoch
+        self._signal: int | None = None
+
+    # ------------------------------------------------------------------ public API
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        epochs: int = 1,
+        batch_size: int = 128,
+    ) -> dict[str, list[float]]:
+        """Train until ``epochs`` epochs are done in total (a resumed trainer continues).
+
+        Parameters
+        ----------
+        x : float array of shape (N, *model.input_shape), host NumPy.
+        y : int array of shape (N,) with values in [0, K).
+        validation_data : ``(x_val, y_val)``, evaluated after each epoch, never trained on.
+
+        Returns
+        -------
+        history : per-epoch lists under ``loss``, ``accuracy``, ``val_loss``,
+            ``val_accuracy``, ``lr``, ``time_s``, ``images_per_second``.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1; received {batch_size!r}")
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"expected epochs >= 1; received {epochs!r}")
+        validate_dataset(self.model, x, y, "training data")
+        if validation_data is not None:
+            validate_dataset(self.model, *validation_data, "validation data")
+        xp = self.model.xp
+        x_dev = to_device(x, xp, self.model.dtype)
+        y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
+        self.stop_training = False
+        with self._signals_caught():
+            while self.epoch < epochs and not self.stop_training:
+                logs = self._run_epoch(x_dev, y_dev, batch_size)
+                if validation_data is not None:
+                    logs["val_loss"], logs["val_accuracy"] = evaluate(self.model, *validation_data)
+                self.epoch += 1
+                for key in HISTORY_KEYS:
+                    self.history[key].append(logs.get(key, float("nan")))
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, self.epoch, logs)
+                self._save()
+                if self.log:
+                    self.log(self._epoch_line(epochs, logs))
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's JSON-serialisable state (epoch, history, shuffle RNG, position)."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "shuffle_rng": self.shuffle_rng.bit_generator.state,
+            "position": self._position,
+            "schedule": self.schedule.get_config(),
+            "clip_norm": self.clip_norm,
+        }
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint: model weights, optimizer state and trainer state."""
+        restore_model(checkpoint, self.model)
+        saved = checkpoint.meta.get("optimizer")
+        if saved is not None:
+            if saved["config"] != self.optimizer.get_config():
+                raise ValueError(
+                    f"checkpoint optimizer differs: expected {self.optimizer.get_config()}; received {saved['config']}"
+                )
+            state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
+            self.optimizer.load_state_dict(state, self.model.xp, self.model.dtype)
+        trainer = checkpoint.meta["trainer"]
+        self.epoch = int(trainer["epoch"])
+        self.history = {k: list(trainer["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.shuffle_rng.bit_generator.state = trainer["shuffle_rng"]
+        self._position = trainer["position"]
+
+    # ------------------------------------------------------------------ one epoch
+    def _run_epoch(self, x_dev, y_dev, batch_size: int) -> dict[str, float]:
+        model, xp = self.model, self.model.xp
+        n = x_dev.shape[0]
+        num_batches = -(-n // batch_size)
+        position = self._position or {}
+        if position:
+            self.shuffle_rng.bit_generator.state = position["rng_at_epoch_start"]
+        rng_at_start = self.shuffle_rng.bit_generator.state
+        order = to_device(self.shuffle_rng.permutation(n), xp)
+        first = int(position.get("batch", 0))
+        loss_sum = xp.asarray(float(position.get("loss_sum", 0.0)), dtype=xp.float64)
+        correct = xp.asarray(int(position.get("correct", 0)), dtype=xp.int64)
+        seen = int(position.get("seen", 0))
+        self._position = None
+        lr = self.optimizer.base_lr * self.schedule(self.epoch)
+        self.optimizer.lr = lr
+        bar = ProgressBar(num_batches, f"epoch {self.epoch + 1}", enabled=self.progress)
+        bar.count = first
+        check_every = GPU_CHECK_EVERY if model.backend.is_gpu else 1
+        synchronize(xp)
+        start = time.perf_counter()
+        for b in range(first, num_batches):
+            index = order[b * batch_size : min((b + 1) * batch_size, n)]
+            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
+            loss, logits = model.loss_and_backward(xb, yb, check=False)
+            grad_sq = self._grad_square_norm()
+            if (b + 1) % check_every == 0 or b == num_batches - 1:
+                self._check_finite(loss, grad_sq, b, num_batches, check_every, lr)
+            if self.clip_norm is not None:
+                self._clip(grad_sq)
+            self.optimizer.step(model)
+            count = index.shape[0]
+            loss_sum = loss_sum + xp.astype(loss, xp.float64) * count
+            correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+            seen += count
+            if bar.enabled:  # the postfix reads the loss: only every 10th batch on a GPU's behalf
+                postfix = None
+                if b % 10 == 0 or b == num_batches - 1:
+                    rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
+                    postfix = f"loss {float(loss):.4f} {rate:.0f} img/s"
+                bar.update(1, postfix)
+            if self._signal is not None:
+                self._position = {
+                    "batch": b + 1,
+                    "rng_at_epoch_start": rng_at_start,
+                    "loss_sum": float(loss_sum),
+                    "correct": int(correct),
+                    "seen": seen,
+                }
+                saved = self._save()
+                raise TrainingInterrupted(self._signal, saved)
+        synchronize(xp)
+        elapsed = time.perf_counter() - start
+        bar.close()
+        return {
+            "loss": float(loss_sum) / max(seen, 1),
+            "accuracy": int(correct) / max(seen, 1),
+            "lr": lr,
+            "time_s": elapsed,
+            "images_per_second": (n - first * batch_size) / max(elapsed, 1e-9),
+        }
+
+    def _grad_square_norm(self):
+        xp = self.model.xp
+        total = None
+        for _, layer, key in self.model.parameters():
+            g = layer.grads[key]
+            part = xp.sum(g * g)
+            total = part if total is None else total + part
+        return total
+
+    def _check_finite(
+        self, loss, grad_sq, batch: int, num_batches: int, every: int, lr: float
+    ) -> None:
+        loss_value, grad_value = float(loss), float(grad_sq)
+        if math.isfinite(loss_value) and math.isfinite(grad_value):
+            return
+        what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+        value = (
+            loss_value
+            if what == "loss"
+            else math.sqrt(grad_value)
+            if grad_value >= 0
+            else grad_value
+        )
+        where = (
+            f"batch {batch + 1}/{num_batches}"
+            if every == 1
+            else f"batches {max(batch + 2 - every, 1)}-{batch + 1} of {num_batches}"
+        )
+        kept = (
+            f"; the last good checkpoint is {self.checkpoint_path}"
+            if self.checkpoint_path and self.checkpoint_path.exists()
+            else ""
+        )
+        raise TrainingError(
+            f"training diverged at epoch {self.epoch + 1}, {where}: the {what} is {value}; "
+            f"try a smaller learning rate (now {lr:g}) or gradient clipping{kept}"
+        )
+
+    def _clip(self, grad_sq) -> None:
+        xp = self.model.xp
+        scale = xp.minimum(self.clip_norm / (xp.sqrt(grad_sq) + 1e-12), 1.0)
+        scale = xp.astype(scale, self.model.dtype)
+        for _, layer, key in self.model.parameters():
+            layer.grads[key] = layer.grads[key] * scale
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _save(self) -> Path | None:
+        if self.checkpoint_path is None:
+            return None
+        return save_checkpoint(
+            self.checkpoint_path,
+            self.model,
+            self.optimizer,
+            trainer=self.state_dict(),
+            **self.checkpoint_meta,
+        )
+
+    def _epoch_line(self, epochs: int, logs: dict[str, float]) -> str:
+        line = f"epoch {self.epoch}/{epochs}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f}"
+        if "val_loss" in logs:
+            line += f" | val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}"
+        return (
+            line
+            + f" | lr {logs['lr']:.4g} | {logs['time_s']:.1f}s {logs['images_per_second']:.0f} img/s"
+        )
+
+    def _signals_caught(self):
+        trainer = self
+
+        class _Catch:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is threading.main_thread():
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        self.previous[sig] = signal.signal(sig, self.handle)
+
+            def handle(self, signum, frame):
+                trainer._signal = signum
+
+            def __exit__(self, *exc):
+                for sig, handler in self.previous.items():
+                    signal.signal(sig, handler)
+                trainer._signal = None
+                return False
+
+        return _Catch()
