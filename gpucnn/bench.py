@@ -1,0 +1,165 @@
+"""Throughput benchmark on synthetic data: training and inference images/s, per-layer times.
+
+Used by ``gpucnn bench``. Every figure is the median of several timed runs after warm-up;
+on a GPU the device is synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .architectures import architecture
+from .backend import device_info, select_backend, synchronize, to_device
+from .functional.losses import softmax_cross_entropy
+from .model import Sequential
+from .optim import SGD
+
+INPUT_SHAPE = (1, 28, 28)
+CLASSES = 10
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _median_time(fn, repeats: int, xp) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(xp)
+        start = time.perf_counter()
+        fn()
+        synchronize(xp)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build_model(name: str, backend, seed: int = 0) -> Sequential:
+    return Sequential.from_config(
+        architecture(name, INPUT_SHAPE, CLASSES), backend=backend, seed=seed
+    )
+
+
+def train_throughput(model: Sequential, batch_size: int, steps: int, repeats: int) -> float:
+    """Training images/s: forward, loss, backward and an SGD-momentum step per batch."""
+    xp = model.xp
+    rng = np.random.default_rng(0)
+    x = to_device(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
+    y = to_device(rng.integers(0, CLASSES, batch_size), xp)
+    optimizer = SGD(lr=0.01, momentum=0.9)
+
+    def run():
+        for _ in range(steps):
+            model.loss_and_backward(x, y, check=False)
+            optimizer.step(model)
+
+    _median_time(run, 1, xp)  # warm-up: allocator, BLAS threads, kernels
+    return batch_size * steps / _median_time(run, repeats, xp)
+
+
+def infer_throughput(model: Sequential, batch_size: int, repeats: int) -> float:
+    """Inference images/s: forward in inference mode on one batch."""
+    xp = model.xp
+    x = to_device(np.random.default_rng(1).random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
+
+    def run():
+        model.forward(x, training=False, check=False)
+
+    _median_time(run, 2, xp)
+    return batch_size / _median_time(run, repeats, xp)
+
+
+def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict[str, Any]]:
+    """Median forward and backward milliseconds of every layer for one training batch."""
+    xp = model.xp
+    rng = np.random.default_rng(2)
+    x = to_device(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
+    y = to_device(rng.integers(0, CLASSES, batch_size), xp)
+    forward = {layer.name: [] for layer in model.layers}
+    backward = {layer.name: [] for layer in model.layers}
+    for _ in range(repeats + 1):  # the first pass warms up and is dropped
+        h = model._prepare_input(x, check=False)
+        for layer in model.layers:
+            synchronize(xp)
+            start = time.perf_counter()
+            h = layer.forward(h, training=True)
+            synchronize(xp)
+            forward[layer.name].append(time.perf_counter() - start)
+        _, g = softmax_cross_entropy(h, y, check_range=False)
+        for index in range(len(model.layers) - 1, -1, -1):
+            layer = model.layers[index]
+            synchronize(xp)
+            start = time.perf_counter()
+            g = layer.backward(g, need_input_grad=index > 0)
+            synchronize(xp)
+            backward[layer.name].append(time.perf_counter() - start)
+    return [
+        {
+            "layer": layer.name,
+            "forward_ms": 1e3 * statistics.median(forward[layer.name][1:]),
+            "backward_ms": 1e3 * statistics.median(backward[layer.name][1:]),
+        }
+        for layer in model.layers
+    ]
+
+
+def run_bench(args) -> int:
+    from .cli import UsageError, blas_info
+
+    if min(args.batch_size) < 1 or args.infer_batch_size < 1 or args.repeats < 1 or args.steps < 1:
+        raise UsageError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
+    backend = select_backend(args.backend)
+    model = build_model(args.model, backend)
+    results = []
+    for batch_size in args.batch_size:
+        train = train_throughput(model, batch_size, args.steps, args.repeats)
+        infer = infer_throughput(model, batch_size, args.repeats)
+        results.append(
+            {
+                "batch_size": batch_size,
+                "train_images_per_second": train,
+                "infer_images_per_second": infer,
+            }
+        )
+        print(
+            f"{args.model} batch {batch_size:>4}: train {train:>9.0f} img/s   inference {infer:>9.0f} img/s",
+            flush=True,
+        )
+    infer_large = infer_throughput(model, args.infer_batch_size, args.repeats)
+    print(f"{args.model} inference at batch {args.infer_batch_size}: {infer_large:.0f} img/s")
+    profile = [] if args.no_profile else layer_profile(model, args.batch_size[0], args.repeats)
+    if profile:
+        print(f"per-layer median ms at batch {args.batch_size[0]} (forward / backward):")
+        for row in profile:
+            print(f"  {row['layer']:<14} {row['forward_ms']:8.2f} / {row['backward_ms']:8.2f}")
+    report = {
+        "model": args.model,
+        "backend": backend.name,
+        "backend_reason": backend.reason,
+        "train_images_per_second": results[0]["train_images_per_second"],
+        "infer_images_per_second": results[0]["infer_images_per_second"],
+        "infer_batch_size": args.infer_batch_size,
+        "infer_images_per_second_large_batch": infer_large,
+        "peak_rss_mib": peak_rss_mib(),
+        "results": results,
+        "layers": profile,
+        "repeats": args.repeats,
+        "steps": args.steps,
+        "device": device_info(backend),
+        **blas_info(),
+    }
+    print(
+        f"peak RSS {report['peak_rss_mib']:.0f} MiB; backend {backend.name}; BLAS {report.get('blas')} x{report.get('blas_threads')}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,447 @@
+"""The ``gpucnn`` command: train | evaluate | predict | info | bench.
+
+Exit codes: 0 success; 2 a user error (bad flag, missing or corrupt file, bad architecture
+or checkpoint), printed as one line on stderr; 3 training diverged; 130/143 interrupted by
+SIGINT/SIGTERM after saving a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .architectures import BUILTIN, architecture
+from .backend import BACKEND_CHOICES, BackendError, device_info, select_backend
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .data import (
+    DatasetError,
+    IdxError,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist,
+    train_val_split,
+)
+from .data.download import DownloadError
+from .data.images import ImageError, fit_channels, load_images
+from .data.mnist import FASHION_MNIST, MNIST
+from .model import Sequential
+from .optim import CosineLR, ExponentialLR, StepLR, make_optimizer
+from .trainer import EarlyStopping, Trainer, TrainingError, TrainingInterrupted, evaluate
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+# The default recipe per dataset: model, epochs, batch size, learning rate.
+RECIPES = {
+    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05},
+    "mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05},
+    "fashion-mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05},
+}
+USER_ERRORS = (
+    ValueError,
+    OSError,
+    DatasetError,
+    DownloadError,
+    CheckpointError,
+    BackendError,
+    IdxError,
+    ImageError,
+)
+
+
+class UsageError(Exception):
+    """A command-line mistake (printed as one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gpucnn", description="Train and run small CNNs on NumPy (CPU) or CuPy (GPU)."
+    )
+    parser.add_argument("--version", action="version", version=f"gpucnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model (default: the offline digits dataset)")
+    train.add_argument("--dataset", choices=DATASETS, default=None, help="default: digits")
+    train.add_argument(
+        "--data-dir",
+        help="folder with the dataset's IDX files (default $GPUCNN_DATA or ~/.cache/gpucnn)",
+    )
+    train.add_argument(
+        "--no-download", action="store_true", help="never download missing dataset files"
+    )
+    train.add_argument(
+        "--model", help=f"built-in name {sorted(BUILTIN)} or a JSON architecture file"
+    )
+    train.add_argument(
+        "--epochs", type=int, help="total epochs (with --resume: including those already done)"
+    )
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    train.add_argument("--nesterov", action="store_true")
+    train.add_argument(
+        "--weight-decay", type=float, default=0.0, help="applied to weights, not biases"
+    )
+    train.add_argument(
+        "--schedule", choices=("constant", "step", "exponential", "cosine"), default="constant"
+    )
+    train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
+    train.add_argument(
+        "--val-fraction", type=float, default=0.1, help="held out from the training split"
+    )
+    train.add_argument(
+        "--patience", type=int, help="early stopping on val_accuracy after N flat epochs"
+    )
+    train.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="output folder (default: a new folder under runs/)")
+    train.add_argument(
+        "--resume", metavar="DIR", help="continue the run saved in DIR/checkpoint.npz"
+    )
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    ev.add_argument("model_path", metavar="MODEL.npz")
+    ev.add_argument(
+        "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"
+    )
+    ev.add_argument("--data-dir")
+    ev.add_argument("--no-download", action="store_true")
+    ev.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+    pr = sub.add_parser("predict", help="classify images (.npy, .png or IDX files)")
+    pr.add_argument("model_path", metavar="MODEL.npz")
+    pr.add_argument("files", nargs="+", metavar="FILE")
+    pr.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    pr.add_argument("--top", type=int, default=3, help="probabilities to show per image")
+
+    info = sub.add_parser("info", help="version, backend and why, device, BLAS threads")
+    info.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+
+    bench = sub.add_parser("bench", help="training/inference throughput on synthetic data")
+    bench.add_argument(
+        "--model", default="reference", help=f"built-in name {sorted(BUILTIN)} or JSON file"
+    )
+    bench.add_argument("--batch-size", type=int, nargs="+", default=[128])
+    bench.add_argument("--infer-batch-size", type=int, default=1000)
+    bench.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    bench.add_argument("--steps", type=int, default=10, help="training steps per timed run")
+    bench.add_argument("--no-profile", action="store_true", help="skip the per-layer breakdown")
+    bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    return parser
+
+
+# ---------------------------------------------------------------------- datasets
+def load_dataset(name: str, data_dir: str | None, download: bool, seed: int):
+    """(x_train, y_train), (x_test, y_test), class names for a dataset name."""
+    if name == "digits":
+        x, y = load_digits()
+        # digits has no official test split: a seeded 20 % hold-out plays that role
+        train, test = train_val_split(x, y, 0.2, seed)
+        return train, test, [str(d) for d in range(10)]
+    loader = load_mnist if name == "mnist" else load_fashion_mnist
+    train, test = loader(data_dir, download=download)
+    return train, test, list((MNIST if name == "mnist" else FASHION_MNIST).classes)
+
+
+# ---------------------------------------------------------------------- train
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    dataset = args.dataset or "digits"
+    recipe = RECIPES[dataset]
+    return {
+        "dataset": dataset,
+        "data_dir": args.data_dir,
+        "model": args.model or recipe["model"],
+        "epochs": args.epochs if args.epochs is not None else recipe["epochs"],
+        "batch_size": args.batch_size or recipe["batch_size"],
+        "lr": args.lr if args.lr is not None else recipe["lr"],
+        "optimizer": args.optimizer,
+        "momentum": args.momentum,
+        "nesterov": args.nesterov,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "clip_norm": args.clip_norm,
+        "val_fraction": args.val_fraction,
+        "patience": args.patience,
+        "dtype": args.dtype,
+        "seed": args.seed,
+    }
+
+
+def _optimizer_config(run: dict[str, Any]) -> dict[str, Any]:
+    if run["optimizer"] == "adam":
+        return {"type": "adam", "lr": run["lr"], "weight_decay": run["weight_decay"]}
+    return {
+        "type": "sgd",
+        "lr": run["lr"],
+        "momentum": run["momentum"],
+        "nesterov": run["nesterov"],
+        "weight_decay": run["weight_decay"],
+    }
+
+
+def _schedule(run: dict[str, Any]):
+    name, epochs = run["schedule"], run["epochs"]
+    if name == "step":
+        return StepLR(step_size=max(epochs // 3, 1), gamma=0.1)
+    if name == "exponential":
+        return ExponentialLR(gamma=0.8)
+    if name == "cosine":
+        return CosineLR(epochs)
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    for flag in ("epochs", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1; received {value}")
+    checkpoint = None
+    if args.resume:
+        out = Path(args.resume)
+        checkpoint = load_checkpoint(out / "checkpoint.npz")
+        run = dict(checkpoint.meta.get("run") or {})
+        if not run:
+            raise CheckpointError(f"{out / 'checkpoint.npz'} holds no run configuration to resume")
+        if args.epochs is not None:
+            run["epochs"] = args.epochs
+    else:
+        run = _run_config(args)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / f"{run['dataset']}-{Path(run['model']).stem}-{stamp}"
+        )
+    if not 0 <= run["val_fraction"] < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1); received {run['val_fraction']}")
+
+    (x_train, y_train), (x_test, y_test), _ = load_dataset(
+        run["dataset"], run["data_dir"], not args.no_download, run["seed"]
+    )
+    (x_fit, y_fit), (x_val, y_val) = train_val_split(
+        x_train, y_train, run["val_fraction"], run["seed"] + 1
+    )
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    arch = architecture(run["model"], tuple(x_train.shape[1:]), num_classes)
+    model = Sequential.from_config(arch, backend=args.backend, seed=run["seed"], dtype=run["dtype"])
+    if tuple(model.output_shape) != (num_classes,):
+        raise ValueError(
+            f"model {run['model']}: expected {num_classes} outputs for {run['dataset']}; received {model.output_shape}"
+        )
+    callbacks = (
+        [EarlyStopping("val_accuracy", patience=run["patience"])]
+        if run["patience"] and len(x_val)
+        else []
+    )
+    trainer = Trainer(
+        model,
+        make_optimizer(_optimizer_config(run)),
+        schedule=_schedule(run),
+        clip_norm=run["clip_norm"],
+        callbacks=callbacks,
+        checkpoint_path=out / "checkpoint.npz",
+        checkpoint_meta={"run": run},
+        seed=run["seed"],
+        progress=args.progress,
+        log=lambda line: print(line, flush=True),
+    )
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(x_test)} test), "
+        f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    history = trainer.fit(
+        x_fit,
+        y_fit,
+        validation_data=(x_val, y_val) if len(x_val) else None,
+        epochs=run["epochs"],
+        batch_size=run["batch_size"],
+    )
+    elapsed = time.perf_counter() - start
+    test_loss, test_accuracy = evaluate(model, x_test, y_test)
+    save_checkpoint(out / "model.npz", model, run=run)
+    times = [t for t in history["time_s"] if t == t]
+    trained = len(x_fit) * len(times)
+    metrics = {
+        "dataset": run["dataset"],
+        "model": run["model"],
+        "backend": model.backend.name,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "train_images_per_second": trained / sum(times) if times and sum(times) else None,
+        "epochs": trainer.epoch,
+        "elapsed_s": elapsed,
+        "history": history,
+        "run": run,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(
+        f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate / predict
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, checkpoint = load_model(args.model_path, backend=args.backend)
+    run = checkpoint.meta.get("run") or {}
+    dataset = args.dataset or run.get("dataset") or "digits"
+    seed = run.get("seed", 0) if dataset == run.get("dataset") else 0
+    _, (x_test, y_test), classes = load_dataset(
+        dataset, args.data_dir or run.get("data_dir"), not args.no_download, seed
+    )
+    predictions = model.predict(x_test, batch_size=512)
+    k = len(classes)
+    confusion = np.bincount(y_test * k + predictions, minlength=k * k).reshape(k, k)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    accuracy = float(np.mean(predictions == y_test))
+    print(f"{dataset} test set: {len(y_test)} images, accuracy {accuracy:.4f}")
+    print(
+        "per-class accuracy: "
+        + ", ".join(f"{c}: {a:.3f}" for c, a in zip(classes, per_class, strict=True))
+    )
+    print("confusion matrix (rows: true, columns: predicted):")
+    width = max(len(str(confusion.max())), 3)
+    print(" " * 5 + " ".join(f"{i:>{width}}" for i in range(k)))
+    for i, row in enumerate(confusion):
+        print(f"{i:>4} " + " ".join(f"{v:>{width}}" for v in row))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "dataset": dataset,
+                    "accuracy": accuracy,
+                    "per_class_accuracy": per_class.tolist(),
+                    "confusion_matrix": confusion.tolist(),
+                    "classes": classes,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model, _ = load_model(args.model_path, backend=args.backend)
+    channels, height, width = model.input_shape
+    for path in args.files:
+        images = fit_channels(load_images(path), channels, path)
+        if images.shape[2:] != (height, width):
+            raise ImageError(
+                f"{path}: expected {height}x{width} images for this model; received {images.shape[2]}x{images.shape[3]}"
+            )
+        probs = model.predict_proba(images)
+        for i, row in enumerate(probs):
+            top = np.argsort(row)[::-1][: max(args.top, 1)]
+            name = path if len(probs) == 1 else f"{path}[{i}]"
+            print(
+                f"{name}: label {int(top[0])} ({row[top[0]]:.3f}) | "
+                + " ".join(f"{int(c)}:{row[c]:.3f}" for c in top)
+            )
+    return 0
+
+
+# ---------------------------------------------------------------------- info / bench
+def blas_info() -> dict[str, Any]:
+    """The BLAS NumPy uses and its thread count."""
+    info: dict[str, Any] = {}
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if pools:
+            info = {
+                "blas": pools[0].get("internal_api"),
+                "blas_version": pools[0].get("version"),
+                "blas_threads": pools[0].get("num_threads"),
+                "blas_core": pools[0].get("architecture"),
+            }
+    except ImportError:
+        pass
+    if not info:
+        config = np.show_config(mode="dicts") or {}
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        info = {"blas": blas.get("name"), "blas_version": blas.get("version"), "blas_threads": None}
+    info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    backend = select_backend(args.backend)
+    details = {
+        "gpucnn": __version__,
+        "python": platform.python_version(),
+        **device_info(backend),
+        **blas_info(),
+    }
+    for key, value in details.items():
+        print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "info": cmd_info,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        resume = (
+            f"; resume with: gpucnn train --resume {exc.checkpoint.parent}"
+            if exc.checkpoint
+            else ""
+        )
+        print(f"gpucnn: {exc}{resume}", file=sys.stderr)
+        return 128 + exc.signum
+    except TrainingError as exc:
+        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        return 3
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())
+        print(f"gpucnn: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpucnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
