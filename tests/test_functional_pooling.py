@@ -1,6 +1,5 @@
 """Max and average pooling against naive loops and central differences, on every namespace."""
 
-
 import numpy as np
 import pytest
 from helpers import assert_gradient, host, nchw, nhwc, on, pool_naive

@@ -1,0 +1,202 @@
+"""IDX files, dataset verification and downloads (against a server on 127.0.0.1 only)."""
+
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+
+from gpucnn.data import (
+    MNIST,
+    DatasetError,
+    DownloadError,
+    IdxError,
+    download_file,
+    load_digits,
+    load_mnist,
+    read_idx,
+    standardize,
+    train_val_split,
+    write_idx,
+)
+from gpucnn.data.mnist import DatasetSpec, load_idx_dataset
+
+MNIST_DIR = SHARED_DATA / "mnist"
+
+
+@pytest.mark.parametrize("suffix", [".idx", ".gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_idx_round_trip(tmp_path, suffix, dtype):
+    array = (np.arange(2 * 3 * 4) - 5).reshape(2, 3, 4).astype(dtype)
+    if dtype == np.uint8:
+        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / f"a{suffix}", array)
+    back = read_idx(tmp_path / f"a{suffix}")
+    assert back.dtype == np.dtype(dtype) and np.array_equal(back, array)
+
+
+def idx_bytes(array):
+    return struct.pack(">HBBI", 0, 0x08, 1, len(array)) + bytes(array)
+
+
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (b"\x00\x00", "expected an IDX header of at least 4 bytes; received 2"),
+        (b"\x12\x34\x08\x01" + b"\x00" * 8, "not an IDX file: expected magic 0x0000"),
+        (b"\x00\x00\x07\x01" + b"\x00" * 8, "not an IDX file"),
+        (b"\x00\x00\x08\x03\x00\x00", r"truncated header: expected 16 bytes; received 6"),
+        (idx_bytes([1, 2, 3])[:-1], r"truncated: dimensions \(3,\) need 3 data bytes; received 2"),
+        (idx_bytes([1, 2, 3]) + b"\x00", "has trailing bytes"),
+        (gzip.compress(idx_bytes([1, 2, 3]))[:-6], "corrupt or truncated gzip"),
+    ],
+)
+def test_idx_corrupt_files_say_what_is_wrong(tmp_path, payload, message):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(payload)
+    with pytest.raises(IdxError, match=message):
+        read_idx(path)
+
+
+def test_idx_missing_file(tmp_path):
+    with pytest.raises(IdxError, match="cannot read"):
+        read_idx(tmp_path / "absent.idx")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/www``; yields (base_url, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", root
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_verifies_the_checksum_and_tries_the_next_mirror(server, tmp_path):
+    url, root = server
+    good, bad = root / "good", root / "bad"
+    good.mkdir()
+    bad.mkdir()
+    payload = b"the real file" * 100
+    (good / "f.bin").write_bytes(payload)
+    (bad / "f.bin").write_bytes(b"tampered")
+    dest = tmp_path / "cache" / "f.bin"
+    sha = hashlib.sha256(payload).hexdigest()
+    path = download_file(
+        "f.bin", [url + "missing/", url + "bad/", url + "good/"], sha, dest, progress=False
+    )
+    assert path == dest and dest.read_bytes() == payload
+    assert [p.name for p in dest.parent.iterdir()] == ["f.bin"]  # no temp files left behind
+
+
+def test_checksum_mismatch_everywhere_never_leaves_a_file(server, tmp_path):
+    url, root = server
+    (root / "f.bin").write_bytes(b"tampered")
+    dest = tmp_path / "cache" / "f.bin"
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download_file("f.bin", [url], "0" * 64, dest, progress=False)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+def fake_spec(files: dict[str, bytes]) -> DatasetSpec:
+    return DatasetSpec(
+        name="fake",
+        mirrors=(),
+        gz_sha256={name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        idx_sha256=dict.fromkeys(files),
+        classes=("a", "b"),
+    )
+
+
+def fake_files(n_train=4, n_test=2):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 5, 5), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 2, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 5, 5), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 2, n_test, dtype=np.uint8),
+    }
+    files = {}
+    for name, array in arrays.items():
+        header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+            f">{array.ndim}I", *array.shape
+        )
+        files[name] = gzip.compress(header + array.tobytes(), mtime=0)
+    return files, arrays
+
+
+def test_dataset_download_through_loopback_mirror(server, tmp_path):
+    url, root = server
+    files, arrays = fake_files()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    spec = fake_spec(files)
+    cache = tmp_path / "cache"
+    (x_train, y_train), (x_test, y_test) = load_idx_dataset(
+        spec, cache, download=True, mirrors=(url,), progress=False
+    )
+    assert x_train.shape == (4, 1, 5, 5) and x_train.dtype == np.float32
+    np.testing.assert_allclose(x_train[:, 0] * 255, arrays["train-images-idx3-ubyte.gz"])
+    assert y_test.dtype == np.int64 and np.array_equal(y_test, arrays["t10k-labels-idx1-ubyte.gz"])
+    assert sorted(p.name for p in (cache / "fake").iterdir()) == sorted(files)
+    # a second load reads the verified cache without any mirror
+    load_idx_dataset(spec, cache, download=False)
+
+
+def test_a_tampered_cached_file_is_refused(tmp_path):
+    files, _ = fake_files()
+    spec = fake_spec(files)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x02\x01\x01")
+    )
+    with pytest.raises(DatasetError, match="checksum mismatch.*delete it"):
+        load_idx_dataset(spec, tmp_path)
+
+
+def test_offline_error_names_data_dir(tmp_path):
+    with pytest.raises(DatasetError, match="--data-dir"):
+        load_mnist(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="Offline.*--data-dir"):
+        load_idx_dataset(
+            MNIST,
+            tmp_path / "empty",
+            download=True,
+            mirrors=("http://127.0.0.1:9/",),
+            progress=False,
+        )
+
+
+def test_digits_and_splits():
+    x, y = load_digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    (a, ya), (b, yb) = train_val_split(x, y, 0.25, seed=3)
+    assert len(a) + len(b) == len(x) and len(b) == round(0.25 * len(x))
+    (a2, _), _ = train_val_split(x, y, 0.25, seed=3)
+    assert np.array_equal(a, a2)
+    sa, sb = standardize(a, b)
+    assert (
+        abs(float(sa.mean())) < 1e-5 and abs(float(sa.std()) - 1) < 1e-4 and sb.dtype == np.float32
+    )
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"real MNIST files not present in {MNIST_DIR}")
+def test_real_mnist_files_verify_and_load():
+    (x_train, y_train), (x_test, y_test) = load_mnist(MNIST_DIR)
+    assert x_train.shape == (60000, 1, 28, 28) and x_test.shape == (10000, 1, 28, 28)
+    assert np.array_equal(
+        np.bincount(y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
+    assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
