@@ -1,0 +1,164 @@
+"""gpucnn vs PyTorch on the same network, batch, thread count and optimizer.
+
+Optional: needs ``torch`` (on a CPU-only machine ``pip install torch==2.13.0``). Runs the
+two libraries in alternating pairs so both see the same machine state, and reports the median
+of each and the ratio of medians.
+
+    python benchmarks/compare_torch.py --model reference --batch-size 128 --pairs 5
+    python benchmarks/compare_torch.py --model reference --mode infer --batch-size 1000
+    python benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 512
+
+Writes a JSON report with ``--json FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from gpucnn.architectures import architecture
+from gpucnn.backend import select_backend, synchronize, to_device
+from gpucnn.bench import INPUT_SHAPE, build_model
+from gpucnn.optim import SGD
+
+
+def torch_model(name: str, torch):
+    """The built-in architecture ``name`` as a torch.nn.Sequential (same layer list)."""
+    nn = torch.nn
+    layers, shape = [], INPUT_SHAPE
+    for spec in architecture(name, INPUT_SHAPE, 10)["layers"]:
+        kind = spec["type"]
+        if kind == "Conv2D":
+            k = spec["kernel_size"]
+            pad = k // 2 if spec.get("padding") == "same" else spec.get("padding", 0)
+            layers.append(nn.Conv2d(shape[0], spec["filters"], k, padding=pad))
+            shape = (spec["filters"], shape[1] + 2 * pad - k + 1, shape[2] + 2 * pad - k + 1)
+        elif kind == "MaxPool2D":
+            layers.append(nn.MaxPool2d(spec["pool_size"]))
+            shape = (shape[0], shape[1] // spec["pool_size"], shape[2] // spec["pool_size"])
+        elif kind == "ReLU":
+            layers.append(nn.ReLU())
+        elif kind == "Flatten":
+            layers.append(nn.Flatten())
+            shape = (int(np.prod(shape)),)
+        elif kind == "Dense":
+            layers.append(nn.Linear(shape[0], spec["units"]))
+            shape = (spec["units"],)
+        else:
+            raise ValueError(f"no torch equivalent written for {kind}")
+    return nn.Sequential(*layers)
+
+
+def time_torch(args, torch, model, x, y, optimizer) -> float:
+    device = torch.device(args.device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_steps():
+        for _ in range(args.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+
+    def infer_steps():
+        with torch.inference_mode():
+            for _ in range(args.steps):
+                model(x)
+
+    run = train_steps if args.mode == "train" else infer_steps
+    sync()
+    start = time.perf_counter()
+    run()
+    sync()
+    return args.batch_size * args.steps / (time.perf_counter() - start)
+
+
+def time_gpucnn(args, model, x, y, optimizer) -> float:
+    xp = model.xp
+
+    def run():
+        for _ in range(args.steps):
+            if args.mode == "train":
+                model.loss_and_backward(x, y, check=False)
+                optimizer.step(model)
+            else:
+                model.forward(x, training=False, check=False)
+
+    synchronize(xp)
+    start = time.perf_counter()
+    run()
+    synchronize(xp)
+    return args.batch_size * args.steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating timed pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="numpy", help="gpucnn backend")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    rng = np.random.default_rng(0)
+    x_host = rng.random((args.batch_size, *INPUT_SHAPE), dtype=np.float32)
+    y_host = rng.integers(0, 10, args.batch_size)
+
+    backend = select_backend(args.backend)
+    ours = build_model(args.model, backend)
+    ours_opt = SGD(lr=0.01, momentum=0.9)
+    x_ours, y_ours = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
+
+    theirs = torch_model(args.model, torch).to(args.device)
+    theirs_opt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
+    x_t = torch.from_numpy(x_host).to(args.device)
+    y_t = torch.from_numpy(y_host).to(args.device)
+    if args.mode == "infer":
+        theirs.eval()
+
+    time_gpucnn(args, ours, x_ours, y_ours, ours_opt)  # warm-up both
+    time_torch(args, torch, theirs, x_t, y_t, theirs_opt)
+    mine, torch_rates = [], []
+    for _ in range(args.pairs):
+        mine.append(time_gpucnn(args, ours, x_ours, y_ours, ours_opt))
+        torch_rates.append(time_torch(args, torch, theirs, x_t, y_t, theirs_opt))
+    ratios = [a / b for a, b in zip(mine, torch_rates, strict=True)]
+    report = {
+        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "threads": args.threads,
+        "gpucnn_backend": backend.name, "torch_device": args.device, "torch_version": torch.__version__,
+        "gpucnn_images_per_second": statistics.median(mine),
+        "torch_images_per_second": statistics.median(torch_rates),
+        "ratio_of_medians": statistics.median(mine) / statistics.median(torch_rates),
+        "median_pair_ratio": statistics.median(ratios),
+        "pairs": [{"gpucnn": a, "torch": b} for a, b in zip(mine, torch_rates, strict=True)],
+    }
+    print(
+        f"{args.model} {args.mode} batch {args.batch_size}, {args.threads} threads: "
+        f"gpucnn[{backend.name}] {report['gpucnn_images_per_second']:.0f} img/s, "
+        f"torch[{args.device}] {report['torch_images_per_second']:.0f} img/s, "
+        f"ratio {report['median_pair_ratio']:.2f}x (median of {args.pairs} pairs)"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
