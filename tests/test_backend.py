@@ -94,3 +94,26 @@ def test_random_state_round_trip_reproduces_draws(xp):
     random.set_state(state)
     np.testing.assert_array_equal(to_numpy(random.uniform((4, 2), xp.float32)), first)
     assert not np.array_equal(to_numpy(Random(6, xp).uniform((4, 2), xp.float32)), first)
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride",
+    [
+        ((2, 7, 9, 4), (3, 3), (1, 1)),
+        ((3, 8, 6, 6), (2, 3), (2, 1)),
+        ((1, 5, 5, 8), (5, 5), (1, 1)),
+        ((2, 9, 9, 5), (3, 2), (3, 2)),
+    ],
+)
+def test_im2col_fast_path_equals_the_standard_code(shape, kernel, stride):
+    import array_api_strict
+
+    from gpucnn.backend import im2col_fast
+    from gpucnn.functional.im2col import im2col
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    fast = im2col_fast(x, kernel, stride)
+    standard = to_numpy(im2col(array_api_strict.asarray(x), kernel, stride))  # no fast path there
+    assert fast is not None and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, standard)
+    assert im2col_fast(x[..., :1], kernel, stride) is None  # too few channels: standard code

@@ -12,7 +12,9 @@ def relu_forward(x: Array) -> Array:
 
 def relu_backward(grad_out: Array, out: Array) -> Array:
     """Pass the gradient where the forward output was positive (the subgradient at 0 is 0)."""
-    return namespace(grad_out, out).where(out > 0, grad_out, 0.0)
+    xp = namespace(grad_out, out)
+    # multiplying by a 0/1 mask is several times faster than where() on NumPy (measured)
+    return grad_out * xp.astype(out > 0, grad_out.dtype)
 
 
 def dropout_forward(x: Array, rate: float, uniform: Array) -> tuple[Array, Array]:

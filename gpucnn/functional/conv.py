@@ -82,9 +82,12 @@ def conv2d_backward(
     grad_bias = xp.sum(g, axis=0)
     if not need_input_grad:
         return None, grad_weight, grad_bias
-    grad_cols = xp.matmul(g, xp.matrix_transpose(_weight_matrix(weight)))
+    # One (F, C) matrix per kernel offset: the batched product lands offset-major,
+    # (KH*KW, N*OH*OW, C), the layout in which col2im's slice-adds read contiguous memory.
+    w_per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 0, 1)), (KH * KW, F, C))
+    grad_cols = xp.matmul(g, w_per_offset)
     PT, PB, PL, PR = padding
     _, H, W, _ = x_shape
     padded_shape = (N, PT + H + PB, PL + W + PR, C)
-    grad_padded = col2im(xp.reshape(grad_cols, (N, OH, OW, KH, KW, C)), padded_shape, stride)
+    grad_padded = col2im(xp.reshape(grad_cols, (KH, KW, N, OH, OW, C)), padded_shape, stride)
     return unpad2d(grad_padded, padding), grad_weight, grad_bias

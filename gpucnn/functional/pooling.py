@@ -66,7 +66,7 @@ def max_pool2d_backward(grad_out: Array, x: Array, out: Array, pool: Pair, strid
         else:
             hit = xp.logical_and(hit, xp.logical_not(taken))
             taken = xp.logical_or(taken, hit)
-        routed = xp.where(hit, grad_out, 0.0)
+        routed = grad_out * xp.astype(hit, grad_out.dtype)  # faster than where() on NumPy
         if overlapping:
             grad_x[index] += routed
         else:  # each input belongs to one window only: assignment suffices
