@@ -108,12 +108,38 @@ def test_random_state_round_trip_reproduces_draws(xp):
 def test_im2col_fast_path_equals_the_standard_code(shape, kernel, stride):
     import array_api_strict
 
-    from gpucnn.backend import im2col_fast
+    from gpucnn.backend import fill_windows_fast
     from gpucnn.functional.im2col import im2col
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    fast = im2col_fast(x, kernel, stride)
-    standard = to_numpy(im2col(array_api_strict.asarray(x), kernel, stride))  # no fast path there
-    assert fast is not None and fast.dtype == np.float32
+    fast = im2col(x, kernel, stride, bias_column=True)  # NumPy: takes the fast path
+    standard = to_numpy(im2col(array_api_strict.asarray(x), kernel, stride, bias_column=True))
+    assert fast.dtype == np.float32
     np.testing.assert_array_equal(fast, standard)
-    assert im2col_fast(x[..., :1], kernel, stride) is None  # too few channels: standard code
+    assert not fill_windows_fast(
+        x[..., :1], kernel, stride, fast
+    )  # too few channels: standard code
+
+
+@pytest.mark.parametrize(
+    "pool,stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((2, 2), (3, 3))]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_backward_fast_path_equals_the_standard_code(pool, stride, ties):
+    import array_api_strict
+
+    from gpucnn.backend import max_pool_backward_fast
+    from gpucnn.functional.pooling import max_pool2d_backward, max_pool2d_forward
+
+    rng = np.random.default_rng(1)
+    x = (
+        rng.integers(0, 3, (2, 7, 8, 3)).astype(np.float32)
+        if ties
+        else rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
+    )
+    out = max_pool2d_forward(x, pool, stride)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    fast = max_pool_backward_fast(g, x, out, pool, stride)
+    xs, outs, gs = (array_api_strict.asarray(a) for a in (x, out, g))
+    standard = to_numpy(max_pool2d_backward(gs, xs, outs, pool, stride))
+    np.testing.assert_array_equal(fast, standard)

@@ -97,9 +97,10 @@ def test_backward_can_skip_input_gradient(xp, rng):
 def test_col2im_is_the_adjoint_of_im2col(xp, rng, kernel, stride):
     # <im2col(x), c> == <x, col2im(c)> for every x, c: col2im sums overlapping windows exactly.
     x = rng.standard_normal((2, 7, 6, 5))
-    cols = im2col(on(xp, x), kernel, stride)
-    c = rng.standard_normal(tuple(cols.shape))
-    lhs = np.sum(host(cols) * c)
+    cols = host(im2col(on(xp, x), kernel, stride))
+    N, OH, OW, _ = cols.shape
+    c = rng.standard_normal((N, OH, OW, *kernel, 5))
+    lhs = np.sum(cols * c.reshape(cols.shape))
     offset_major = np.ascontiguousarray(c.transpose(3, 4, 0, 1, 2, 5))  # col2im's layout
     rhs = np.sum(x * host(col2im(on(xp, offset_major), x.shape, stride)))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
@@ -108,6 +109,7 @@ def test_col2im_is_the_adjoint_of_im2col(xp, rng, kernel, stride):
 @pytest.mark.parametrize("C", [1, 5])  # below and above the NumPy fast path's threshold
 def test_im2col_window_content(xp, C):
     x = np.arange(2 * 4 * 5 * C, dtype=np.float64).reshape(2, 4, 5, C)
-    cols = host(im2col(on(xp, x), (2, 3), (2, 1)))
-    assert cols.shape == (2, 2, 3, 2, 3, C)
-    np.testing.assert_array_equal(cols[1, 1, 2, :, :, :], x[1, 2:4, 2:5, :])
+    cols = host(im2col(on(xp, x), (2, 3), (2, 1), bias_column=True))
+    assert cols.shape == (2, 2, 3, 2 * 3 * C + 1)
+    np.testing.assert_array_equal(cols[1, 1, 2, :-1].reshape(2, 3, C), x[1, 2:4, 2:5, :])
+    assert np.all(cols[..., -1] == 1.0)

@@ -34,15 +34,15 @@ def conv2d_forward(
     Returns
     -------
     out : array of shape (N, OH, OW, F)
-    cols : array of shape (N, OH, OW, KH, KW, C), the im2col matrix that
-        :func:`conv2d_backward` needs for the weight gradient.
+    cols : array of shape (N, OH, OW, KH*KW*C + 1), the im2col matrix with its ones column
+        (see :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`.
     """
     xp = namespace(x, weight, bias)
     F, C, KH, KW = weight.shape
-    cols = im2col(pad2d(x, padding), (KH, KW), stride)
-    N, OH, OW = cols.shape[:3]
-    out = xp.matmul(xp.reshape(cols, (N * OH * OW, KH * KW * C)), _weight_matrix(weight))
-    out += bias
+    cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
+    N, OH, OW, K1 = cols.shape
+    w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
+    out = xp.matmul(xp.reshape(cols, (N * OH * OW, K1)), w_and_b)
     return xp.reshape(out, (N, OH, OW, F)), cols
 
 
@@ -60,7 +60,7 @@ def conv2d_backward(
     Parameters
     ----------
     grad_out : array of shape (N, OH, OW, F), d(loss)/d(out)
-    cols : the (N, OH, OW, KH, KW, C) array returned by the forward pass
+    cols : the (N, OH, OW, KH*KW*C + 1) array returned by the forward pass
     weight : array of shape (F, C, KH, KW)
     x_shape : (N, H, W, C) of the unpadded input
     stride, padding : as in the forward pass
@@ -73,13 +73,14 @@ def conv2d_backward(
     grad_bias : array of shape (F,)
     """
     xp = namespace(grad_out, cols, weight)
-    N, OH, OW, KH, KW, C = cols.shape
-    F = weight.shape[0]
+    F, C, KH, KW = weight.shape
+    N, OH, OW, K1 = cols.shape
+    K = K1 - 1
     g = xp.reshape(grad_out, (N * OH * OW, F))
-    cols_2d = xp.reshape(cols, (N * OH * OW, KH * KW * C))
-    grad_w_mat = xp.matmul(xp.matrix_transpose(cols_2d), g)
-    grad_weight = xp.permute_dims(xp.reshape(grad_w_mat, (KH, KW, C, F)), (3, 2, 0, 1))
-    grad_bias = xp.sum(g, axis=0)
+    # one GEMM gives both: the ones column of cols turns the last row into sum(g, axis=0)
+    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, K1))), g)
+    grad_weight = xp.permute_dims(xp.reshape(grad_wb[:K, :], (KH, KW, C, F)), (3, 2, 0, 1))
+    grad_bias = grad_wb[K, :]
     if not need_input_grad:
         return None, grad_weight, grad_bias
     # One (F, C) matrix per kernel offset: the batched product lands offset-major,

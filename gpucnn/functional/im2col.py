@@ -23,7 +23,7 @@ iteration moves one strided slice of the whole batch.
 
 from __future__ import annotations
 
-from ..backend import Array, im2col_fast, namespace
+from ..backend import Array, fill_windows_fast, namespace
 
 Pair = tuple[int, int]
 Padding = tuple[int, int, int, int]  # (PT, PB, PL, PR)
@@ -115,43 +115,48 @@ def unpad2d(x: Array, padding: Padding) -> Array:
     return x[:, PT : HP - PB, PL : WP - PR, :]
 
 
-def im2col(x: Array, kernel: Pair, stride: Pair) -> Array:
-    """Gather every KH x KW window of an already padded ``x``.
+def im2col(x: Array, kernel: Pair, stride: Pair, bias_column: bool = False) -> Array:
+    """Gather every KH x KW window of an already padded ``x`` into one row per output pixel.
 
     Parameters
     ----------
     x : array of shape (N, H, W, C)
     kernel, stride : (KH, KW) and (SH, SW)
+    bias_column : append a column of ones. The convolution multiplies by the weights with
+        the bias as an extra row, so the GEMM adds the bias and the weight-gradient GEMM
+        returns the bias gradient as its last row: two full passes over the output saved.
 
     Returns
     -------
-    cols : array of shape (N, OH, OW, KH, KW, C); reshaped to (N*OH*OW, KH*KW*C) it is the
-        left operand of the convolution GEMM.
+    cols : array of shape (N, OH, OW, KH*KW*C [+ 1]), columns ordered (KH, KW, C);
+        reshaped to (N*OH*OW, ...) it is the left operand of the convolution GEMM.
     """
-    fast = im2col_fast(x, kernel, stride)
-    if fast is not None:
-        return fast
     xp = namespace(x)
     N, H, W, C = x.shape
     KH, KW = kernel
     SH, SW = stride
     OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
-    cols = xp.empty((N, OH, OW, KH, KW, C), dtype=x.dtype)
-    for i in range(KH):
-        rows = window_slice(i, SH, OH)
-        for j in range(KW):
-            cols[:, :, :, i, j, :] = x[:, rows, window_slice(j, SW, OW), :]
+    K = KH * KW * C
+    cols = xp.empty((N, OH, OW, K + int(bias_column)), dtype=x.dtype)
+    if bias_column:
+        cols[..., K] = 1.0
+    if not fill_windows_fast(x, kernel, stride, cols):
+        for i in range(KH):
+            rows = window_slice(i, SH, OH)
+            for j in range(KW):
+                first = (i * KW + j) * C
+                cols[..., first : first + C] = x[:, rows, window_slice(j, SW, OW), :]
     return cols
 
 
 def col2im(cols: Array, padded_shape: tuple[int, int, int, int], stride: Pair) -> Array:
-    """Scatter-add windows back to an image: the adjoint of :func:`im2col`.
+    """Scatter-add windows back to an image: the adjoint of :func:`im2col` (without bias column).
 
     Parameters
     ----------
     cols : array of shape (KH, KW, N, OH, OW, C), *offset-major*: each kernel offset's
         windows are one contiguous block, so every slice-add below reads contiguous memory
-        (with the (N, OH, OW, KH, KW, C) order of :func:`im2col` the adds were 3x slower).
+        (with the pixel-major order of :func:`im2col` the adds were 3x slower).
     padded_shape : (N, H, W, C) of the padded image the windows were taken from
     stride : (SH, SW)
 

@@ -7,7 +7,7 @@ ignored (floor rule), as in PyTorch and Keras.
 
 from __future__ import annotations
 
-from ..backend import Array, namespace
+from ..backend import Array, max_pool_backward_fast, namespace
 from .im2col import Pair, output_size, window_slice
 
 
@@ -55,6 +55,9 @@ def max_pool2d_backward(grad_out: Array, x: Array, out: Array, pool: Pair, strid
     grad_x : array of shape (N, H, W, C). Where a window holds several equal maxima only the
         first in row-major order receives the gradient, so the gradient's total is preserved.
     """
+    fast = max_pool_backward_fast(grad_out, x, out, pool, stride)
+    if fast is not None:
+        return fast
     xp = namespace(grad_out, x, out)
     grad_x = xp.zeros(x.shape, dtype=grad_out.dtype)
     overlapping = stride[0] < pool[0] or stride[1] < pool[1]
