@@ -2,7 +2,9 @@
 
 Optional: needs ``torch`` (on a CPU-only machine ``pip install torch==2.13.0``). Runs the
 two libraries in alternating pairs so both see the same machine state, and reports the median
-of each and the ratio of medians.
+of each and the median of the per-pair ratios. Each timed run is a fresh child process running
+one library only: in one process, PyTorch's OpenMP workers keep spinning after each call and
+steal the CPU from NumPy's BLAS threads, which skews the comparison.
 
     python benchmarks/compare_torch.py --model reference --batch-size 128 --pairs 5
     python benchmarks/compare_torch.py --model reference --mode infer --batch-size 1000
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -98,19 +102,8 @@ def time_gpucnn(args, model, x, y, optimizer) -> float:
     return args.batch_size * args.steps / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="reference")
-    parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
-    parser.add_argument("--pairs", type=int, default=5, help="alternating timed pairs")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", default="numpy", help="gpucnn backend")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-
+def child(args) -> float:
+    """Time one library in this process (called through --child)."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -120,32 +113,65 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x_host = rng.random((args.batch_size, *INPUT_SHAPE), dtype=np.float32)
     y_host = rng.integers(0, 10, args.batch_size)
-
-    backend = select_backend(args.backend)
-    ours = build_model(args.model, backend)
-    ours_opt = SGD(lr=0.01, momentum=0.9)
-    x_ours, y_ours = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
-
-    theirs = torch_model(args.model, torch).to(args.device)
-    theirs_opt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
-    x_t = torch.from_numpy(x_host).to(args.device)
-    y_t = torch.from_numpy(y_host).to(args.device)
+    if args.child == "gpucnn":
+        backend = select_backend(args.backend)
+        model = build_model(args.model, backend)
+        optimizer = SGD(lr=0.01, momentum=0.9)
+        x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
+        time_gpucnn(args, model, x, y, optimizer)  # warm-up
+        return time_gpucnn(args, model, x, y, optimizer)
+    model = torch_model(args.model, torch).to(args.device)
     if args.mode == "infer":
-        theirs.eval()
+        model.eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.from_numpy(x_host).to(args.device), torch.from_numpy(y_host).to(args.device)
+    time_torch(args, torch, model, x, y, optimizer)
+    return time_torch(args, torch, model, x, y, optimizer)
 
-    time_gpucnn(args, ours, x_ours, y_ours, ours_opt)  # warm-up both
-    time_torch(args, torch, theirs, x_t, y_t, theirs_opt)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
+    parser.add_argument("--pairs", type=int, default=5, help="alternating timed pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="numpy", help="gpucnn backend")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--json")
+    parser.add_argument("--child", choices=("gpucnn", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps({"images_per_second": child(args)}))
+        return
+
+    def measure(library: str) -> float:
+        command = [sys.executable, __file__, "--child", library] + sys.argv[1:]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"]
+
     mine, torch_rates = [], []
     for _ in range(args.pairs):
-        mine.append(time_gpucnn(args, ours, x_ours, y_ours, ours_opt))
-        torch_rates.append(time_torch(args, torch, theirs, x_t, y_t, theirs_opt))
+        mine.append(measure("gpucnn"))
+        torch_rates.append(measure("torch"))
+    import torch
+
+    backend = select_backend(args.backend)
     ratios = [a / b for a, b in zip(mine, torch_rates, strict=True)]
     report = {
-        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "threads": args.threads,
-        "gpucnn_backend": backend.name, "torch_device": args.device, "torch_version": torch.__version__,
+        "model": args.model,
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "steps": args.steps,
+        "gpucnn_backend": backend.name,
+        "torch_device": args.device,
+        "torch_version": torch.__version__,
         "gpucnn_images_per_second": statistics.median(mine),
         "torch_images_per_second": statistics.median(torch_rates),
-        "ratio_of_medians": statistics.median(mine) / statistics.median(torch_rates),
         "median_pair_ratio": statistics.median(ratios),
         "pairs": [{"gpucnn": a, "torch": b} for a, b in zip(mine, torch_rates, strict=True)],
     }
@@ -153,7 +179,7 @@ def main() -> None:
         f"{args.model} {args.mode} batch {args.batch_size}, {args.threads} threads: "
         f"gpucnn[{backend.name}] {report['gpucnn_images_per_second']:.0f} img/s, "
         f"torch[{args.device}] {report['torch_images_per_second']:.0f} img/s, "
-        f"ratio {report['median_pair_ratio']:.2f}x (median of {args.pairs} pairs)"
+        f"ratio {report['median_pair_ratio']:.2f}x (median of {args.pairs} alternating pairs)"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -41,9 +41,21 @@ from .trainer import EarlyStopping, Trainer, TrainingError, TrainingInterrupted,
 DATASETS = ("digits", "mnist", "fashion-mnist")
 # The default recipe per dataset: model, epochs, batch size, learning rate.
 RECIPES = {
-    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05},
-    "mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05},
-    "fashion-mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05},
+    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
+    "mnist": {
+        "model": "reference",
+        "epochs": 3,
+        "batch_size": 128,
+        "lr": 0.05,
+        "schedule": "cosine",
+    },
+    "fashion-mnist": {
+        "model": "reference",
+        "epochs": 3,
+        "batch_size": 128,
+        "lr": 0.05,
+        "schedule": "cosine",
+    },
 }
 USER_ERRORS = (
     ValueError,
@@ -176,7 +188,7 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
         "momentum": args.momentum,
         "nesterov": args.nesterov,
         "weight_decay": args.weight_decay,
-        "schedule": args.schedule,
+        "schedule": args.schedule or recipe["schedule"],
         "clip_norm": args.clip_norm,
         "val_fraction": args.val_fraction,
         "patience": args.patience,
