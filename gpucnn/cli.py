@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay", type=float, default=0.0, help="applied to weights, not biases"
     )
     train.add_argument(
-        "--schedule", choices=("constant", "step", "exponential", "cosine"), default="constant"
+        "--schedule", choices=("constant", "step", "exponential", "cosine"), help="default: cosine"
     )
     train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     train.add_argument(
