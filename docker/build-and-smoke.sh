@@ -22,7 +22,9 @@ elif command -v podman >/dev/null && command -v buildah >/dev/null; then
   # hosts whose package index sits behind a proxy: lend the build its pip config and CA
   # bundle read-only (build time only; nothing of it is copied into the image)
   [ -f /etc/pip.conf ] && extra+=(-v /etc/pip.conf:/etc/pip.conf:ro)
-  [ -f /etc/ssl/certs/ca-certificates.crt ] && extra+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  # (mounted beside, not over, the image's own bundle, which Debian's ca-certificates rewrites)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] \
+    && extra+=(-v /etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro --build-arg PIP_CERT=/host-ca.crt)
   build() { podman build --isolation=chroot "${extra[@]}" "$@"; }
   run_in() {
     local image=$1 container status=0; shift

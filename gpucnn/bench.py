@@ -79,37 +79,45 @@ def infer_throughput(model: Sequential, batch_size: int, repeats: int) -> float:
 
 
 def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict[str, Any]]:
-    """Median forward and backward milliseconds of every layer for one training batch."""
+    """Median forward and backward milliseconds of every step for one training batch.
+
+    Steps are the model's layers, except that a ``ReLU, MaxPool2D`` pair runs as one step
+    (see ``Sequential``), reported as ``relu_1+maxpool2d_1``.
+    """
     xp = model.xp
     rng = np.random.default_rng(2)
     x = to_device(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
     y = to_device(rng.integers(0, CLASSES, batch_size), xp)
-    forward = {layer.name: [] for layer in model.layers}
-    backward = {layer.name: [] for layer in model.layers}
+    names = [step_name(step) for step in model.steps]
+    forward = {name: [] for name in names}
+    backward = {name: [] for name in names}
     for _ in range(repeats + 1):  # the first pass warms up and is dropped
         h = model._prepare_input(x, check=False)
-        for layer in model.layers:
+        for name, step in zip(names, model.steps, strict=True):
             synchronize(xp)
             start = time.perf_counter()
-            h = layer.forward(h, training=True)
+            h = step.forward(h, training=True)
             synchronize(xp)
-            forward[layer.name].append(time.perf_counter() - start)
+            forward[name].append(time.perf_counter() - start)
         _, g = softmax_cross_entropy(h, y, check_range=False)
-        for index in range(len(model.layers) - 1, -1, -1):
-            layer = model.layers[index]
+        for index in range(len(model.steps) - 1, -1, -1):
             synchronize(xp)
             start = time.perf_counter()
-            g = layer.backward(g, need_input_grad=index > 0)
+            g = model.steps[index].backward(g, need_input_grad=index > 0)
             synchronize(xp)
-            backward[layer.name].append(time.perf_counter() - start)
+            backward[names[index]].append(time.perf_counter() - start)
     return [
         {
-            "layer": layer.name,
-            "forward_ms": 1e3 * statistics.median(forward[layer.name][1:]),
-            "backward_ms": 1e3 * statistics.median(backward[layer.name][1:]),
+            "layer": name,
+            "forward_ms": 1e3 * statistics.median(forward[name][1:]),
+            "backward_ms": 1e3 * statistics.median(backward[name][1:]),
         }
-        for layer in model.layers
+        for name in names
     ]
+
+
+def step_name(step) -> str:
+    return step.name if hasattr(step, "name") else f"{step.relu.name}+{step.pool.name}"
 
 
 def run_bench(args) -> int:
@@ -140,7 +148,7 @@ def run_bench(args) -> int:
     if profile:
         print(f"per-layer median ms at batch {args.batch_size[0]} (forward / backward):")
         for row in profile:
-            print(f"  {row['layer']:<14} {row['forward_ms']:8.2f} / {row['backward_ms']:8.2f}")
+            print(f"  {row['layer']:<24} {row['forward_ms']:8.2f} / {row['backward_ms']:8.2f}")
     report = {
         "model": args.model,
         "backend": backend.name,

@@ -179,3 +179,33 @@ def test_bad_model_arguments(kwargs, message):
     args = {"input_shape": (1, 8, 8), "backend": "numpy"} | kwargs
     with pytest.raises(ValueError, match=message):
         Sequential([Conv2D(2, 3)], **args)
+
+
+def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
+    """The model evaluates ReLU -> MaxPool2D as pool-then-ReLU; check it against layer order."""
+    model = Sequential(
+        [Conv2D(3, 3), ReLU(), MaxPool2D(2), Conv2D(4, 2), ReLU(), MaxPool2D(3, stride=1), Flatten(), Dense(2)],
+        input_shape=(1, 11, 11), dtype="float64", backend=xp, seed=4,
+    )  # fmt: skip
+    assert len(model.steps) == len(model.layers) - 2
+    x = rng.standard_normal((3, 1, 11, 11))
+    x[0, 0, :4, :4] = -1.0  # a region whose windows are all <= 0 after the first conv too
+    g = rng.standard_normal((3, 2))
+    fused_out = host(model.forward(on(xp, x)))
+    fused_grad = host(model.backward(on(xp, g)))
+    fused_params = {name: host(layer.grads[key]) for name, layer, key in model.parameters()}
+
+    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
+    for layer in model.layers:  # the layers one by one, in the order the user wrote them
+        h = layer.forward(h)
+    np.testing.assert_allclose(host(h), fused_out, rtol=1e-13, atol=1e-13)
+    grad = on(xp, g)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    np.testing.assert_allclose(
+        host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=1e-13, atol=1e-13
+    )
+    for name, layer, key in model.parameters():
+        np.testing.assert_allclose(
+            host(layer.grads[key]), fused_params[name], rtol=1e-13, atol=1e-13
+        )
