@@ -5,7 +5,8 @@
 #              that it fell back to NumPy and why.
 # Uses `docker` when a Docker engine answers, otherwise podman/buildah with chroot isolation
 # (for hosts without a container runtime that can create cgroups).
-# Environment: CUDA_MAJOR=12|13 (GPU image, default 12), SKIP_GPU=1 to build only the CPU image.
+# Environment: CUDA_MAJOR=12|13 (GPU image, default 12), SKIP_GPU=1 to build only the CPU image,
+# NO_CACHE=1 to rebuild every layer (for build timings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUDA_MAJOR=${CUDA_MAJOR:-12}
@@ -42,6 +43,7 @@ log "engine: $engine"
 
 timed_build() {
   local start=$SECONDS
+  if [ "${NO_CACHE:-0}" = 1 ]; then set -- --no-cache "$@"; fi
   build "$@"
   echo "built in $((SECONDS - start)) s"
 }

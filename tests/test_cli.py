@@ -198,6 +198,7 @@ def test_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert message in err
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_divergence_exits_3(tmp_path, capsys):
     assert run("train", "--epochs", 2, "--lr", 1e20, "--out", tmp_path, "--backend", "numpy") == 3
     assert "training diverged at epoch 1" in capsys.readouterr().err
