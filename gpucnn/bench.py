@@ -7,9 +7,7 @@ on a GPU the device is synchronised before each clock read.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,10 @@ from .backend import device_info, select_backend, synchronize, to_device
 from .functional.losses import softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD
+from .trainer import peak_rss_mib
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _median_time(fn, repeats: int, xp) -> float:

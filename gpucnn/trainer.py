@@ -14,7 +14,9 @@ for bit on the CPU.
 from __future__ import annotations
 
 import math
+import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,7 +33,15 @@ from .optim import SGD, ConstantLR, Optimizer, Schedule
 from .progress import ProgressBar
 
 GPU_CHECK_EVERY = 20
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s", "images_per_second")
+HISTORY_KEYS = (
+    "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s", "images_per_second", "peak_rss_mib",
+)  # fmt: skip
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 class TrainingError(RuntimeError):
@@ -339,6 +349,7 @@ class Trainer:
             "lr": lr,
             "time_s": elapsed,
             "images_per_second": (n - first * batch_size) / max(elapsed, 1e-9),
+            "peak_rss_mib": peak_rss_mib(),  # host memory high-water mark: flat when nothing leaks
         }
 
     def _grad_square_norm(self):

@@ -200,3 +200,19 @@ def test_real_mnist_files_verify_and_load():
         np.bincount(y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     )
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"real MNIST files not present in {MNIST_DIR}")
+def test_small_network_learns_real_mnist_in_one_epoch():
+    from gpucnn import SGD, Sequential
+    from gpucnn.architectures import architecture
+    from gpucnn.trainer import Trainer, evaluate
+
+    (x_train, y_train), (x_test, y_test) = load_mnist(MNIST_DIR)
+    model = Sequential.from_config(architecture("small", (1, 28, 28), 10), backend="numpy", seed=0)
+    Trainer(model, SGD(0.05, momentum=0.9), log=None).fit(
+        x_train[:12000], y_train[:12000], epochs=1, batch_size=64
+    )
+    _, accuracy = evaluate(model, x_test[:2000], y_test[:2000])
+    assert accuracy > 0.95

