@@ -12,18 +12,31 @@ from pathlib import Path
 from typing import Any
 
 
+def _conv(filters: int, kernel: int, **options: Any) -> dict[str, Any]:
+    return {"type": "Conv2D", "filters": filters, "kernel_size": kernel, **options}
+
+
+def _dense(units: int) -> dict[str, Any]:
+    return {"type": "Dense", "units": units}
+
+
+RELU = {"type": "ReLU"}
+POOL = {"type": "MaxPool2D", "pool_size": 2}
+FLATTEN = {"type": "Flatten"}
+
+
 def _reference(num_classes: int) -> list[dict[str, Any]]:
     return [
-        {"type": "Conv2D", "filters": 32, "kernel_size": 3},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Conv2D", "filters": 64, "kernel_size": 3},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 128},
-        {"type": "ReLU"},
-        {"type": "Dense", "units": num_classes},
+        _conv(32, 3),
+        RELU,
+        POOL,
+        _conv(64, 3),
+        RELU,
+        POOL,
+        FLATTEN,
+        _dense(128),
+        RELU,
+        _dense(num_classes),
     ]
 
 
@@ -31,35 +44,17 @@ def _lenet(num_classes: int) -> list[dict[str, Any]]:
     # LeNet-5 with ReLU and max pooling; "same" padding on the first conv turns 28x28 into
     # the 32x32 geometry of the original paper.
     return [
-        {"type": "Conv2D", "filters": 6, "kernel_size": 5, "padding": "same"},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Conv2D", "filters": 16, "kernel_size": 5},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 120},
-        {"type": "ReLU"},
-        {"type": "Dense", "units": 84},
-        {"type": "ReLU"},
-        {"type": "Dense", "units": num_classes},
-    ]
+        _conv(6, 5, padding="same"), RELU, POOL, _conv(16, 5), RELU, POOL, FLATTEN,
+        _dense(120), RELU, _dense(84), RELU, _dense(num_classes),
+    ]  # fmt: skip
 
 
 def _small(num_classes: int) -> list[dict[str, Any]]:
     # fits 8x8 digits as well as 28x28 images: "same" padding keeps every size valid
     return [
-        {"type": "Conv2D", "filters": 16, "kernel_size": 3, "padding": "same"},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"},
-        {"type": "ReLU"},
-        {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Flatten"},
-        {"type": "Dense", "units": 64},
-        {"type": "ReLU"},
-        {"type": "Dense", "units": num_classes},
-    ]
+        _conv(16, 3, padding="same"), RELU, POOL, _conv(32, 3, padding="same"), RELU, POOL,
+        FLATTEN, _dense(64), RELU, _dense(num_classes),
+    ]  # fmt: skip
 
 
 BUILTIN = {"reference": _reference, "lenet": _lenet, "small": _small}
@@ -72,7 +67,8 @@ def architecture(spec: str, input_shape: tuple[int, ...], num_classes: int) -> d
     shape that disagrees with the dataset's.
     """
     if spec in BUILTIN:
-        return {"input_shape": list(input_shape), "layers": BUILTIN[spec](num_classes)}
+        layers = [dict(layer) for layer in BUILTIN[spec](num_classes)]  # callers may edit them
+        return {"input_shape": list(input_shape), "layers": layers}
     path = Path(spec)
     if not path.suffix and not path.exists():
         raise ValueError(
