@@ -19,6 +19,7 @@ from .layers import Layer, MaxPool2D, ReLU, layer_from_config
 from .layers.base import BuildContext, public_shape
 
 DTYPES = ("float32", "float64")
+INFERENCE_BLOCK = 128  # images per block for CPU inference (see Sequential.forward)
 
 
 class Sequential:
@@ -98,6 +99,17 @@ class Sequential:
             classifier).
         """
         x = self._prepare_input(x, check)
+        N = x.shape[0]
+        if training or self.backend.is_gpu or N <= INFERENCE_BLOCK:
+            return self._run(x, training)
+        # CPU inference on a large batch runs in blocks whose activations stay in cache:
+        # measured 15-20 % more images/s at batch 1000 than one pass over the whole batch.
+        blocks = [
+            self._run(x[i : i + INFERENCE_BLOCK], False) for i in range(0, N, INFERENCE_BLOCK)
+        ]
+        return self.xp.concat(blocks, axis=0)
+
+    def _run(self, x: Array, training: bool) -> Array:
         for step in self.steps:
             x = step.forward(x, training)
         return x
