@@ -209,3 +209,14 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
         np.testing.assert_allclose(
             host(layer.grads[key]), fused_params[name], rtol=1e-13, atol=1e-13
         )
+
+
+def test_blocked_cpu_inference_equals_one_pass(rng):
+    from gpucnn.model import INFERENCE_BLOCK
+
+    model = deep_net("numpy", dtype="float64")
+    model.layers[7].rate = 0.0  # no dropout, so the training pass is deterministic too
+    x = rng.standard_normal((2 * INFERENCE_BLOCK + 5, 2, 9, 8))
+    blocked = model.forward(x, training=False)  # runs in blocks of INFERENCE_BLOCK
+    whole = model.forward(x, training=True)  # one pass over the whole batch
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-12)
