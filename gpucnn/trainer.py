@@ -13,6 +13,7 @@ for bit on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import signal
@@ -418,23 +419,20 @@ class Trainer:
             + f" | lr {logs['lr']:.4g} | {logs['time_s']:.1f}s {logs['images_per_second']:.0f} img/s"
         )
 
+    @contextlib.contextmanager
     def _signals_caught(self):
-        trainer = self
+        """While training, SIGINT/SIGTERM only raise a flag; the batch loop saves and stops."""
 
-        class _Catch:
-            def __enter__(self):
-                self.previous = {}
-                if threading.current_thread() is threading.main_thread():
-                    for sig in (signal.SIGINT, signal.SIGTERM):
-                        self.previous[sig] = signal.signal(sig, self.handle)
+        def handle(signum, frame):
+            self._signal = signum
 
-            def handle(self, signum, frame):
-                trainer._signal = signum
-
-            def __exit__(self, *exc):
-                for sig, handler in self.previous.items():
-                    signal.signal(sig, handler)
-                trainer._signal = None
-                return False
-
-        return _Catch()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handle)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._signal = None
