@@ -122,21 +122,24 @@ def test_im2col_fast_path_equals_the_standard_code(shape, kernel, stride):
 
 
 @pytest.mark.parametrize(
-    "pool,stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((2, 2), (3, 3))]
+    "pool,stride",
+    [((2, 2), (2, 2)), ((3, 3), (3, 3)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((2, 2), (3, 3))],
 )
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_backward_fast_path_equals_the_standard_code(pool, stride, ties):
+    rng = np.random.default_rng(1)
+    # a ragged edge, then a 6x6 input that windows with stride == pool tile exactly
+    for shape in ((2, 7, 8, 3), (2, 6, 6, 3)):
+        x = rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)
+        check_max_pool_fast_path(x.astype(np.float32), pool, stride, rng)
+
+
+def check_max_pool_fast_path(x, pool, stride, rng):
     import array_api_strict
 
     from gpucnn.backend import max_pool_backward_fast
     from gpucnn.functional.pooling import max_pool2d_backward, max_pool2d_forward
 
-    rng = np.random.default_rng(1)
-    x = (
-        rng.integers(0, 3, (2, 7, 8, 3)).astype(np.float32)
-        if ties
-        else rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
-    )
     out = max_pool2d_forward(x, pool, stride)
     g = rng.standard_normal(out.shape).astype(np.float32)
     fast = max_pool_backward_fast(g, x, out, pool, stride)
