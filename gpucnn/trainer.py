@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .backend import synchronize, to_device
-from .checkpoint import Checkpoint, restore_model, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, restore_model, save_checkpoint
 from .functional.losses import softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule
@@ -283,7 +283,11 @@ class Trainer:
                 )
             state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
             self.optimizer.load_state_dict(state, self.model.xp, self.model.dtype)
-        trainer = checkpoint.meta["trainer"]
+        trainer = checkpoint.meta.get("trainer")
+        if trainer is None:
+            raise CheckpointError(
+                "this checkpoint holds final weights only, no training state to resume"
+            )
         self.epoch = int(trainer["epoch"])
         self.history = {k: list(trainer["history"].get(k, [])) for k in HISTORY_KEYS}
         self.shuffle_rng.bit_generator.state = trainer["shuffle_rng"]
@@ -296,6 +300,11 @@ class Trainer:
         num_batches = -(-n // batch_size)
         position = self._position or {}
         if position:
+            if position["batch_size"] != batch_size:
+                raise ValueError(
+                    f"resuming inside an epoch needs the same batch size: expected "
+                    f"{position['batch_size']}; received {batch_size}"
+                )
             self.shuffle_rng.bit_generator.state = position["rng_at_epoch_start"]
         rng_at_start = self.shuffle_rng.bit_generator.state
         order = to_device(self.shuffle_rng.permutation(n), xp)
@@ -334,6 +343,7 @@ class Trainer:
             if self._signal is not None:
                 self._position = {
                     "batch": b + 1,
+                    "batch_size": batch_size,
                     "rng_at_epoch_start": rng_at_start,
                     "loss_sum": float(loss_sum),
                     "correct": int(correct),

@@ -206,3 +206,24 @@ def test_adam_trains():
 def test_bad_training_data_is_rejected_before_training(data, message):
     with pytest.raises(ValueError, match=message):
         Trainer(net(), log=None).fit(*data)
+
+
+def test_resume_refuses_final_weights_and_a_changed_batch_size(tmp_path):
+    from gpucnn.checkpoint import CheckpointError, save_checkpoint
+
+    x, y, _, _ = digits()
+    with pytest.raises(CheckpointError, match="no training state"):
+        Trainer(net(), log=None).restore(
+            load_checkpoint(save_checkpoint(tmp_path / "m.npz", net()))
+        )
+    box = []
+    trainer = Trainer(
+        net(), InterruptAt(box, 3, lr=0.05), checkpoint_path=tmp_path / "c.npz", log=None
+    )
+    box.append(trainer)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit(x, y, epochs=1, batch_size=30)
+    again = Trainer(net(), SGD(0.05), log=None)
+    again.restore(load_checkpoint(tmp_path / "c.npz"))
+    with pytest.raises(ValueError, match="same batch size: expected 30; received 20"):
+        again.fit(x, y, epochs=1, batch_size=20)
