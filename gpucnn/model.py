@@ -80,6 +80,7 @@ class Sequential:
             raise ValueError(f"expected unique layer names; received {names}")
         self.output_shape = public_shape(inner)
         self.steps = _execution_plan(self.layers)
+        self._backward_ready = False  # set by a training forward pass
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x: Any, training: bool = True, check: bool = True) -> Array:
@@ -99,11 +100,12 @@ class Sequential:
             classifier).
         """
         x = self._prepare_input(x, check)
+        self._backward_ready = training
         N = x.shape[0]
         if training or self.backend.is_gpu or N <= INFERENCE_BLOCK:
             return self._run(x, training)
         # CPU inference on a large batch runs in blocks whose activations stay in cache:
-        # measured 15-20 % more images/s at batch 1000 than one pass over the whole batch.
+        # measured 6.8k -> 8.1k-9.1k images/s at batch 1000 on the reference network.
         blocks = [
             self._run(x[i : i + INFERENCE_BLOCK], False) for i in range(0, N, INFERENCE_BLOCK)
         ]
@@ -121,6 +123,8 @@ class Sequential:
         shape (N, *input_shape), or None when ``need_input_grad`` is False (which spares the
         first layer's input-gradient GEMM, as training does).
         """
+        if not self._backward_ready:
+            raise RuntimeError("backward() needs a preceding forward(x, training=True)")
         g = grad_out
         for index in range(len(self.steps) - 1, -1, -1):
             g = self.steps[index].backward(g, need_input_grad=index > 0 or need_input_grad)

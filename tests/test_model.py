@@ -220,3 +220,10 @@ def test_blocked_cpu_inference_equals_one_pass(rng):
     blocked = model.forward(x, training=False)  # runs in blocks of INFERENCE_BLOCK
     whole = model.forward(x, training=True)  # one pass over the whole batch
     np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_after_an_inference_forward_is_refused():
+    model = deep_net("numpy")
+    model.forward(np.zeros((1, 2, 9, 8)), training=False)
+    with pytest.raises(RuntimeError, match=r"needs a preceding forward\(x, training=True\)"):
+        model.backward(np.zeros((1, 3)))
