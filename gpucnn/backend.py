@@ -313,5 +313,11 @@ def device_info(backend: Backend) -> dict:
         )
     else:
         info["device"] = "CPU"
+        try:  # POSIX: physical memory of the host
+            info["memory_total_mib"] = round(
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+            )
+        except (ValueError, OSError, AttributeError):
+            pass
     info["numpy_version"] = np.__version__
     return info
