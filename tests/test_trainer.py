@@ -227,3 +227,23 @@ def test_resume_refuses_final_weights_and_a_changed_batch_size(tmp_path):
     again.restore(load_checkpoint(tmp_path / "c.npz"))
     with pytest.raises(ValueError, match="same batch size: expected 30; received 20"):
         again.fit(x, y, epochs=1, batch_size=20)
+
+
+def test_the_trainer_is_backend_agnostic(xp):
+    """The same fit on every namespace: strict (no fast paths) matches NumPy, CuPy closely."""
+    x, y, xv, yv = digits(200)
+    states = []
+    for backend in ("numpy", xp):
+        model = net(backend=backend)
+        trainer = Trainer(
+            model,
+            SGD(0.05, momentum=0.9),
+            clip_norm=5.0,
+            callbacks=[EarlyStopping("val_accuracy")],
+            log=None,
+        )
+        history = trainer.fit(x, y, (xv, yv), epochs=2, batch_size=32)
+        assert len(history["val_accuracy"]) == 2
+        states.append(model.state_dict())
+    for key in states[0]:
+        np.testing.assert_allclose(states[1][key], states[0][key], rtol=1e-4, atol=1e-5)
