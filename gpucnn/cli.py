@@ -357,6 +357,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model_path, backend=args.backend)
+    if len(model.input_shape) != 3:
+        raise ImageError(
+            f"expected a model that takes (C, H, W) images; received input shape {model.input_shape}"
+        )
     channels, height, width = model.input_shape
     for path in args.files:
         images = fit_channels(load_images(path), channels, path)
