@@ -321,3 +321,27 @@ def device_info(backend: Backend) -> dict:
             pass
     info["numpy_version"] = np.__version__
     return info
+
+
+def blas_info() -> dict[str, Any]:
+    """The BLAS NumPy uses and its thread count."""
+    info: dict[str, Any] = {}
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if pools:
+            info = {
+                "blas": pools[0].get("internal_api"),
+                "blas_version": pools[0].get("version"),
+                "blas_threads": pools[0].get("num_threads"),
+                "blas_core": pools[0].get("architecture"),
+            }
+    except ImportError:
+        pass
+    if not info:
+        config = np.show_config(mode="dicts") or {}
+        blas = config.get("Build Dependencies", {}).get("blas", {})
+        info = {"blas": blas.get("name"), "blas_version": blas.get("version"), "blas_threads": None}
+    info["cpu_count"] = os.cpu_count()
+    return info

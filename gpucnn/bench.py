@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .architectures import architecture
-from .backend import device_info, select_backend, synchronize, to_device
+from .backend import blas_info, device_info, select_backend, synchronize, to_device
 from .functional.losses import softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD
@@ -42,12 +42,18 @@ def build_model(name: str, backend, seed: int = 0) -> Sequential:
     )
 
 
+def synthetic_batch(model: Sequential, batch_size: int, seed: int):
+    """Random images (batch_size, *INPUT_SHAPE) in [0, 1) and labels, on the model's device."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)
+    y = rng.integers(0, CLASSES, batch_size)
+    return to_device(x, model.xp), to_device(y, model.xp)
+
+
 def train_throughput(model: Sequential, batch_size: int, steps: int, repeats: int) -> float:
     """Training images/s: forward, loss, backward and an SGD-momentum step per batch."""
     xp = model.xp
-    rng = np.random.default_rng(0)
-    x = to_device(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
-    y = to_device(rng.integers(0, CLASSES, batch_size), xp)
+    x, y = synthetic_batch(model, batch_size, seed=0)
     optimizer = SGD(lr=0.01, momentum=0.9)
 
     def run():
@@ -62,7 +68,7 @@ def train_throughput(model: Sequential, batch_size: int, steps: int, repeats: in
 def infer_throughput(model: Sequential, batch_size: int, repeats: int) -> float:
     """Inference images/s: forward in inference mode on one batch."""
     xp = model.xp
-    x = to_device(np.random.default_rng(1).random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
+    x, _ = synthetic_batch(model, batch_size, seed=1)
 
     def run():
         model.forward(x, training=False, check=False)
@@ -78,10 +84,8 @@ def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict
     (see ``Sequential``), reported as ``relu_1+maxpool2d_1``.
     """
     xp = model.xp
-    rng = np.random.default_rng(2)
-    x = to_device(rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), xp)
-    y = to_device(rng.integers(0, CLASSES, batch_size), xp)
-    names = [step_name(step) for step in model.steps]
+    x, y = synthetic_batch(model, batch_size, seed=2)
+    names = [step.name for step in model.steps]
     forward = {name: [] for name in names}
     backward = {name: [] for name in names}
     for _ in range(repeats + 1):  # the first pass warms up and is dropped
@@ -109,15 +113,9 @@ def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict
     ]
 
 
-def step_name(step) -> str:
-    return step.name if hasattr(step, "name") else f"{step.relu.name}+{step.pool.name}"
-
-
 def run_bench(args) -> int:
-    from .cli import UsageError, blas_info
-
     if min(args.batch_size) < 1 or args.infer_batch_size < 1 or args.repeats < 1 or args.steps < 1:
-        raise UsageError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
+        raise ValueError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
     backend = select_backend(args.backend)
     model = build_model(args.model, backend)
     results = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .architectures import BUILTIN, architecture
-from .backend import BACKEND_CHOICES, BackendError, device_info, select_backend
+from .backend import BACKEND_CHOICES, BackendError, blas_info, device_info, select_backend
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .data import (
     DatasetError,
@@ -380,30 +379,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- info / bench
-def blas_info() -> dict[str, Any]:
-    """The BLAS NumPy uses and its thread count."""
-    info: dict[str, Any] = {}
-    try:
-        from threadpoolctl import threadpool_info
-
-        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-        if pools:
-            info = {
-                "blas": pools[0].get("internal_api"),
-                "blas_version": pools[0].get("version"),
-                "blas_threads": pools[0].get("num_threads"),
-                "blas_core": pools[0].get("architecture"),
-            }
-    except ImportError:
-        pass
-    if not info:
-        config = np.show_config(mode="dicts") or {}
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        info = {"blas": blas.get("name"), "blas_version": blas.get("version"), "blas_threads": None}
-    info["cpu_count"] = os.cpu_count()
-    return info
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     backend = select_backend(args.backend)
     details = {

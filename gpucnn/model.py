@@ -272,7 +272,8 @@ class _PoolThenReLU:
     """
 
     def __init__(self, relu: ReLU, pool: MaxPool2D):
-        self.relu, self.pool = relu, pool
+        self.pool = pool
+        self.name = f"{relu.name}+{pool.name}"  # as profiles report the step
         self._out = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
