@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import synchronize, to_device
+from .backend import namespace, synchronize, to_device
 from .checkpoint import Checkpoint, CheckpointError, restore_model, save_checkpoint
-from .functional.losses import softmax_cross_entropy
+from .functional.losses import check_labels, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule
 from .progress import ProgressBar
@@ -114,6 +114,12 @@ class EarlyStopping(Callback):
             trainer.model.load_state_dict(self.best_weights)
 
 
+def count_correct(logits, labels):
+    """Number of rows of (N, K) ``logits`` whose argmax equals ``labels`` (an int64 0-d array)."""
+    xp = namespace(logits, labels)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
 def evaluate(
     model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 512
 ) -> tuple[float, float]:
@@ -126,7 +132,7 @@ def evaluate(
         labels = to_device(y[start : start + batch_size], xp)
         loss, _ = softmax_cross_entropy(logits, labels, check_range=False)
         total_loss = total_loss + xp.astype(loss, xp.float64) * labels.shape[0]
-        correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+        correct = correct + count_correct(logits, labels)
     n = max(len(x), 1)
     return float(total_loss) / n, int(correct) / n
 
@@ -146,16 +152,10 @@ def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str)
         raise ValueError(f"{what}: expected floating-point images; received dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{what}: expected finite values; received NaN or inf")
-    classes = model.output_shape[0]
-    y = np.asarray(y)
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"{what}: expected integer labels of shape ({len(x)},); received {y.dtype} {y.shape}"
-        )
-    if len(y) and (y.min() < 0 or y.max() >= classes):
-        raise ValueError(
-            f"{what}: expected labels in [0, {classes - 1}]; received labels in [{y.min()}, {y.max()}]"
-        )
+    try:
+        check_labels(np.asarray(y), len(x), model.output_shape[0])
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 class Trainer:
@@ -324,15 +324,17 @@ class Trainer:
             index = order[b * batch_size : min((b + 1) * batch_size, n)]
             xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
             loss, logits = model.loss_and_backward(xb, yb, check=False)
-            grad_sq = self._grad_square_norm()
-            if (b + 1) % check_every == 0 or b == num_batches - 1:
+            check_now = (b + 1) % check_every == 0 or b == num_batches - 1
+            if check_now or self.clip_norm is not None:  # on a GPU most batches need neither
+                grad_sq = self._grad_square_norm()
+            if check_now:
                 self._check_finite(loss, grad_sq, b, num_batches, check_every, lr)
             if self.clip_norm is not None:
                 self._clip(grad_sq)
             self.optimizer.step(model)
             count = index.shape[0]
             loss_sum = loss_sum + xp.astype(loss, xp.float64) * count
-            correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int64))
+            correct = correct + count_correct(logits, yb)
             seen += count
             if bar.enabled:  # the postfix reads the loss: only every 10th batch on a GPU's behalf
                 postfix = None
@@ -379,13 +381,7 @@ class Trainer:
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             return
         what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-        value = (
-            loss_value
-            if what == "loss"
-            else math.sqrt(grad_value)
-            if grad_value >= 0
-            else grad_value
-        )
+        value = loss_value if what == "loss" else math.sqrt(grad_value)  # inf or nan
         where = (
             f"batch {batch + 1}/{num_batches}"
             if every == 1
