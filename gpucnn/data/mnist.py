@@ -16,6 +16,7 @@ import numpy as np
 
 from .download import DownloadError, download_file, sha256_of
 from .idx import IdxError, decompress, parse_idx
+from .images import to_nchw
 
 DATA_ENV = "GPUCNN_DATA"
 SPLIT_FILES = {
@@ -105,12 +106,12 @@ def read_verified(path: Path, spec: DatasetSpec, name: str) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        raw = decompress(data, str(path))
+    except IdxError as exc:
+        raise DatasetError(str(exc)) from None
     expected_gz, expected_idx = spec.gz_sha256[name], spec.idx_sha256[name]
     if sha256_of(data) != expected_gz:
-        try:
-            raw = decompress(data, str(path))
-        except IdxError as exc:
-            raise DatasetError(str(exc)) from None
         got = sha256_of(raw)
         if got != expected_idx:
             raise DatasetError(
@@ -119,8 +120,6 @@ def read_verified(path: Path, spec: DatasetSpec, name: str) -> np.ndarray:
                 + (f" or {expected_idx} uncompressed" if expected_idx else "")
                 + f"); received content with sha256 {got}. The file is corrupt, truncated or another dataset: delete it"
             )
-    else:
-        raw = decompress(data, str(path))
     try:
         return parse_idx(raw, str(path))
     except IdxError as exc:
@@ -180,14 +179,9 @@ def load_idx_dataset(
                 f"{images.shape} and {labels.shape}"
             )
     return (
-        (to_unit_images(arrays["train_images"]), arrays["train_labels"].astype(np.int64)),
-        (to_unit_images(arrays["test_images"]), arrays["test_labels"].astype(np.int64)),
+        (to_nchw(arrays["train_images"], spec.name), arrays["train_labels"].astype(np.int64)),
+        (to_nchw(arrays["test_images"], spec.name), arrays["test_labels"].astype(np.int64)),
     )
-
-
-def to_unit_images(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]."""
-    return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
 
 def load_mnist(root=None, download: bool = False, **kwargs):
