@@ -39,7 +39,7 @@ def test_optimizer_state_is_saved(tmp_path):
     optimizer.step(model)
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, optimizer))
     assert checkpoint.meta["optimizer"]["steps"] == 1
-    assert set(checkpoint.optimizer) == {f"{name}/velocity" for name, _, _ in model.parameters()}
+    assert set(checkpoint.optimizer) == {f"{p.name}/velocity" for p in model.parameters()}
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
