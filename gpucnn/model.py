@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, Backend, Random, select_backend, to_device, to_numpy
+from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .functional.activations import relu_backward, relu_forward
 from .functional.losses import softmax, softmax_cross_entropy
 from .layers import Layer, MaxPool2D, ReLU, layer_from_config
 from .layers.base import BuildContext, public_shape
+from .random import Random
 
 DTYPES = ("float32", "float64")
 INFERENCE_BLOCK = 128  # images per block for CPU inference (see Sequential.forward)
