@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, Backend, Random, select_backend, to_device, to_numpy
+from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .functional.losses import softmax, softmax_cross_entropy
 from .layers import Layer, layer_from_config, plan
 from .layers.base import BuildContext, public_shape
 from .parameter import Parameter
+from .random import Random
 
 DTYPES = ("float32", "float64")
 # Images per block for CPU inference in predict_proba: a block's activations stay in cache,

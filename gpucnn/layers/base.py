@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ..backend import Array, Random
+from ..backend import Array
 from ..parameter import Parameter, ParameterView
+from ..random import Random
 from ..registry import Registry
 
 Shape = tuple[int, ...]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..backend import Array
-from ..functional.activations import relu_backward, relu_forward
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .base import Layer
 from .core import ReLU
@@ -22,7 +21,8 @@ class ReLUMaxPool2D:
 
     Exact, not an approximation: max is monotone, so ``maxpool(relu(x)) == relu(maxpool(x))``,
     and the gradients agree too. Where a window's maximum is positive both orders route the
-    gradient to the same (first) maximum; where it is <= 0 both give zero.
+    gradient to the same (first) maximum; where it is <= 0 both give zero. The functional
+    max-pool ops take ``relu=True`` (one fused kernel on a GPU).
     Measured on the reference network: about 4 ms of a 50 ms training step saved.
 
     Parameters
@@ -39,15 +39,14 @@ class ReLUMaxPool2D:
 
     def forward(self, x: Array, training: bool = True) -> Array:
         self.pool.check_input(x)
-        pooled = max_pool2d_forward(x, self.pool.pool_size, self.pool.stride)
-        out = relu_forward(pooled)
-        self._cache = (x, pooled, out) if training else None
+        out = max_pool2d_forward(x, self.pool.pool_size, self.pool.stride, relu=True)
+        self._cache = (x, out) if training else None
         return out
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        x, pooled, out = self._cache
-        grad_pooled = relu_backward(grad_out, out)
-        return max_pool2d_backward(grad_pooled, x, pooled, self.pool.pool_size, self.pool.stride)
+        x, out = self._cache
+        pool, stride = self.pool.pool_size, self.pool.stride
+        return max_pool2d_backward(grad_out, x, out, pool, stride, relu=True)
 
 
 # (layer types in order, the step that runs them); the first match at each position wins
