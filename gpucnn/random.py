@@ -51,4 +51,3 @@ class Random:
         self.seed = int(state["seed"])
         self.draws = int(state["draws"])
         self.host.bit_generator.state = state["host"]
-

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .backend import Array, namespace, synchronize, to_device
 from .checkpoint import (
@@ -37,6 +36,7 @@ from .checkpoint import (
 from .functional.losses import check_labels, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
+from .progress import progress_bar
 from .resources import peak_rss_mib
 
 GPU_CHECK_EVERY = 20
@@ -384,17 +384,11 @@ class Trainer:
         return loss
 
     def _progress_bar(self, epoch: _Epoch):
-        enabled = self.progress
-        if enabled is False:
+        if self.progress is False:
             return None
-        bar = tqdm(
-            total=epoch.num_batches,
-            initial=epoch.first,
-            desc=f"epoch {self.epoch + 1}",
-            unit="batch",
-            leave=False,
-            disable=None if enabled is None else not enabled,  # None: only on a terminal
-            dynamic_ncols=True,
+        desc = f"epoch {self.epoch + 1}"
+        bar = progress_bar(
+            epoch.num_batches, desc, self.progress, unit="batch", initial=epoch.first
         )
         return None if bar.disable else bar
 
