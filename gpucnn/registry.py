@@ -24,6 +24,7 @@ class Registry:
 
     def __init__(self, kind: str):
         self.kind = kind
+        self.article = "an" if kind[0] in "aeiou" else "a"
         self.classes: dict[str, type] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -42,14 +43,14 @@ class Registry:
         """Build an object from ``{"type": name, **constructor arguments}``."""
         if not isinstance(config, dict) or "type" not in config:
             raise ValueError(
-                f"expected a {self.kind} as a dict with a 'type' key; received {config!r}"
+                f"expected {self.article} {self.kind} as a dict with a 'type' key; received {config!r}"
             )
         kwargs = dict(config)
         name = kwargs.pop("type")
         cls = self.classes.get(name)
         if cls is None:
             raise ValueError(
-                f"expected a {self.kind} type in {sorted(self.classes)}; received {name!r}"
+                f"expected {self.article} {self.kind} type in {sorted(self.classes)}; received {name!r}"
             )
         try:
             return cls(**kwargs)

@@ -1,5 +1,7 @@
 """Sequential: whole-network gradients, shape inference, inference helpers, input validation."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from helpers import assert_gradient, host, on
@@ -227,3 +229,29 @@ def test_backward_after_an_inference_forward_is_refused():
     model.forward(np.zeros((1, 2, 9, 8)), training=False)
     with pytest.raises(RuntimeError, match=r"needs a preceding forward\(x, training=True\)"):
         model.backward(np.zeros((1, 3)))
+
+
+def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
+    from gpucnn.layers import ReLUMaxPool2D, plan
+
+    class MyReLU(ReLU):
+        pass
+
+    layers = [ReLU(), MaxPool2D(2), MyReLU(), MaxPool2D(2), ReLU(), Flatten()]
+    steps = plan(layers)
+    assert isinstance(steps[0], ReLUMaxPool2D)
+    assert steps[1:] == layers[2:]
+
+
+def test_step_hook_sees_every_step_in_both_directions():
+    model = deep_net("numpy")
+    seen = []
+
+    @contextlib.contextmanager
+    def hook(name, phase):
+        seen.append((name, phase))
+        yield
+
+    model.loss_and_backward(np.zeros((2, 2, 9, 8)), np.array([0, 1]), step_hook=hook)
+    names = [step.name for step in model.steps]
+    assert seen == [(n, "forward") for n in names] + [(n, "backward") for n in reversed(names)]
