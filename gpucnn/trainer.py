@@ -285,7 +285,12 @@ class Trainer:
 
     @property
     def clip_norm(self) -> float | None:
+        """The optimizer's gradient clipping bound (the optimizer clips)."""
         return self.optimizer.clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value: float | None) -> None:
+        self.optimizer.clip_norm = None if value is None else float(value)
 
     def state_dict(self) -> dict[str, Any]:
         """The trainer's JSON-serialisable state (epoch, history, shuffle RNG, position);
