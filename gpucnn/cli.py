@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
-    ev = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix")
+    ev = sub.add_parser(
+        "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
+    )
     ev.add_argument("model_path", metavar="MODEL.npz")
     ev.add_argument(
         "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"

@@ -80,6 +80,7 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.state: dict[str, dict[str, Any]] = {}  # parameter name -> slot -> array
         self.steps = 0
+        self._restored = False  # host buffers from load_state_dict, not yet on the device
 
     def step(self, parameters: Any, grad_square_norm: Array | None = None) -> None:
         """Apply one update to every parameter from its ``grad``.
@@ -91,16 +92,34 @@ class Optimizer:
             recomputing it for clipping).
         """
         parameters = _parameters_of(parameters)
+        if self._restored:
+            self._adopt_restored_state(parameters)
         if self.clip_norm is not None:
             clip_grad_norm(parameters, self.clip_norm, grad_square_norm)
         self.steps += 1
         for p in parameters:
-            slots = self.state.get(p.name)
-            if slots is None:
-                slots = self.state[p.name] = {}
-            elif slots and not _on_device_of(slots, p.data):
-                slots.update(_to_device_of(p, slots))  # restored host state: first step only
+            slots = self.state.setdefault(p.name, {})
             self._update(p, slots, self.weight_decay if p.decay else 0.0)
+
+    def _adopt_restored_state(self, parameters: list[Parameter]) -> None:
+        """Move host buffers from :meth:`load_state_dict` to each parameter's device and dtype."""
+        by_name = {p.name: p for p in parameters}
+        unknown = sorted(set(self.state) - set(by_name))
+        if unknown:
+            raise ValueError(
+                f"optimizer state for parameters {unknown}: expected names in {sorted(by_name)}"
+            )
+        for name, slots in self.state.items():
+            p = by_name[name]
+            xp = namespace(p.data)
+            for slot, value in slots.items():
+                if tuple(value.shape) != p.shape:
+                    raise ValueError(
+                        f"optimizer state {name}/{slot}: expected shape {p.shape}; "
+                        f"received {tuple(value.shape)}"
+                    )
+                slots[slot] = to_device(value, xp, p.data.dtype)
+        self._restored = False
 
     def _update(self, p: Parameter, slots: dict[str, Array], decay: float) -> None:
         raise NotImplementedError
@@ -150,23 +169,7 @@ class Optimizer:
             self.state.setdefault(name, {})[slot] = to_numpy(value).copy()
         self.steps = int(state["steps"])
         self.lr = float(state["lr"])
-
-
-def _on_device_of(slots: dict[str, Array], data: Array) -> bool:
-    first = next(iter(slots.values()))
-    return type(first) is type(data) and first.dtype == data.dtype
-
-
-def _to_device_of(p: Parameter, slots: dict[str, Any]) -> dict[str, Array]:
-    xp = namespace(p.data)
-    moved = {}
-    for slot, value in slots.items():
-        if tuple(value.shape) != p.shape:
-            raise ValueError(
-                f"optimizer state {p.name}/{slot}: expected shape {p.shape}; received {tuple(value.shape)}"
-            )
-        moved[slot] = to_device(value, xp, p.data.dtype)
-    return moved
+        self._restored = True
 
 
 def _sgd_update(

@@ -170,3 +170,14 @@ def test_optimizers_and_schedules_rebuild_from_their_configs():
         make_optimizer({"type": "rmsprop"})
     with pytest.raises(ValueError, match="bad arguments for schedule step"):
         make_schedule({"type": "step", "size": 3})
+
+
+def test_restored_state_for_other_parameters_is_refused(grads):
+    optimizer = SGD(0.1, momentum=0.9)
+    run_steps(np, optimizer, grads[:1])
+    state = optimizer.state_dict()
+    state["arrays"] = {k.replace("dense_1", "dense_9"): v for k, v in state["arrays"].items()}
+    again = SGD(0.1, momentum=0.9)
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"optimizer state for parameters \['dense_9.bias'"):
+        again.step(tiny_model(np))
