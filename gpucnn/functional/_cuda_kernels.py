@@ -216,6 +216,22 @@ extern "C" __global__ void softmax_cross_entropy(
     }
 }
 
+// ---- uniform [0, 1) samples: element i is splitmix64(key + (i + 1) * golden), its top
+// 24 (float) or 53 (double) bits scaled; the same numbers as gpucnn.random.hashed_uniform.
+extern "C" __global__ void hashed_uniform(
+    T* __restrict__ out, const unsigned long long key, const int total)
+{
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += blockDim.x * gridDim.x) {
+        unsigned long long z = key + (unsigned long long)(idx + 1) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        out[idx] = sizeof(T) == 8 ? (T)(z >> 11) * (T)1.1102230246251565e-16
+                                  : (T)(z >> 40) * (T)5.9604644775390625e-08;
+    }
+}
+
 // ---- SGD with momentum (PyTorch convention), weight decay folded into the gradient.
 // first != 0: the velocity buffer starts as the gradient.
 extern "C" __global__ void sgd_momentum(
@@ -391,6 +407,15 @@ def softmax_cross_entropy(logits, labels):
         (1,), (THREADS,), (logits, labels, grad, loss, correct, *_ints(N, K))
     )
     return loss, grad, correct
+
+
+def hashed_uniform(key: int, shape: tuple[int, ...], dtype):
+    """Counter-based uniform samples of ``shape`` for draw ``key`` (one launch), or None."""
+    out = cupy.empty(shape, dtype=dtype)
+    if not _supported(out):
+        return None
+    _launch("hashed_uniform", out.dtype, out.size, (out, np.uint64(key), np.int32(out.size)))
+    return out
 
 
 def sgd_momentum(param, grad, velocity, lr, momentum, decay, nesterov: bool, first: bool):
