@@ -28,11 +28,13 @@ THREADS = 256
 INT_LIMIT = 2**31 - 1
 
 SOURCE = r"""
-// ---- im2col: one thread per element of the (N*OH*OW, K [+1]) matrix; padding read as 0.
+// ---- im2col: one thread per element of the (N*OH*OW, ld) matrix: K window columns, the
+// bias column of ones (if bias), zeros up to ld; image padding read as 0.
 extern "C" __global__ void im2col_nhwc(
     const T* __restrict__ x, T* __restrict__ cols, const int total,
     const int H, const int W, const int C, const int KW, const int SH, const int SW,
-    const int PT, const int PL, const int OH, const int OW, const int K, const int K1)
+    const int PT, const int PL, const int OH, const int OW, const int K, const int K1,
+    const int bias)
 {
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += blockDim.x * gridDim.x) {
@@ -42,7 +44,7 @@ extern "C" __global__ void im2col_nhwc(
         row /= OW;
         const int oh = row % OH;
         const int n = row / OH;
-        T value = (T)1;  // the bias column
+        T value = (T)(k == K && bias);  // the bias column, or alignment padding
         if (k < K) {
             const int c = k % C;
             const int offset = k / C;
@@ -52,6 +54,29 @@ extern "C" __global__ void im2col_nhwc(
                                                          : (T)0;
         }
         cols[idx] = value;
+    }
+}
+
+// ---- the GEMM operand of a convolution weight (F, C, KH, KW): out (rows, F) holds row
+// (i*KW + j)*C + c = weight[:, c, i, j], then the bias row (if bias), then zero rows.
+extern "C" __global__ void conv_weight_matrix(
+    const T* __restrict__ weight, const T* __restrict__ bias, T* __restrict__ out,
+    const int total, const int F, const int C, const int KH, const int KW, const int has_bias)
+{
+    const int K = KH * KW * C;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += blockDim.x * gridDim.x) {
+        const int f = idx % F;
+        const int k = idx / F;
+        T value = (T)0;
+        if (k < K) {
+            const int c = k % C;
+            const int offset = k / C;
+            value = weight[((f * C + c) * KH + offset / KW) * KW + offset % KW];
+        } else if (k == K && has_bias) {
+            value = bias[f];
+        }
+        out[idx] = value;
     }
 }
 
@@ -305,22 +330,52 @@ def _ints(*values: int) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
+def aligned(columns: int) -> int:
+    """``columns`` rounded up to a multiple of 4.
+
+    Rows of a multiple of 16 bytes let cuBLAS take its vectorised GEMM kernels; with the
+    reference network's 289 columns it ran its ``align1`` kernels.
+    """
+    return -(-columns // 4) * 4
+
+
 def im2col(x, kernel, stride, padding, bias_column: bool):
-    """Padded im2col in one launch: x (N, H, W, C) -> (N, OH, OW, KH*KW*C [+ 1]); or None."""
+    """Padded im2col in one launch, or None.
+
+    x (N, H, W, C) -> cols (N, OH, OW, ld): the KH*KW*C window columns, a column of ones if
+    ``bias_column``, then zero columns up to ``ld = aligned(...)``.
+    """
     N, H, W, C = x.shape
     (KH, KW), (SH, SW), (PT, PB, PL, PR) = kernel, stride, padding
     OH, OW = (H + PT + PB - KH) // SH + 1, (W + PL + PR - KW) // SW + 1
     K = KH * KW * C
-    cols = cupy.empty((N, OH, OW, K + int(bias_column)), dtype=x.dtype)
+    cols = cupy.empty((N, OH, OW, aligned(K + int(bias_column))), dtype=x.dtype)
     if not _supported(x, cols):
         return None
     _launch(
         "im2col_nhwc",
         x.dtype,
         cols.size,
-        (x, cols, *_ints(cols.size, H, W, C, KW, SH, SW, PT, PL, OH, OW, K, cols.shape[3])),
-    )
+        (x, cols, *_ints(cols.size, H, W, C, KW, SH, SW, PT, PL, OH, OW, K, cols.shape[3], bias_column)),
+    )  # fmt: skip
     return cols
+
+
+def conv_weight_matrix(weight, bias, rows: int):
+    """(F, C, KH, KW) weight (and (F,) bias) -> the (rows, F) right GEMM operand of im2col's
+    columns, in one launch; None if not applicable."""
+    F, C, KH, KW = weight.shape
+    out = cupy.empty((rows, F), dtype=weight.dtype)
+    arrays = (weight, out) if bias is None else (weight, bias, out)
+    if not _supported(*arrays) or len({a.dtype for a in arrays}) != 1:
+        return None
+    _launch(
+        "conv_weight_matrix",
+        out.dtype,
+        out.size,
+        (weight, weight if bias is None else bias, out, *_ints(out.size, F, C, KH, KW, bias is not None)),
+    )  # fmt: skip
+    return out
 
 
 def col2im(grad_cols, x_shape, kernel, stride, padding):
