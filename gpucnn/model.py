@@ -24,7 +24,7 @@ DTYPES = ("float32", "float64")
 # Images per block for CPU inference in predict_proba: a block's activations stay in cache,
 # measured 6.8k -> 8.1k-9.1k images/s against one pass at batch 1000 on the reference network.
 INFERENCE_BLOCK = 128
-GPU_INFERENCE_BATCH = 512
+GPU_INFERENCE_BATCH = 1024  # a GPU wants large batches; this bounds the activation memory
 # step_hook(step_name, "forward" | "backward") returns a context manager wrapped around the
 # step's evaluation (used by the benchmark's per-layer profile)
 StepHook = Callable[[str, str], contextlib.AbstractContextManager]
