@@ -82,20 +82,20 @@ class Optimizer:
         self.steps = 0
         self._restored = False  # host buffers from load_state_dict, not yet on the device
 
-    def step(self, parameters: Any, grad_square_norm: Array | None = None) -> None:
+    def step(self, parameters: Any, square_norm: Array | None = None) -> None:
         """Apply one update to every parameter from its ``grad``.
 
         Parameters
         ----------
         parameters : a model (anything with ``parameters()``) or an iterable of Parameters.
-        grad_square_norm : the gradients' sum of squares if already computed (it spares
-            recomputing it for clipping).
+        square_norm : the gradients' sum of squares (:func:`grad_square_norm`) if already
+            computed; it spares recomputing it for clipping.
         """
         parameters = _parameters_of(parameters)
         if self._restored:
             self._adopt_restored_state(parameters)
         if self.clip_norm is not None:
-            clip_grad_norm(parameters, self.clip_norm, grad_square_norm)
+            clip_grad_norm(parameters, self.clip_norm, square_norm)
         self.steps += 1
         for p in parameters:
             slots = self.state.setdefault(p.name, {})
@@ -126,11 +126,11 @@ class Optimizer:
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments with the registered name under ``"type"``."""
-        config: dict[str, Any] = {
+        config = {
             "type": type(self).config_name,
             "lr": self.base_lr,
+            "weight_decay": self.weight_decay,
         }
-        config["weight_decay"] = self.weight_decay
         if self.clip_norm is not None:  # absent when unset: configs saved before clipping match
             config["clip_norm"] = self.clip_norm
         return config
