@@ -1,7 +1,10 @@
 """The training loop: shuffled mini-batches, validation, schedules, checkpoints, signals.
 
 Backend-agnostic: the dataset is moved to the model's device once, batches are gathered
-there with ``take``, and metrics stay on the device until an epoch ends. On the CPU every
+there with ``take``, and metrics stay on the device until an epoch ends. Disk-backed data
+(an :class:`gpucnn.data.files.ImageSource` or a ``numpy.memmap``) is instead read and moved
+one batch at a time, so memory stays bounded. Augmentation, when set, is applied to each
+training batch on the device. On the CPU every
 batch's loss is checked for NaN/inf (reading a host number is free); on a GPU that read is
 a synchronisation, so it happens every ``GPU_CHECK_EVERY`` batches.
 
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .augment import Augment
 from .backend import Array, namespace, synchronize, to_device
 from .checkpoint import (
     Checkpoint,
@@ -33,6 +37,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from .data.files import is_disk_backed
 from .functional.losses import check_labels, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
@@ -142,10 +147,14 @@ def evaluate(
 
 
 def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str) -> None:
-    """Check shapes, finiteness and label range once, on the host, before training."""
+    """Check shapes, finiteness and label range once, on the host, before training.
+
+    Disk-backed data is not read here: its batches are checked as they are read.
+    """
     expected = ("N", *model.input_shape)
+    disk = is_disk_backed(x)
     if (
-        not isinstance(x, np.ndarray)
+        not (isinstance(x, np.ndarray) or disk)
         or x.ndim != len(expected)
         or tuple(x.shape[1:]) != model.input_shape
     ):
@@ -154,7 +163,7 @@ def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str)
         )
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{what}: expected floating-point images; received dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
+    if not disk and not np.all(np.isfinite(x)):
         raise ValueError(f"{what}: expected finite values; received NaN or inf")
     try:
         check_labels(np.asarray(y), len(x), model.output_shape[0])
@@ -170,6 +179,7 @@ class _Epoch:
     batch_size: int
     num_batches: int
     order: Array
+    order_host: np.ndarray
     rng_at_start: dict
     first: int  # the first batch to run (> 0 when resuming inside the epoch)
     loss_sum: Array
@@ -194,6 +204,8 @@ class Trainer:
     seed : seeds the shuffle order.
     progress : draw a progress bar (None: only on a terminal or in a notebook).
     log : called with one line per epoch; None for silence.
+    augment : an :class:`gpucnn.augment.Augment` applied to every training batch (never to
+        validation data); None for none.
 
     Example
     -------
@@ -213,6 +225,7 @@ class Trainer:
         seed: int = 0,
         progress: bool | None = None,
         log=print,
+        augment: Augment | None = None,
     ):
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
@@ -227,6 +240,7 @@ class Trainer:
         self.shuffle_rng = np.random.default_rng(seed)
         self.progress = progress
         self.log = log
+        self.augment = augment
         self.epoch = 0  # completed epochs
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False
@@ -246,7 +260,9 @@ class Trainer:
 
         Parameters
         ----------
-        x : float array of shape (N, *model.input_shape), host NumPy.
+        x : float array of shape (N, *model.input_shape), host NumPy; or disk-backed images
+            (an :class:`gpucnn.data.files.ImageSource` or ``numpy.memmap``), read one batch
+            at a time (each batch is checked for NaN/inf as it is read).
         y : int array of shape (N,) with values in [0, K).
         validation_data : ``(x_val, y_val)``, evaluated after each epoch, never trained on.
 
@@ -263,7 +279,8 @@ class Trainer:
         if validation_data is not None:
             validate_dataset(self.model, *validation_data, "validation data")
         xp = self.model.xp
-        x_dev = to_device(x, xp, self.model.dtype)
+        # disk-backed data stays on the host and is read batch by batch
+        x_dev = x if is_disk_backed(x) else to_device(x, xp, self.model.dtype)
         y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
         self.stop_training = False
         with self._signals_caught():
@@ -296,12 +313,15 @@ class Trainer:
         """The trainer's JSON-serialisable state (epoch, history, shuffle RNG, position);
         :meth:`load_state_dict` restores all of it. The schedule and clipping are settings
         (the caller builds them), not state."""
-        return {
+        state = {
             "epoch": self.epoch,
             "history": self.history,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "position": self._position,
         }
+        if self.augment is not None:
+            state["augment_rng"] = self.augment.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (keys it does not write are ignored)."""
@@ -309,6 +329,8 @@ class Trainer:
         self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._position = state["position"]
+        if self.augment is not None and state.get("augment_rng") is not None:
+            self.augment.load_state_dict(state["augment_rng"])
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
@@ -331,8 +353,8 @@ class Trainer:
         synchronize(xp)
         start = time.perf_counter()
         for b in range(epoch.first, epoch.num_batches):
-            index = epoch.order[b * batch_size : min((b + 1) * batch_size, epoch.n)]
-            loss = self._train_batch(epoch, b, x_dev, y_dev, index)
+            xb, yb = self._gather(epoch, b, x_dev, y_dev)
+            loss = self._train_batch(epoch, b, xb, yb)
             if bar is not None:
                 self._draw_progress(bar, epoch, b, loss, start)
             if self._signal is not None:
@@ -359,11 +381,13 @@ class Trainer:
         rng_at_start = self.shuffle_rng.bit_generator.state
         self._position = None
         self.optimizer.lr = self.optimizer.base_lr * self.schedule(self.epoch)
+        order = self.shuffle_rng.permutation(n)
         return _Epoch(
             n=n,
             batch_size=batch_size,
             num_batches=-(-n // batch_size),
-            order=to_device(self.shuffle_rng.permutation(n), xp),
+            order=to_device(order, xp),
+            order_host=order,
             rng_at_start=rng_at_start,
             first=int(position.get("batch", 0)),
             loss_sum=xp.asarray(float(position.get("loss_sum", 0.0)), dtype=xp.float64),
@@ -372,17 +396,36 @@ class Trainer:
             check_every=GPU_CHECK_EVERY if self.model.backend.is_gpu else 1,
         )
 
-    def _train_batch(self, epoch: _Epoch, b: int, x_dev, y_dev, index) -> Array:
+    def _gather(self, epoch: _Epoch, b: int, x_dev, y_dev) -> tuple[Array, Array]:
+        """Batch ``b`` of the epoch's order on the device, augmented when asked."""
+        xp = self.model.xp
+        lo, hi = b * epoch.batch_size, min((b + 1) * epoch.batch_size, epoch.n)
+        index = epoch.order[lo:hi]
+        if is_disk_backed(x_dev):  # one batch from disk to the device
+            rows = epoch.order_host[lo:hi]
+            host = np.asarray(x_dev[rows], dtype=np.float32)
+            if not np.all(np.isfinite(host)):
+                bad = rows[~np.isfinite(host).reshape(len(rows), -1).all(axis=1)]
+                raise ValueError(
+                    f"training data: expected finite values; received NaN or inf in rows {sorted(bad.tolist())[:5]}"
+                )
+            xb = to_device(host, xp, self.model.dtype)
+        else:
+            xb = xp.take(x_dev, index, axis=0)
+        if self.augment is not None:
+            xb = self.augment(xb)
+        return xb, xp.take(y_dev, index, axis=0)
+
+    def _train_batch(self, epoch: _Epoch, b: int, xb, yb) -> Array:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
         model, xp = self.model, self.model.xp
-        xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
         loss, logits = model.loss_and_backward(xb, yb, check=False)
         check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
         if check_now:  # a host read: on a GPU only every GPU_CHECK_EVERY batches
             grad_sq = grad_square_norm(model.parameters())
             self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
         self.optimizer.step(model)
-        count = index.shape[0]
+        count = xb.shape[0]
         epoch.loss_sum = epoch.loss_sum + xp.astype(loss, xp.float64) * count
         epoch.correct = epoch.correct + count_correct(logits, yb)
         epoch.seen += count

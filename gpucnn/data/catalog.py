@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ DIGITS_TEST_FRACTION = 0.2
 
 @dataclass
 class Dataset:
-    """A named dataset: images ``(N, C, H, W)`` float32 in [0, 1], int64 labels, class names."""
+    """A named dataset: images ``(N, C, H, W)`` float32 in [0, 1] (an in-memory array or a
+    disk-backed :class:`gpucnn.data.files.ImageSource`), int64 labels, class names."""
 
     name: str
     x_train: np.ndarray
@@ -25,6 +26,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out
 
     @property
     def input_shape(self) -> tuple[int, ...]:

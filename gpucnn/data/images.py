@@ -1,20 +1,29 @@
-"""Reading user images for prediction: ``.npy`` arrays, IDX files and 8-bit PNGs.
+"""Reading user images: any format Pillow reads, ``.npy`` arrays and IDX files.
 
-Every reader returns float32 images of shape (N, C, H, W) scaled to [0, 1].
+Every reader returns float32 images scaled to [0, 1]. How a picture becomes a model input:
+
+- **Bit depth**: 8-bit images are divided by 255, 16-bit images (``I;16``, ``I``) by 65535,
+  floating-point images (``F``) are clipped to [0, 1]; 1-bit images become 0 or 1.
+- **Alpha**: transparent pixels are composited over a white background (how a viewer shows
+  them), so a dark digit drawn on a transparent canvas reads as dark-on-white.
+- **Palette** images are expanded to their RGB colours first.
+- **Channels**: to one channel with Pillow's ITU-R 601-2 luma
+  (``L = 0.299 R + 0.587 G + 0.114 B``); to three channels by repeating the grey one.
+- **Size**: stretched to exactly ``H x W`` (the aspect ratio is not kept) with Pillow's
+  bilinear filter, which averages over the source footprint when shrinking.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .idx import IdxError, read_idx
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
+#: Pillow modes that carry colour (everything else is read as grey).
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La")
+ARRAY_SUFFIXES = (".npy",)
 
 
 class ImageError(ValueError):
@@ -38,69 +47,102 @@ def to_nchw(array: np.ndarray, source: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_png(path: Path) -> np.ndarray:
-    """Decode an 8-bit, non-interlaced PNG into uint8 (1, C, H, W); alpha is dropped."""
-    data = path.read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
-        raise ImageError(f"{path}: not a PNG file")
-    pos, idat, header = 8, [], None
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        chunk = data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat.append(chunk)
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise ImageError(f"{path}: PNG without a header chunk")
-    width, height, depth, colour, _, _, interlace = header
-    if depth != 8 or colour not in PNG_CHANNELS or interlace:
-        raise ImageError(
-            f"{path}: expected an 8-bit non-interlaced grey/RGB(A) PNG; received bit depth {depth}, colour type {colour}, interlace {interlace}"
-        )
-    channels = PNG_CHANNELS[colour]
-    stride = width * channels
+def _pil():
     try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise ImageError(f"{path}: corrupt PNG data ({exc})") from None
-    if len(raw) != height * (stride + 1):
-        raise ImageError(f"{path}: truncated PNG data")
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.int32)
-    for y in range(height):  # PNG filters chain row to row: decode them in order
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        prev = out[y - 1] if y else np.zeros(stride, np.int32)
-        if kind == 0:
-            out[y] = line
-        elif kind == 2:
-            out[y] = (line + prev) & 0xFF
-        elif kind in (1, 3, 4):
-            for x in range(stride):
-                left = out[y, x - channels] if x >= channels else 0
-                up, corner = prev[x], prev[x - channels] if x >= channels else 0
-                if kind == 1:
-                    pred = left
-                elif kind == 3:
-                    pred = (left + up) // 2
-                else:
-                    p = left + up - corner
-                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                    pred = left if pa <= pb and pa <= pc else up if pb <= pc else corner
-                out[y, x] = (line[x] + pred) & 0xFF
+        from PIL import Image
+    except ImportError as exc:  # pillow is a dependency; this guards broken installs
+        raise ImageError(f"reading images needs Pillow ({exc}); pip install pillow") from None
+    return Image
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_image(
+    path: str | Path,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Decode one image file with Pillow into float32 (C, H, W) in [0, 1].
+
+    Parameters
+    ----------
+    path : any file Pillow reads (PNG of any bit depth, JPEG, BMP, GIF, TIFF, WebP...).
+    channels : 1 (grey) or 3 (RGB); None keeps grey images grey and colour images RGB.
+    size : ``(H, W)`` to resize to (bilinear, aspect ratio not kept); None keeps the size.
+
+    Raises
+    ------
+    ImageError when the file is missing, not an image, truncated or corrupt.
+    """
+    Image = _pil()
+    if channels not in (None, 1, 3):
+        raise ValueError(f"expected channels 1 or 3; received {channels!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pixels = _to_array(Image, image, channels, size)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: not a readable image ({_reason(exc)})") from None
+    return pixels
+
+
+def _to_array(Image, image, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    """A loaded PIL image -> float32 (C, H, W) following the module's conversion rules."""
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        image = image.convert("RGB")
+    mode = image.mode
+    if mode in ("RGBA", "LA", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+        image = image.convert("L" if mode != "RGBA" else "RGB")
+        mode = image.mode
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grey
+        if mode == "F":
+            scale = 1.0
+        elif mode.startswith("I;16") or image.getextrema()[1] > 255:
+            scale = 65535.0
         else:
-            raise ImageError(f"{path}: unknown PNG filter type {kind}")
-    pixels = out.astype(np.uint8).reshape(height, width, channels)
-    if channels in (2, 4):
-        pixels = pixels[..., :-1]
-    return pixels.transpose(2, 0, 1)[None]
+            scale = 255.0
+        grey = np.asarray(image, dtype=np.float32) / scale
+        image = Image.fromarray(np.clip(grey, 0.0, 1.0).astype(np.float32), mode="F")
+        planes = [image]
+    elif mode == "L":
+        planes = [image]
+    elif mode == "RGB":
+        planes = list(image.split())
+    else:
+        raise ValueError(f"unsupported image mode {mode!r}")
+    if channels == 1 and len(planes) == 3:
+        planes = [image.convert("L")]
+    if size is not None:
+        height, width = size
+        planes = [p.resize((width, height), Image.Resampling.BILINEAR) for p in planes]
+    scale = 1.0 if planes[0].mode == "F" else 255.0
+    pixels = np.stack([np.asarray(p, dtype=np.float32) for p in planes]) / scale
+    if channels == 3 and pixels.shape[0] == 1:
+        pixels = np.repeat(pixels, 3, axis=0)
+    return pixels
 
 
-def load_images(path: str | Path) -> np.ndarray:
-    """Read ``.npy``, ``.png`` or IDX (optionally ``.gz``) images as float32 (N, C, H, W)."""
+def load_images(
+    path: str | Path, channels: int | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read ``.npy`` or IDX (optionally ``.gz``) stacks, or one image file, as float32 (N, C, H, W).
+
+    ``channels`` and ``size`` apply to image files (see :func:`read_image`); arrays keep
+    their shape (use :func:`fit_channels` for their channels).
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
@@ -110,23 +152,33 @@ def load_images(path: str | Path) -> np.ndarray:
             array = np.load(path, allow_pickle=False)
         except ValueError as exc:
             raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
-    elif suffix == ".png":
-        array = read_png(path)
-    else:
+        return to_nchw(array, str(path))
+    if _is_idx(path):
         try:
-            array = read_idx(path)
+            return to_nchw(read_idx(path), str(path))
         except IdxError as exc:
-            raise ImageError(f"{exc} (supported: .npy, .png, IDX)") from None
-    return to_nchw(array, str(path))
+            raise ImageError(str(exc)) from None
+    return read_image(path, channels, size)[None]
+
+
+def _is_idx(path: Path) -> bool:
+    """IDX files have no standard suffix: recognise them by their magic bytes (0, 0, type, ndim)."""
+    name = path.name.lower()
+    if name.endswith(".gz") or "idx" in name or "ubyte" in name:
+        return True
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in (8, 9, 11, 12, 13, 14)
 
 
 def fit_channels(images: np.ndarray, channels: int, source: str) -> np.ndarray:
-    """Convert RGB to grey (mean) or grey to RGB (repeat) so images have ``channels`` channels."""
+    """Convert RGB to grey (luma) or grey to RGB (repeat) so images have ``channels`` channels."""
     have = images.shape[1]
     if have == channels:
         return images
     if channels == 1 and have == 3:
-        return images.mean(axis=1, keepdims=True)
+        weights = np.array([0.299, 0.587, 0.114], np.float32).reshape(1, 3, 1, 1)
+        return (images * weights).sum(axis=1, keepdims=True, dtype=np.float32)
     if channels == 3 and have == 1:
         return np.repeat(images, 3, axis=1)
     raise ImageError(f"{source}: expected images with {channels} channel(s); received {have}")

@@ -19,9 +19,14 @@ def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
         raise ValueError(f"expected val_fraction in [0, 1); received {val_fraction!r}")
     n_val = int(round(len(x) * val_fraction))
     if n_val == 0:
-        return (x, y), (x[:0], y[:0])
+        return (x, y), (x.subset([]) if hasattr(x, "subset") else x[:0], y[:0])
     counts = np.unique_counts(np.asarray(y)).counts
     stratify = y if counts.min() >= 2 and len(counts) <= min(n_val, len(x) - n_val) else None
+    if hasattr(x, "subset"):  # a disk-backed source: split row indices, read nothing
+        train, val = train_test_split(
+            np.arange(len(x)), test_size=n_val, random_state=seed, shuffle=True, stratify=stratify
+        )
+        return (x.subset(train), y[train]), (x.subset(val), y[val])
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=n_val, random_state=seed, shuffle=True, stratify=stratify
     )
