@@ -20,10 +20,12 @@ import numpy as np
 
 from . import __version__
 from .architectures import BUILTIN
+from .augment import Augment
 from .backend import BACKEND_CHOICES, BackendError, blas_info, device_info, select_backend
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .data import DATASETS, Dataset, DatasetError, IdxError, load_dataset, train_val_split
 from .data.download import DownloadError
+from .data.files import load_data, resize_images
 from .data.images import ImageError, fit_channels, load_images
 from .model import Sequential
 from .recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
@@ -57,8 +59,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpucnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train a model (default: the offline digits dataset)")
+    train = sub.add_parser(
+        "train",
+        help="train a model (default: the offline digits dataset)",
+        description="Train a model on a named dataset or on your own images (--data).",
+    )
     train.add_argument("--dataset", choices=DATASETS, default=None, help="default: digits")
+    train.add_argument(
+        "--data",
+        metavar="PATH",
+        help="your own data: a folder with one sub-folder of images per class (any format "
+        "Pillow reads; folder names are the class names), a .npz with x, y (optional x_test, "
+        "y_test, class_names), or a folder with x.npy and y.npy",
+    )
+    train.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize every image to H x W (bilinear, aspect ratio not kept); default: the "
+        "most common size in the folder, or the arrays' size",
+    )
+    train.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="1: grey (luma 0.299 R + 0.587 G + 0.114 B), 3: RGB (grey repeated); default: "
+        "3 if any image has colour, else 1",
+    )
+    train.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="with --data: seeded, stratified test hold-out when the data has no test split",
+    )
+    train.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --data: read batches from disk instead of loading everything (default: "
+        "only when the images would take over a quarter of the memory)",
+    )
+    train.add_argument(
+        "--augment-shift",
+        type=int,
+        default=0,
+        metavar="P",
+        help="augment: shift each training image by up to P pixels (= random crop with P "
+        "pixels of zero padding); default 0 (off)",
+    )
+    train.add_argument(
+        "--augment-flip",
+        action="store_true",
+        help="augment: random horizontal flips (for photos; wrong for digits and text)",
+    )
     train.add_argument(
         "--data-dir",
         help="folder with the dataset's IDX files (default $GPUCNN_DATA or ~/.cache/gpucnn)",
@@ -109,11 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
-    pr = sub.add_parser("predict", help="classify images (.npy, .png or IDX files)")
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files (any format Pillow reads), .npy or IDX stacks",
+        description="Classify images. Each image is converted to the model's input: palette "
+        "images to RGB, 16-bit images scaled by 65535, transparent pixels composited on white, "
+        "colour to grey with luma (0.299 R + 0.587 G + 0.114 B) or grey to RGB by repetition, "
+        "then resized to the model's H x W with a bilinear filter (aspect ratio not kept). "
+        "Every file is processed; a bad file prints one error line and the exit code is 2.",
+    )
     pr.add_argument("model_path", metavar="MODEL.npz")
     pr.add_argument("files", nargs="+", metavar="FILE")
     pr.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     pr.add_argument("--top", type=int, default=3, help="probabilities to show per image")
+    pr.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert pixel values (1 - x): auto inverts, with a warning, an image whose "
+        "background (median border pixel) is light when the model was trained on light-on-"
+        "dark images (MNIST digits), or dark when trained on dark-on-light ones",
+    )
+    pr.add_argument("--json", action="store_true", help="print the results as JSON")
 
     info = sub.add_parser("info", help="version, backend and why, device, BLAS threads")
     info.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
@@ -136,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_flags(args)
     run, out, checkpoint = _resolve_run(args)
-    data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
+    data = _load_run_data(run, download=not args.no_download, warn=True)
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
         data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
     )
@@ -145,8 +216,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         trainer.restore(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
+    skipped = f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""
     print(
-        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
+        f"gpucnn {__version__}: {data.name} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test{skipped}), "
         f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
         flush=True,
     )
@@ -160,8 +232,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
-    save_checkpoint(out / "model.npz", model, run=run)
+    save_checkpoint(out / "model.npz", model, run=run, preprocessing=preprocessing(data))
     metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    metrics["skipped_files"] = len(data.skipped)
+    metrics["skipped"] = data.skipped
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
@@ -169,7 +243,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_data(run: dict[str, Any], download: bool, warn: bool) -> Dataset:
+    """The run's dataset: a named one, or the user's own data at ``run["data"]``."""
+    if not run.get("data"):
+        return load_dataset(run["dataset"], run.get("data_dir"), download, run["seed"])
+
+    def on_skip(path: str, reason: str) -> None:
+        if warn:
+            print(f"gpucnn: warning: skipped {path}: {reason}", file=sys.stderr, flush=True)
+
+    return load_data(
+        run["data"],
+        image_size=run.get("image_size"),
+        channels=run.get("channels"),
+        test_fraction=run.get("test_fraction", 0.2),
+        seed=run["seed"],
+        stream=run.get("stream"),
+        on_skip=on_skip,
+    )
+
+
+def preprocessing(data: Dataset) -> dict[str, Any]:
+    """How raw images became the model's inputs, saved with the model for predict/evaluate.
+
+    Pixels are scaled to [0, 1] by the bit depth's maximum; ``mean``/``std`` then apply
+    (identity here); ``background`` is the training images' polarity ("dark" for light
+    strokes on a dark background, as MNIST), from the median border pixel of a sample.
+    """
+    channels, height, width = data.input_shape
+    sample = np.asarray(data.x_train[: min(len(data.x_train), 512)], dtype=np.float32)
+    return {
+        "scale": "pixel / maximum of its bit depth (255 or 65535) to [0, 1]",
+        "mean": 0.0,
+        "std": 1.0,
+        "channels": channels,
+        "image_size": [height, width],
+        "resize": "bilinear, aspect ratio not kept",
+        "background": "light" if _border_median(sample) > 0.5 else "dark",
+        "classes": list(data.classes),
+    }
+
+
+def _border_median(images: np.ndarray) -> float:
+    """The median of the outermost ring of pixels of (N, C, H, W) images (their background)."""
+    ring = np.concatenate(
+        [
+            images[..., 0, :].ravel(),
+            images[..., -1, :].ravel(),
+            images[..., :, 0].ravel(),
+            images[..., :, -1].ravel(),
+        ]
+    )
+    return float(np.median(ring)) if ring.size else 0.0
+
+
 def _check_train_flags(args: argparse.Namespace) -> None:
+    if args.data and (args.dataset or args.data_dir):
+        raise UsageError("--data cannot be combined with --dataset or --data-dir")
+    if not args.data and (args.image_size or args.channels or args.stream is not None):
+        raise UsageError("--image-size, --channels and --stream apply to --data only")
+    if args.image_size and min(args.image_size) < 1:
+        raise UsageError(f"--image-size must be >= 1 pixel; received {args.image_size}")
+    if args.augment_shift < 0:
+        raise UsageError(f"--augment-shift must be >= 0; received {args.augment_shift}")
+    if not 0 < args.test_fraction < 1:
+        raise UsageError(f"--test-fraction must be in (0, 1); received {args.test_fraction}")
     for flag in ("epochs", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -189,8 +327,22 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         if args.epochs is not None:
             run["epochs"] = args.epochs
         return run, out, checkpoint
+    own = (
+        {
+            "data": str(Path(args.data).resolve()),
+            "image_size": args.image_size,
+            "channels": args.channels,
+            "test_fraction": args.test_fraction,
+            "stream": args.stream,
+        }
+        if args.data
+        else {}
+    )
     run = run_config(
-        args.dataset or "digits",
+        "custom" if args.data else args.dataset or "digits",
+        **own,
+        augment_shift=args.augment_shift,
+        augment_flip=args.augment_flip,
         data_dir=args.data_dir,
         model=args.model,
         epochs=args.epochs,
@@ -208,7 +360,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         seed=args.seed,
     )
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    default_out = Path("runs") / f"{run['dataset']}-{Path(run['model']).stem}-{stamp}"
+    name = Path(args.data).stem if args.data else run["dataset"]
+    default_out = Path("runs") / f"{name}-{Path(run['model']).stem}-{stamp}"
     return run, Path(args.out) if args.out else default_out, None
 
 
@@ -220,9 +373,12 @@ def _build_trainer(
         if run["patience"] and validation
         else []
     )
+    shift, flip = run.get("augment_shift", 0), run.get("augment_flip", False)
+    augment = Augment(shift, flip, seed=run["seed"] + 2) if shift or flip else None
     return Trainer(
         model,
         build_optimizer(run),
+        augment=augment,
         schedule=build_schedule(run),
         callbacks=callbacks,
         checkpoint_path=out / "checkpoint.npz",
@@ -246,6 +402,7 @@ def _train_metrics(
     trained = num_train * len(times)
     return {
         "dataset": run["dataset"],
+        "data": run.get("data"),
         "model": run["model"],
         "backend": trainer.model.backend.name,
         "test_accuracy": test_accuracy,
@@ -262,9 +419,12 @@ def _train_metrics(
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.model_path, backend=args.backend)
     run = checkpoint.meta.get("run") or {}
-    name = args.dataset or run.get("dataset") or "digits"
-    seed = run.get("seed", 0) if name == run.get("dataset") else 0
-    data = load_dataset(name, args.data_dir or run.get("data_dir"), not args.no_download, seed)
+    if run.get("data") and not args.dataset:  # the user's own data: its seeded test split
+        data = _load_run_data(run, download=False, warn=False)
+    else:
+        name = args.dataset or run.get("dataset") or "digits"
+        seed = run.get("seed", 0) if name == run.get("dataset") else 0
+        data = load_dataset(name, args.data_dir or run.get("data_dir"), not args.no_download, seed)
     report = classification_report(data, model.predict(data.x_test))
     _print_classification_report(report)
     if args.json:
@@ -314,27 +474,113 @@ def _print_classification_report(report: dict[str, Any]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, _ = load_model(args.model_path, backend=args.backend)
+    model, checkpoint = load_model(args.model_path, backend=args.backend)
     if len(model.input_shape) != 3:
         raise ImageError(
             f"expected a model that takes (C, H, W) images; received input shape {model.input_shape}"
         )
-    channels, height, width = model.input_shape
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1; received {args.top}")
+    prep = _model_preprocessing(checkpoint, model)
+    results, failed = [], 0
     for path in args.files:
-        images = fit_channels(load_images(path), channels, path)
-        if images.shape[2:] != (height, width):
-            raise ImageError(
-                f"{path}: expected {height}x{width} images for this model; received {images.shape[2]}x{images.shape[3]}"
-            )
-        probs = model.predict_proba(images)
+        try:
+            images, inverted = _prepare_images(path, model.input_shape, prep, args.invert)
+            probs = model.predict_proba(images)
+        except USER_ERRORS as exc:
+            failed += 1
+            message = " ".join(str(exc).split())
+            if not message.startswith(str(path)):
+                message = f"{path}: {message}"
+            print(f"gpucnn: error: {message}", file=sys.stderr, flush=True)
+            results.append({"file": str(path), "error": message})
+            continue
         for i, row in enumerate(probs):
-            top = np.argsort(row)[::-1][: max(args.top, 1)]
-            name = path if len(probs) == 1 else f"{path}[{i}]"
+            top = np.argsort(row)[::-1][: args.top]
+            result = {
+                "file": str(path) if len(probs) == 1 else f"{path}[{i}]",
+                "label": int(top[0]),
+                "class": _class_name(prep, int(top[0])),
+                "probability": float(row[top[0]]),
+                "top": [
+                    {
+                        "label": int(c),
+                        "class": _class_name(prep, int(c)),
+                        "probability": float(row[c]),
+                    }
+                    for c in top
+                ],
+                "inverted": bool(inverted[i]),
+            }
+            results.append(result)
+            if not args.json:
+                print(
+                    f"{result['file']}: {result['class']} (label {result['label']}, {result['probability']:.3f}) | "
+                    + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]),
+                    flush=True,
+                )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 2 if failed else 0
+
+
+def _model_preprocessing(checkpoint: Checkpoint, model: Sequential) -> dict[str, Any]:
+    """The saved preprocessing; for models saved before it existed, what their data implies."""
+    prep = dict(checkpoint.meta.get("preprocessing") or {})
+    if not prep:
+        run = checkpoint.meta.get("run") or {}
+        known = run.get("dataset") in DATASETS
+        classes = load_dataset_classes(run.get("dataset")) if known else None
+        prep = {"mean": 0.0, "std": 1.0, "background": "dark" if known else None}
+        if classes:
+            prep["classes"] = classes
+    return prep
+
+
+def load_dataset_classes(name: str) -> list[str] | None:
+    from .data.mnist import FASHION_MNIST, MNIST
+
+    return {
+        "digits": list(MNIST.classes),
+        **{s.name: list(s.classes) for s in (MNIST, FASHION_MNIST)},
+    }.get(name)
+
+
+def _class_name(prep: dict[str, Any], label: int) -> str:
+    classes = prep.get("classes") or []
+    return str(classes[label]) if label < len(classes) else str(label)
+
+
+def _prepare_images(
+    path: str, input_shape: tuple[int, ...], prep: dict[str, Any], invert: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One file's images as the model's inputs, and which of them were inverted."""
+    channels, height, width = input_shape
+    images = load_images(path, channels, (height, width))
+    images = fit_channels(images, channels, str(path))
+    images = resize_images(images, (height, width))
+    if invert == "yes":
+        flags = np.ones(len(images), bool)
+    elif invert == "no" or prep.get("background") not in ("dark", "light"):
+        flags = np.zeros(len(images), bool)
+    else:
+        light = np.array([_border_median(image[None]) > 0.5 for image in images])
+        flags = light if prep["background"] == "dark" else ~light
+        if flags.any():
+            trained = "light-on-dark" if prep["background"] == "dark" else "dark-on-light"
             print(
-                f"{name}: label {int(top[0])} ({row[top[0]]:.3f}) | "
-                + " ".join(f"{int(c)}:{row[c]:.3f}" for c in top)
+                f"gpucnn: warning: {path}: looks {'dark-on-light' if prep['background'] == 'dark' else 'light-on-dark'}"
+                f" but the model was trained on {trained} images: inverted"
+                + (f" {int(flags.sum())} of {len(flags)}" if len(flags) > 1 else "")
+                + " (--invert no keeps it as is)",
+                file=sys.stderr,
+                flush=True,
             )
-    return 0
+    images = np.where(flags[:, None, None, None], 1.0 - images, images).astype(np.float32)
+    mean, std = float(prep.get("mean", 0.0)), float(prep.get("std", 1.0)) or 1.0
+    if mean != 0.0 or std != 1.0:
+        images = (images - mean) / std
+    return images, flags
 
 
 # ---------------------------------------------------------------------- info / bench

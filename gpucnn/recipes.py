@@ -18,6 +18,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
     "mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
     "fashion-mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
+    # your own data (--data PATH): the small network adapts to any image size
+    "custom": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
 }  # fmt: skip
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 

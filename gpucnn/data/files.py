@@ -266,7 +266,12 @@ def load_image_folder(
     skipped : the paths skipped.
     """
     on_skip = on_skip or _warn
-    source, labels, classes, skipped = scan_image_folder(root, image_size, channels, on_skip)
+    scanned = scan_image_folder(root, image_size, channels, on_skip)
+    return _decode_all(root, *scanned, on_skip)
+
+
+def _decode_all(root, source: FolderImages, labels, classes, skipped, on_skip: SkipHook):
+    """Decode every file of a scanned folder; files that fail to decode are skipped too."""
     images, kept = [], []
     for i, path in enumerate(source.paths):
         try:
@@ -462,7 +467,9 @@ def load_data(
             not stream and _fits(len(y) * 4 * int(np.prod(source.item_shape)))
         )
         if in_memory:
-            x, y, classes, skipped = load_image_folder(path, source.size, source.channels, on_skip)
+            x, y, classes, skipped = _decode_all(
+                path, source, y, classes, skipped, on_skip or _warn
+            )
         else:
             x = source
     if x_test is None:
