@@ -97,7 +97,7 @@ class Augment:
             base = to_device(((c * HP + i) * WP + j).astype(np.int64), xp)
             self._base[key] = base
         start = np.arange(N, dtype=np.int64) * (C * HP * WP) + offsets[0] * WP + offsets[1]
-        index = xp.reshape(to_device(start, xp)[:, None, None, None] + base[None], (-1,))
+        index = xp.reshape(to_device(start, xp)[:, None, None, None] + base[None, ...], (-1,))
         return xp.reshape(xp.take(xp.reshape(padded, (-1,)), index), (N, C, H, W))
 
 

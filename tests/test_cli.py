@@ -98,7 +98,7 @@ def test_predict_png_npy_and_idx(trained, capsys, tmp_path):
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 9
-    labels = [int(line.split("label ")[1].split()[0]) for line in lines]
+    labels = [int(line.split("label ")[1].split(",")[0]) for line in lines]
     assert labels[0] == labels[1] == labels[5]  # the same image through PNG, .npy and IDX
 
 

@@ -92,7 +92,12 @@ class NpyImages(ImageSource):
         try:
             with open(self.path, "rb") as f:
                 version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(f)
                 self.offset = f.tell()
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{self.path}: not a readable .npy array ({exc})") from None
