@@ -4,7 +4,8 @@
 
 Writes ``count`` grey PNGs of ``size`` x ``size`` pixels (Pillow's default PNG filters) and a
 randomly initialised ``reference`` model into a temporary folder, then times one
-``gpucnn predict MODEL FILE...`` run in this process (median of ``--repeats``), output discarded.
+``gpucnn predict MODEL FILE...`` run in this process (median of ``--repeats``, output
+discarded) and, separately, decoding the files alone with ``gpucnn.data.images.load_images``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gpucnn import Sequential
 from gpucnn.architectures import architecture
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.cli import main
+from gpucnn.data.images import load_images
 
 
 def run(count: int, size: int, repeats: int) -> dict:
@@ -44,6 +46,12 @@ def run(count: int, size: int, repeats: int) -> dict:
             pixels = np.clip(pixels + rng.integers(0, 40, pixels.shape), 0, 255).astype(np.uint8)
             files.append(str(folder / f"{i}.png"))
             Image.fromarray(pixels).save(files[-1])
+        decode = []
+        for _ in range(repeats):  # decoding alone: the image reader
+            start = time.perf_counter()
+            for path in files:
+                load_images(path)
+            decode.append(time.perf_counter() - start)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -52,7 +60,14 @@ def run(count: int, size: int, repeats: int) -> dict:
             times.append(time.perf_counter() - start)
             if code != 0:
                 raise SystemExit(f"predict failed with exit code {code}")
-    return {"files": count, "size": size, "median_s": statistics.median(times), "times_s": times}
+    return {
+        "files": count,
+        "size": size,
+        "predict_median_s": statistics.median(times),
+        "decode_median_s": statistics.median(decode),
+        "predict_times_s": times,
+        "decode_times_s": decode,
+    }
 
 
 if __name__ == "__main__":

@@ -482,23 +482,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UsageError(f"--top must be >= 1; received {args.top}")
     prep = _model_preprocessing(checkpoint, model)
-    results, failed = [], 0
+    results, failed, pending = [], 0, []
     for path in args.files:
         try:
             images, inverted = _prepare_images(path, model.input_shape, prep, args.invert)
-            probs = model.predict_proba(images)
         except USER_ERRORS as exc:
             failed += 1
+            _predict_batch(model, pending, prep, args, results)  # keep the output in file order
             message = " ".join(str(exc).split())
             if not message.startswith(str(path)):
                 message = f"{path}: {message}"
             print(f"gpucnn: error: {message}", file=sys.stderr, flush=True)
             results.append({"file": str(path), "error": message})
             continue
-        for i, row in enumerate(probs):
+        pending.append((path, images, inverted))
+        if sum(len(p[1]) for p in pending) >= model.inference_batch_size:
+            _predict_batch(model, pending, prep, args, results)
+    _predict_batch(model, pending, prep, args, results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 2 if failed else 0
+
+
+def _predict_batch(model, pending: list, prep: dict[str, Any], args, results: list) -> None:
+    """Classify the images of the ``pending`` files in one pass; print and record each."""
+    if not pending:
+        return
+    probs = model.predict_proba(np.concatenate([images for _, images, _ in pending]))
+    start = 0
+    for path, images, inverted in pending:
+        for i, row in enumerate(probs[start : start + len(images)]):
             top = np.argsort(row)[::-1][: args.top]
             result = {
-                "file": str(path) if len(probs) == 1 else f"{path}[{i}]",
+                "file": str(path) if len(images) == 1 else f"{path}[{i}]",
                 "label": int(top[0]),
                 "class": _class_name(prep, int(top[0])),
                 "probability": float(row[top[0]]),
@@ -519,9 +535,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]),
                     flush=True,
                 )
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 2 if failed else 0
+        start += len(images)
+    pending.clear()
 
 
 def _model_preprocessing(checkpoint: Checkpoint, model: Sequential) -> dict[str, Any]:
