@@ -6,7 +6,9 @@ are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -256,6 +258,18 @@ class Sequential:
             backend=backend,
             seed=seed,
         )
+
+    def to_onnx(self, path: str | os.PathLike, probabilities: bool = False) -> Path:
+        """Write this model as an ONNX file (opset 17) for ONNX Runtime and other consumers.
+
+        Input ``images`` (N, C, H, W) float32, output ``logits`` (and ``probabilities`` if
+        asked). Needs the ``onnx`` package (``pip install "gpucnn[onnx]"``); see
+        :mod:`gpucnn.export` for the graph. Raises ``ExportError`` (a ``ValueError``) for a
+        layer that has no ONNX counterpart.
+        """
+        from .export import export_onnx
+
+        return export_onnx(self, path, probabilities=probabilities)
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) a table of each layer's output shape and parameter count."""
