@@ -105,11 +105,23 @@ def select_backend(backend: str | ModuleType | Backend | None = "auto") -> Backe
 
 
 def namespace(*arrays: Array) -> ModuleType:
-    """The array API namespace of ``arrays`` (all must share it)."""
-    spaces = {id(_namespace_of(a)): _namespace_of(a) for a in arrays if a is not None}
-    if len(spaces) != 1:
-        raise ValueError(f"expected arrays of one namespace; received {len(spaces)} namespaces")
-    return next(iter(spaces.values()))
+    """The array API namespace of ``arrays`` (all must share it).
+
+    Called by every op on every batch, so it asks each array once and builds nothing: on a GPU
+    its host time adds to every step.
+    """
+    found = None
+    for a in arrays:
+        if a is None:
+            continue
+        space = _namespace_of(a)
+        if found is None:
+            found = space
+        elif space is not found:
+            raise ValueError("expected arrays of one namespace; received 2 or more namespaces")
+    if found is None:
+        raise ValueError("expected arrays of one namespace; received no arrays")
+    return found
 
 
 def _namespace_of(x: Array) -> ModuleType:
@@ -161,139 +173,6 @@ def synchronize(xp: ModuleType) -> None:
     """Wait for queued device work, so a host clock measures what ran (no-op on the CPU)."""
     if is_cupy(xp):
         xp.cuda.get_current_stream().synchronize()
-
-
-# ---------------------------------------------------------------------- fast paths
-# Each returns None when it does not apply; the caller then runs its standard-only code.
-# tests/test_backend.py checks every fast path against that standard code.
-
-IM2COL_FAST_MIN_CHANNELS = 4  # measured: with C < 4 the slice loop is the faster one
-
-
-def fill_windows_fast(
-    x: Array, kernel: tuple[int, int], stride: tuple[int, int], cols: Array
-) -> bool:
-    """NumPy only: fill ``cols[..., :KH*KW*C]`` (N, OH, OW, ...) with every window of ``x``.
-
-    ``sliding_window_view`` exposes every window without copying and one ``copyto`` gathers
-    them; for C >= 4 that is about 2.5x faster than KH*KW slice assignments, whose inner
-    runs are only C elements long. Returns False (nothing written) when it does not apply.
-    """
-    if not isinstance(x, np.ndarray) or x.shape[3] < IM2COL_FAST_MIN_CHANNELS:
-        return False
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    (KH, KW), (SH, SW) = kernel, stride
-    N, OH, OW = cols.shape[:3]
-    C = x.shape[3]
-    windows = sliding_window_view(x, (KH, KW), axis=(1, 2))[:, ::SH, ::SW]  # (N, OH, OW, C, KH, KW)
-    target = cols[..., : KH * KW * C].reshape(N, OH, OW, KH, KW, C)  # a view: splits one axis
-    np.copyto(target, windows.transpose(0, 1, 2, 4, 5, 3))
-    return True
-
-
-def max_pool_backward_fast(
-    grad_out: Array, x: Array, out: Array, pool: tuple[int, int], stride: tuple[int, int]
-) -> Array | None:
-    """NumPy only: max-pool backward with in-place ufuncs, no temporaries per window offset.
-
-    Same routing as :func:`gpucnn.functional.pooling.max_pool2d_backward` (the first maximum
-    in row-major window order takes the gradient) without its per-offset temporaries; windows
-    that tile the input exactly take :func:`_tiled_max_pool_backward`, measured ~15 % faster
-    again on the reference network's first pool. None if not NumPy.
-    """
-    if not isinstance(x, np.ndarray):
-        return None
-    (KH, KW), (SH, SW) = pool, stride
-    _, OH, OW, _ = out.shape
-    overlapping = SH < KH or SW < KW
-    tiles = (SH, SW) == (KH, KW) and x.shape[1:3] == (OH * KH, OW * KW)
-    if tiles:
-        return _tiled_max_pool_backward(grad_out, x, out, pool)
-    grad_x = np.zeros(x.shape, dtype=grad_out.dtype)
-    hit = np.empty(out.shape, dtype=bool)
-    taken = np.zeros(out.shape, dtype=bool)
-    routed = np.empty(out.shape, dtype=grad_out.dtype) if overlapping else None
-    for i in range(KH):
-        for j in range(KW):
-            index = (
-                slice(None),
-                slice(i, i + SH * (OH - 1) + 1, SH),
-                slice(j, j + SW * (OW - 1) + 1, SW),
-            )
-            np.equal(x[index], out, out=hit)
-            np.greater(hit, taken, out=hit)  # hit and not taken
-            np.logical_or(taken, hit, out=taken)
-            if overlapping:
-                np.multiply(grad_out, hit, out=routed)
-                grad_x[index] += routed
-            else:
-                np.multiply(grad_out, hit, out=grad_x[index])
-    return grad_x
-
-
-def _tiled_max_pool_backward(grad_out, x, out, pool):
-    """Max-pool backward when windows tile x exactly (stride == window, sizes divisible).
-
-    x is viewed as (N, OH, KH, OW, KW, C) without a copy: one broadcast compare marks every
-    maximum, in-place boolean ops keep only the first per window, and one broadcast multiply
-    writes every element of the gradient (so it needs no zeroing).
-    """
-    (KH, KW), (N, OH, OW, C) = pool, out.shape
-    hits = np.equal(x.reshape(N, OH, KH, OW, KW, C), out[:, :, None, :, None, :])
-    taken = hits[:, :, 0, :, 0, :].copy()
-    for i in range(KH):
-        for j in range(KW):
-            if i or j:
-                later = hits[:, :, i, :, j, :]
-                np.greater(later, taken, out=later)  # a maximum, and none found before
-                np.logical_or(taken, later, out=taken)
-    grad_x = np.empty(x.shape, dtype=grad_out.dtype)
-    np.multiply(grad_out[:, :, None, :, None, :], hits, out=grad_x.reshape(N, OH, KH, OW, KW, C))
-    return grad_x
-
-
-class Random:
-    """A seeded source of randomness for one model, identical on every backend.
-
-    Weights are drawn on the host from a NumPy ``Generator`` and then moved, so one seed gives
-    the same initial weights on NumPy, CuPy and ``array_api_strict``. Dropout masks come from
-    the same host generator on the CPU; on a GPU each draw uses a CuPy generator seeded from
-    ``(seed, draw number)``, so masks are made on the device yet the whole state is two
-    numbers and a host generator state, which a checkpoint can restore exactly.
-
-    Parameters
-    ----------
-    seed : int seeding every draw.
-    xp : the array namespace the drawn arrays live in.
-    """
-
-    def __init__(self, seed: int, xp: ModuleType):
-        self.xp = xp
-        self.seed = int(seed)
-        self.host = np.random.default_rng(self.seed)
-        self.draws = 0
-
-    def normal(self, shape: tuple[int, ...], std: float, dtype: Any) -> Array:
-        """Normal(0, std) samples of ``shape`` in namespace ``xp``."""
-        return to_device(self.host.normal(0.0, std, size=shape), self.xp, dtype)
-
-    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Array:
-        """Uniform [0, 1) samples of ``shape`` in namespace ``xp``."""
-        self.draws += 1
-        if is_cupy(self.xp):
-            seed = np.random.SeedSequence([self.seed, self.draws]).generate_state(1)[0]
-            return self.xp.random.default_rng(int(seed)).random(shape, dtype=dtype)
-        return to_device(self.host.random(shape, dtype=np.float32), self.xp, dtype)
-
-    def get_state(self) -> dict:
-        """JSON-serialisable state, restored exactly by :meth:`set_state`."""
-        return {"seed": self.seed, "draws": self.draws, "host": self.host.bit_generator.state}
-
-    def set_state(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.draws = int(state["draws"])
-        self.host.bit_generator.state = state["host"]
 
 
 def device_info(backend: Backend) -> dict:

@@ -8,6 +8,7 @@ The weight keeps the public layout (F, C, KH, KW); it is rearranged to the GEMM'
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._dispatch import cuda_kernels
 from .im2col import Padding, Pair, col2im, im2col, pad2d, unpad2d
 
 
@@ -34,15 +35,20 @@ def conv2d_forward(
     Returns
     -------
     out : array of shape (N, OH, OW, F)
-    cols : array of shape (N, OH, OW, KH*KW*C + 1), the im2col matrix with its ones column
-        (see :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`.
+    cols : array of shape (N, OH, OW, L), the im2col matrix with its ones column (see
+        :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`. L is
+        KH*KW*C + 1, except on CUDA where zero columns align L to a multiple of 4.
     """
     xp = namespace(x, weight, bias)
     F, C, KH, KW = weight.shape
-    cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
-    N, OH, OW, K1 = cols.shape
-    w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
-    out = xp.matmul(xp.reshape(cols, (N * OH * OW, K1)), w_and_b)
+    cuda = cuda_kernels(xp)
+    cols = cuda.im2col(x, (KH, KW), stride, padding, bias_column=True) if cuda else None
+    w_and_b = cuda.conv_weight_matrix(weight, bias, cols.shape[-1]) if cols is not None else None
+    if w_and_b is None:
+        cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
+        w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
+    N, OH, OW, L = cols.shape
+    out = xp.matmul(xp.reshape(cols, (N * OH * OW, L)), w_and_b)
     return xp.reshape(out, (N, OH, OW, F)), cols
 
 
@@ -60,7 +66,7 @@ def conv2d_backward(
     Parameters
     ----------
     grad_out : array of shape (N, OH, OW, F), d(loss)/d(out)
-    cols : the (N, OH, OW, KH*KW*C + 1) array returned by the forward pass
+    cols : the (N, OH, OW, L) array returned by the forward pass
     weight : array of shape (F, C, KH, KW)
     x_shape : (N, H, W, C) of the unpadded input
     stride, padding : as in the forward pass
@@ -74,15 +80,24 @@ def conv2d_backward(
     """
     xp = namespace(grad_out, cols, weight)
     F, C, KH, KW = weight.shape
-    N, OH, OW, K1 = cols.shape
-    K = K1 - 1
+    N, OH, OW, L = cols.shape
+    K = KH * KW * C
     g = xp.reshape(grad_out, (N * OH * OW, F))
-    # one GEMM gives both: the ones column of cols turns the last row into sum(g, axis=0)
-    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, K1))), g)
+    # one GEMM gives both: the ones column of cols turns row K into sum(g, axis=0)
+    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, L))), g)
     grad_weight = xp.permute_dims(xp.reshape(grad_wb[:K, :], (KH, KW, C, F)), (3, 2, 0, 1))
     grad_bias = grad_wb[K, :]
     if not need_input_grad:
         return None, grad_weight, grad_bias
+    cuda = cuda_kernels(xp)
+    w_matrix = cuda.conv_weight_matrix(weight, None, K) if cuda else None
+    if w_matrix is not None:
+        # one GEMM to pixel-major columns, then one kernel in which each input element
+        # gathers its own contributions (no padded intermediate, no atomics)
+        grad_cols = xp.matmul(g, xp.matrix_transpose(w_matrix))
+        grad_x = cuda.col2im(grad_cols, x_shape, (KH, KW), stride, padding)
+        if grad_x is not None:
+            return grad_x, grad_weight, grad_bias
     # One (F, C) matrix per kernel offset: the batched product lands offset-major,
     # (KH*KW, N*OH*OW, C), the layout in which col2im's slice-adds read contiguous memory.
     w_per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 0, 1)), (KH * KW, F, C))
