@@ -246,6 +246,9 @@ def export_onnx(model, path: str | os.PathLike, probabilities: bool = False) -> 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(proto.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a deployable file: the usual permissions, not 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
