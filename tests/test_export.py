@@ -13,7 +13,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from gpucnn import SGD, Sequential  # noqa: E402
 from gpucnn import export as gpucnn_export  # noqa: E402
 from gpucnn.architectures import BUILTIN, architecture  # noqa: E402
-from gpucnn.cli import load_dataset, main  # noqa: E402
+from gpucnn.cli import main  # noqa: E402
+from gpucnn.data import load_dataset  # noqa: E402
 from gpucnn.export import OPSET, ExportError, export_onnx, to_onnx_model  # noqa: E402
 from gpucnn.layers import (  # noqa: E402
     AvgPool2D,
@@ -200,7 +201,8 @@ def test_probabilities_output_equals_predict_proba(tmp_path):
 
 
 def test_a_digits_model_gives_the_same_labels_in_onnxruntime(tmp_path):
-    (x_train, y_train), (x_test, _), _ = load_dataset("digits", None, False, seed=0)
+    digits = load_dataset("digits", seed=0)
+    x_train, y_train, x_test = digits.x_train, digits.y_train, digits.x_test
     model = Sequential.from_config(architecture("small", (1, 8, 8), 10), backend="numpy", seed=0)
     Trainer(model, SGD(0.05, momentum=0.9), log=None).fit(x_train, y_train, epochs=3, batch_size=32)
     path = model.to_onnx(tmp_path / "digits.onnx")

@@ -256,42 +256,82 @@ extern "C" __global__ void hashed_uniform(
                                   : (T)(z >> 40) * (T)5.9604644775390625e-08;
     }
 }
+"""
 
-// ---- SGD with momentum (PyTorch convention), weight decay folded into the gradient.
-// first != 0: the velocity buffer starts as the gradient.
-extern "C" __global__ void sgd_momentum(
-    T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
-    const int total, const T lr, const T momentum, const T decay, const int nesterov,
-    const int first)
-{
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+SLOTS = 8  # parameters updated by one optimizer launch (the reference network has 8)
+
+
+def _slot_arguments(pattern: str) -> str:
+    return ",\n    ".join(pattern.format(i=i) for i in range(SLOTS))
+
+
+def _slot_table(kind: str, name: str) -> str:
+    return f"{kind} {name}s[SLOTS] = {{{', '.join(f'{name}{i}' for i in range(SLOTS))}}};"
+
+
+# Optimizer updates over up to SLOTS parameters per launch: blockIdx.y picks the parameter,
+# so every parameter of the network is updated by one launch instead of ~4 each. Unused
+# slots have n = 0. Arithmetic follows the standard code of gpucnn.optim step for step.
+OPTIMIZER_SOURCE = f"""
+// ---- SGD (PyTorch convention): g += decay * p; v = momentum * v + g;
+// p -= lr * v, or with Nesterov p -= lr * (g + momentum * v); momentum 0: p -= lr * g.
+extern "C" __global__ void sgd_multi(
+    {_slot_arguments("T* p{i}, const T* g{i}, T* v{i}, const int n{i}, const T d{i}")},
+    const T lr, const T momentum, const int nesterov)
+{{
+    {_slot_table("T*", "p")}
+    {_slot_table("const T*", "g")}
+    {_slot_table("T*", "v")}
+    {_slot_table("const int", "n")}
+    {_slot_table("const T", "d")}
+    const int s = blockIdx.y;
+    T* param = ps[s];
+    const T* grad = gs[s];
+    T* velocity = vs[s];
+    const T decay = ds[s];
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
+         idx += blockDim.x * gridDim.x) {{
         const T g = grad[idx] + decay * param[idx];
-        const T v = first ? g : velocity[idx] * momentum + g;
+        if (momentum == (T)0) {{
+            param[idx] -= lr * g;
+            continue;
+        }}
+        const T v = velocity[idx] * momentum + g;
         velocity[idx] = v;
         param[idx] -= lr * (nesterov ? g + momentum * v : v);
-    }
-}
+    }}
+}}
 
-// ---- Adam with bias correction (step = lr / (1 - beta1**t)); decoupled weight decay
-// (AdamW) applied to the parameter before the Adam step.
-extern "C" __global__ void adam(
-    T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m, T* __restrict__ v,
-    const int total, const T step, const T beta1, const T beta2, const T eps,
-    const T root_correction2, const T decay_step)
-{
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+// ---- Adam with bias correction (step = lr / (1 - beta1**t), root_correction2 =
+// sqrt(1 - beta2**t)); decoupled weight decay (AdamW): p -= decay_step * p first.
+extern "C" __global__ void adam_multi(
+    {_slot_arguments("T* p{i}, const T* g{i}, T* m{i}, T* v{i}, const int n{i}, const T d{i}")},
+    const T step, const T beta1, const T beta2, const T eps, const T root_correction2)
+{{
+    {_slot_table("T*", "p")}
+    {_slot_table("const T*", "g")}
+    {_slot_table("T*", "m")}
+    {_slot_table("T*", "v")}
+    {_slot_table("const int", "n")}
+    {_slot_table("const T", "d")}
+    const int s = blockIdx.y;
+    T* param = ps[s];
+    const T* grad = gs[s];
+    T* first = ms[s];
+    T* second = vs[s];
+    const T decay_step = ds[s];
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
+         idx += blockDim.x * gridDim.x) {{
         const T g = grad[idx];
-        const T m_new = m[idx] * beta1 + ((T)1 - beta1) * g;
-        const T v_new = v[idx] * beta2 + ((T)1 - beta2) * (g * g);
-        m[idx] = m_new;
-        v[idx] = v_new;
+        const T m = first[idx] * beta1 + ((T)1 - beta1) * g;
+        const T v = second[idx] * beta2 + ((T)1 - beta2) * (g * g);
+        first[idx] = m;
+        second[idx] = v;
         T p = param[idx];
         p -= decay_step * p;
-        param[idx] = p - step * (m_new / (SQRT(v_new) / root_correction2 + eps));
-    }
-}
+        param[idx] = p - step * (m / (SQRT(v) / root_correction2 + eps));
+    }}
+}}
 """
 
 PRELUDE = {
@@ -302,12 +342,19 @@ PRELUDE = {
 
 def full_source(dtype_name: str) -> str:
     """The complete CUDA C source for element type ``dtype_name`` ("float32" or "float64")."""
-    return PRELUDE[dtype_name] + f"#define THREADS {THREADS}\n" + SOURCE
+    return (
+        PRELUDE[dtype_name]
+        + f"#define THREADS {THREADS}\n#define SLOTS {SLOTS}\n"
+        + SOURCE
+        + OPTIMIZER_SOURCE
+    )
 
 
 @cache
 def _module(dtype_name: str) -> cupy.RawModule:
-    return cupy.RawModule(code=full_source(dtype_name), options=("--std=c++11",))
+    # --fmad=false: no fused multiply-adds, so element-wise results round as the standard
+    # code's separate operations do
+    return cupy.RawModule(code=full_source(dtype_name), options=("--std=c++11", "--fmad=false"))
 
 
 def _kernel(name: str, dtype) -> cupy.RawKernel:
@@ -473,32 +520,63 @@ def hashed_uniform(key: int, shape: tuple[int, ...], dtype):
     return out
 
 
-def sgd_momentum(param, grad, velocity, lr, momentum, decay, nesterov: bool, first: bool):
-    """One fused SGD-with-momentum update of ``param`` and ``velocity`` in place; False if
-    not applicable (nothing changed)."""
-    if not _supported(param, grad, velocity) or len({param.dtype, grad.dtype}) != 1:
+def _uniform_buffers(slots: list[tuple]) -> bool:
+    """True when every buffer is a C-contiguous CuPy array of one float dtype, small enough
+    for int32 indexing, and each slot's buffers have one size."""
+    arrays = [a for slot in slots for a in slot]
+    return (
+        bool(arrays)
+        and all(isinstance(a, cupy.ndarray) for a in arrays)
+        and _supported(*arrays)
+        and len({a.dtype for a in arrays}) == 1
+        and all(len({a.size for a in slot}) == 1 for slot in slots)
+    )
+
+
+def _launch_slots(name: str, slots: list[tuple], empty: tuple, tail: tuple) -> None:
+    """Launch ``name`` over ``slots`` ((buffers..., decay) per parameter), SLOTS at a time:
+    each slot passes its buffers, its size and its decay; ``tail`` ends the argument list."""
+    for start in range(0, len(slots), SLOTS):
+        group = slots[start : start + SLOTS]
+        arguments = []
+        for index in range(SLOTS):
+            *buffers, decay = group[index] if index < len(group) else empty
+            size = buffers[0].size if index < len(group) else 0
+            arguments += [*buffers, np.int32(size), decay]
+        largest = max(slot[0].size for slot in group)
+        blocks = min(max(-(-largest // THREADS), 1), 1024)
+        _kernel(name, group[0][0].dtype)((blocks, len(group)), (THREADS,), (*arguments, *tail))
+
+
+def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
+    """SGD update of every ``(param, grad, velocity, decay)`` in place, SLOTS per launch.
+
+    ``velocity`` is ignored (pass ``param``) when momentum is 0. Returns False, having changed
+    nothing, when the kernels do not apply.
+    """
+    slots = [(p, cupy.ascontiguousarray(g), v, d) for p, g, v, d in slots]
+    if not _uniform_buffers([(p, g, v) for p, g, v, _ in slots]):
         return False
-    t = param.dtype.type
-    _launch(
-        "sgd_momentum",
-        param.dtype,
-        param.size,
-        (param, grad, velocity, np.int32(param.size), t(lr), t(momentum), t(decay),
-         np.int32(nesterov), np.int32(first)),
-    )  # fmt: skip
+    t = slots[0][0].dtype.type
+    typed = [(p, g, v, t(d)) for p, g, v, d in slots]
+    p0 = typed[0][0]
+    _launch_slots("sgd_multi", typed, (p0, p0, p0, t(0)), (t(lr), t(momentum), np.int32(nesterov)))
     return True
 
 
-def adam(param, grad, m, v, step, beta1, beta2, eps, root_correction2, decay_step):
-    """One fused Adam update of ``param``, ``m`` and ``v`` in place; False if not applicable."""
-    if not _supported(param, grad, m, v) or len({param.dtype, grad.dtype}) != 1:
+def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
+    """Adam update of every ``(param, grad, m, v, decay_step)`` in place, SLOTS per launch;
+    False, having changed nothing, when the kernels do not apply."""
+    slots = [(p, cupy.ascontiguousarray(g), m, v, d) for p, g, m, v, d in slots]
+    if not _uniform_buffers([(p, g, m, v) for p, g, m, v, _ in slots]):
         return False
-    t = param.dtype.type
-    _launch(
-        "adam",
-        param.dtype,
-        param.size,
-        (param, grad, m, v, np.int32(param.size), t(step), t(beta1), t(beta2), t(eps),
-         t(root_correction2), t(decay_step)),
-    )  # fmt: skip
+    t = slots[0][0].dtype.type
+    typed = [(p, g, m, v, t(d)) for p, g, m, v, d in slots]
+    p0 = typed[0][0]
+    _launch_slots(
+        "adam_multi",
+        typed,
+        (p0, p0, p0, p0, t(0)),
+        (t(step), t(beta1), t(beta2), t(eps), t(root_correction2)),
+    )
     return True
