@@ -27,6 +27,8 @@ Dense                   Gemm(x, weight (in, out), bias)
 Dropout                 nothing: it is the identity at inference
 ======================  ============================================================
 
+The export walks ``model.layers``; fused evaluation steps (:mod:`gpucnn.layers.fused`, e.g.
+ReLU + MaxPool2D run as one) are an execution detail and appear as their separate nodes.
 A layer type not in this table (a user's own :class:`~gpucnn.layers.Layer` subclass) makes
 the export fail with :class:`ExportError` naming the layer.
 """
