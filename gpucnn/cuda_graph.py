@@ -12,8 +12,9 @@ loss, backward, optimizer update) once and replays it with one launch. It applie
 * the batch has the shape the graph was recorded with (an epoch's last, smaller batch runs
   eagerly).
 
-The learning rate is frozen into the recorded update, so a new rate (a schedule's next
-epoch) records the step again. Everything the step allocates while recording is kept alive
+The learning rate and the addresses of the weights and optimizer buffers are frozen into the
+recording, so when one changes (a schedule's next epoch, a restored checkpoint) the next
+batch runs eagerly and the one after records the step again. Everything the step allocates while recording is kept alive
 with the graph, so no later allocation can reuse memory the graph writes to. A step that
 cannot be recorded (for instance a GEMM with an operand layout the captured path does not
 handle) falls back to eager steps for good, with the reason kept in ``disabled_because``.
@@ -67,7 +68,7 @@ class GraphedStep:
         self.graph = None
         self.disabled_because = self._unsupported_reason()
         self.recorded_for: tuple | None = None  # shapes, dtypes and learning rate recorded
-        self._warmed: tuple | None = None  # shapes of the last eager warm-up step
+        self._warmed: tuple | None = None  # the key after the last eager step
         self.replays = 0
 
     def _unsupported_reason(self) -> str | None:
@@ -83,15 +84,32 @@ class GraphedStep:
     def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
         if self.disabled_because is not None:
             return eager_step(self.model, self.optimizer, x, labels)
-        shape = (tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype)
-        key = (*shape, self.optimizer.lr)
+        key = self._key(x, labels)
         if key == self.recorded_for:
             return self._replay(x, labels)
-        if shape == self._warmed or (self.recorded_for and self.recorded_for[:4] == shape):
-            return self._record_and_replay(x, labels, key)  # a shape seen, or a new rate
-        # a new shape: one eager step first compiles every kernel and fills the memory pool
-        self._warmed = shape
-        return eager_step(self.model, self.optimizer, x, labels)
+        if key == self._warmed:
+            return self._record_and_replay(x, labels, key)
+        # Something the graph would freeze changed (batch shape, learning rate, the arrays of
+        # the weights or the optimizer state, e.g. after a restore): one eager step first,
+        # which also compiles every kernel and fills the memory pool; record on the next.
+        result = eager_step(self.model, self.optimizer, x, labels)
+        self._warmed = self._key(x, labels)
+        return result
+
+    def _key(self, x: Array, labels: Array) -> tuple:
+        """What a recorded graph depends on: shapes, dtypes, learning rate, and the device
+        addresses of the weights and optimizer buffers it reads and writes."""
+        buffers = []
+        for p in self.model.parameters():
+            buffers.append(p.data.data.ptr)
+            slots = self.optimizer.state.get(p.name, {})
+            buffers.extend(
+                slots[name].data.ptr for name in sorted(slots) if hasattr(slots[name], "data")
+            )
+        return (
+            tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype,
+            self.optimizer.lr, tuple(buffers),
+        )  # fmt: skip
 
     def _replay(self, x: Array, labels: Array) -> tuple[Array, Array]:
         xp = self.xp
