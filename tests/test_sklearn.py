@@ -11,6 +11,7 @@ import pytest
 import sklearn
 from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -112,6 +113,19 @@ def test_image_shape_is_checked(digits):
         tiny().fit(X.reshape(-1, 1, 1, 8, 8), y)
 
 
+def test_dataframe_columns_become_feature_names(digits):
+    pd = pytest.importorskip("pandas")
+    X, y = digits[0][:200], digits[1][:200]
+    frame = pd.DataFrame(X, columns=[f"pixel_{i}" for i in range(64)])
+    clf = tiny(image_shape=(1, 8, 8)).fit(frame, y)
+    assert clf.feature_names_in_.tolist() == list(frame.columns)
+    np.testing.assert_array_equal(
+        clf.predict_proba(frame), clf.predict_proba(X.reshape(-1, 1, 8, 8))
+    )
+    with pytest.warns(UserWarning, match="feature names"):
+        clf.predict(X)  # scikit-learn warns when names were seen in fit but are missing now
+
+
 def test_feature_matrix_trains_a_dense_network(digits):
     X, y = digits
     clf = CNNClassifier(epochs=10, backend="numpy", random_state=0).fit(X[:1200], y[:1200])
@@ -145,6 +159,12 @@ def test_model_choices(digits):
         CNNClassifier(model="no-such-net").fit(images, y)
     with pytest.raises(ValueError, match="expected model to be 'auto'"):
         CNNClassifier(model=42).fit(images, y)
+    # a failing refit leaves no stale network behind
+    clf.set_params(model="no-such-net")
+    with pytest.raises(ValueError):
+        clf.fit(images, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(images)
 
 
 def test_model_from_a_json_file(tmp_path, digits):
