@@ -42,7 +42,16 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, va
 from .architectures import BUILTIN, architecture
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from .model import DTYPES, Sequential
-from .optim import SGD, Adam, ConstantLR, CosineLR, ExponentialLR, Optimizer, StepLR
+from .optim import (
+    SGD,
+    Adam,
+    ConstantLR,
+    CosineLR,
+    ExponentialLR,
+    Optimizer,
+    StepLR,
+    make_optimizer,
+)
 from .trainer import HISTORY_KEYS, EarlyStopping, Trainer
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -161,7 +170,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         images, y = self._validate(X, y, reset=True)
         check_classification_targets(y)
         self.classes_, targets = np.unique(y, return_inverse=True)
-        self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self._start(images.shape[1:])
         validation, callbacks = None, []
         if self.early_stopping:
@@ -212,7 +220,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 )
         if first:
             self.classes_ = classes
-            self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
             self._start(images.shape[1:])
             self.history_ = {key: [] for key in HISTORY_KEYS}
             self.n_iter_ = 0
@@ -467,7 +474,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return {"input_shape": list(input_shape), "layers": layers}
 
     def _start(self, input_shape: tuple[int, ...]) -> None:
-        """Build a freshly initialised network and optimizer for ``input_shape``."""
+        """Build a freshly initialised network and optimizer for ``input_shape``.
+
+        One seed drawn from ``random_state`` seeds the weights, the shuffle orders and the
+        validation split (an int gives the same run every time; a RandomState moves on).
+        """
+        self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         config = self._architecture(tuple(input_shape), len(self.classes_))
         self.model_ = Sequential.from_config(
             config, backend=self.backend, seed=self._seed, dtype=self.dtype
@@ -492,17 +504,16 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _hold_out(self, images: np.ndarray, targets: np.ndarray):
         """Split off ``validation_fraction`` (stratified when every class can give a sample)."""
-        seed = self._seed % (2**31)
         counts = np.bincount(targets)
         stratify = targets if counts[counts > 0].min() >= 2 else None
         try:
             x_fit, x_val, y_fit, y_val = train_test_split(
-                images, targets, test_size=self.validation_fraction, random_state=seed,
+                images, targets, test_size=self.validation_fraction, random_state=self._seed,
                 stratify=stratify,
             )  # fmt: skip
         except ValueError:  # too few samples per class for a stratified split
             x_fit, x_val, y_fit, y_val = train_test_split(
-                images, targets, test_size=self.validation_fraction, random_state=seed
+                images, targets, test_size=self.validation_fraction, random_state=self._seed
             )
         return x_fit, y_fit, (x_val, y_val)
 
@@ -534,9 +545,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """Rebuild ``model_`` and the optimizer state from a checkpoint on ``self.backend``."""
         self.model_ = Sequential.from_config(checkpoint.meta["architecture"], backend=self.backend)
         restore_model(checkpoint, self.model_)
-        self._optimizer = self._make_optimizer()
         saved = checkpoint.meta.get("optimizer")
-        if saved is not None:
+        if saved is None:
+            self._optimizer = self._make_optimizer()
+        else:  # the optimizer as it was saved, even if set_params changed lr or momentum since
+            self._optimizer = make_optimizer(saved["config"])
             state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
             self._optimizer.load_state_dict(state, self.model_.xp, self.model_.dtype)
 
