@@ -261,7 +261,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         params = self.get_params(deep=False)
         if not isinstance(params["random_state"], (numbers.Integral, type(None))):
             params["random_state"] = None
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+        params = {k: _json_value(v) for k, v in params.items()}
         fitted = {
             "params": params,
             "classes": self.classes_.tolist(),
@@ -311,7 +311,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self) -> dict[str, Any]:
         # The network holds array-namespace modules, which pickle cannot store: a pickled
-        # estimator carries the bytes of the .npz file save() writes instead.
+        # estimator carries its network and optimizer state as .npz checkpoint bytes instead,
+        # the format save() writes, restored by the same code as load().
         state = dict(super().__getstate__())
         if "model_" in state:
             del state["model_"], state["_optimizer"]
@@ -552,6 +553,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             self._optimizer = make_optimizer(saved["config"])
             state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
             self._optimizer.load_state_dict(state, self.model_.xp, self.model_.dtype)
+
+
+def _json_value(value: Any) -> Any:
+    """A parameter as JSON can hold it: tuples and arrays as lists, NumPy scalars as numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _image_shape(value: Any) -> tuple[int, int, int] | None:

@@ -353,6 +353,10 @@ def test_save_and_load_npz(tmp_path, digits):
         CNNClassifier.load(tmp_path / "plain.npz")
     rs_clf = tiny(image_shape=(1, 8, 8), random_state=np.random.RandomState(0)).fit(X, y)
     assert CNNClassifier.load(rs_clf.save(tmp_path / "rs.npz")).random_state is None
+    # parameters as GridSearchCV sets them (NumPy scalars) are saved as plain numbers
+    np_clf = tiny(image_shape=np.array([1, 8, 8]), epochs=np.int64(2)).fit(X, y)
+    reloaded = CNNClassifier.load(np_clf.save(tmp_path / "np.npz"), backend="numpy")
+    assert reloaded.epochs == 2 and reloaded.image_shape == (1, 8, 8)
 
 
 # ---------------------------------------------------------------------- in scikit-learn's tools
