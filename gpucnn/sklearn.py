@@ -40,24 +40,22 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
 from .architectures import BUILTIN, architecture
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, restore_model, save_checkpoint
-from .model import DTYPES, Sequential
-from .optim import (
-    SGD,
-    Adam,
-    ConstantLR,
-    CosineLR,
-    ExponentialLR,
-    Optimizer,
-    StepLR,
-    make_optimizer,
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    restore_model,
+    restore_optimizer,
+    save_checkpoint,
 )
+from .model import DTYPES, Sequential
+from .optim import SGD, Adam, ConstantLR, Optimizer, make_optimizer, make_schedule
+from .recipes import SCHEDULE_NAMES, schedule_config
 from .trainer import HISTORY_KEYS, EarlyStopping, Trainer
 
 FLOAT_DTYPES = (np.float32, np.float64)
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
-SCHEDULES = ("constant", "step", "exponential", "cosine")
 # The dense network model="auto" trains on a plain feature matrix; the output layer is added.
 TABULAR_LAYERS = ({"type": "Dense", "units": 100}, {"type": "ReLU"})
 NO_Y = object()  # _validate's "only X" marker: y=None is a user error that fit reports
@@ -355,8 +353,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"expected dtype in {DTYPES}; received {self.dtype!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"expected optimizer in {OPTIMIZERS}; received {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"expected schedule in {SCHEDULES}; received {self.schedule!r}")
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"expected schedule in {SCHEDULE_NAMES}; received {self.schedule!r}")
         if not (
             isinstance(self.validation_fraction, numbers.Real) and 0 < self.validation_fraction < 1
         ):
@@ -494,14 +492,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return SGD(lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     def _make_schedule(self):
-        epochs = int(self.epochs)
-        if self.schedule == "cosine":
-            return CosineLR(epochs)
-        if self.schedule == "step":
-            return StepLR(step_size=max(epochs // 3, 1), gamma=0.1)
-        if self.schedule == "exponential":
-            return ExponentialLR(gamma=0.8)
-        return ConstantLR()
+        return make_schedule(schedule_config(self.schedule, int(self.epochs)))
 
     def _hold_out(self, images: np.ndarray, targets: np.ndarray):
         """Split off ``validation_fraction`` (stratified when every class can give a sample)."""
@@ -551,8 +542,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             self._optimizer = self._make_optimizer()
         else:  # the optimizer as it was saved, even if set_params changed lr or momentum since
             self._optimizer = make_optimizer(saved["config"])
-            state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
-            self._optimizer.load_state_dict(state, self.model_.xp, self.model_.dtype)
+            restore_optimizer(checkpoint, self._optimizer)
 
 
 def _json_value(value: Any) -> Any:
