@@ -4,7 +4,8 @@
 #   bash benchmarks/augment_effect.sh DATA [EPOCHS] [BACKEND] [AUGMENT FLAGS...]
 #
 # DATA is anything `gpucnn train --data` reads, e.g. Fashion-MNIST saved as an .npz with x, y,
-# x_test, y_test. Default augmentation: --augment-shift 2 --augment-flip. Prints one
+# x_test, y_test. Default augmentation: --augment-shift 2 --augment-flip; model: $MODEL or
+# reference. Prints one
 # "test accuracy" line per run; the runs are written under a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,6 @@ for mode in none augmented; do
     flags=()
     [ "$mode" = augmented ] && flags=("${augment[@]}")
     printf '%s: ' "$mode"
-    python -m gpucnn train --data "$data" --model reference --epochs "$epochs" --backend "$backend" \
+    python -m gpucnn train --data "$data" --model "${MODEL:-reference}" --epochs "$epochs" --backend "$backend" \
         --out "$scratch/$mode" --no-progress "${flags[@]}" | tail -1
 done
