@@ -5,8 +5,7 @@
 #
 # DATA is anything `gpucnn train --data` reads, e.g. Fashion-MNIST saved as an .npz with x, y,
 # x_test, y_test. Default augmentation: --augment-shift 2 --augment-flip; model: $MODEL or
-# reference. Prints one
-# "test accuracy" line per run; the runs are written under a temporary folder.
+# reference. Prints one "test accuracy" line per run; the runs go to a temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: augment_effect.sh DATA [EPOCHS] [BACKEND] [AUGMENT FLAGS...]}
