@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     folder = Path(args.folder)
-    write_dataset(folder, args.gb)
+    # written in a child process: the pages it writes would otherwise count in this peak RSS
+    writer = multiprocessing.get_context("spawn").Process(
+        target=write_dataset, args=(folder, args.gb)
+    )
+    writer.start()
+    writer.join()
     start_rss = peak_rss_mib()
     data = load_data(folder, test_fraction=0.05, seed=0, stream=True)
     config = {
