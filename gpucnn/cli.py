@@ -1,4 +1,4 @@
-"""The ``gpucnn`` command: train | evaluate | predict | info | bench.
+"""The ``gpucnn`` command: train | evaluate | predict | info | bench | report.
 
 Exit codes: 0 success; 2 a user error (bad flag, missing or corrupt file, bad architecture
 or checkpoint), printed as one line on stderr; 3 training diverged; 130/143 interrupted by
@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="DIR", help="continue the run saved in DIR/checkpoint.npz"
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--report",
+        action="store_true",
+        help="also draw the pictures of 'gpucnn report' (needs [plot])",
+    )
 
     ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     ev.add_argument("model_path", metavar="MODEL.npz")
@@ -156,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-layer breakdown")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+
+    rep = sub.add_parser("report", help="pictures of a run: curves, confusion, filters, mistakes")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'gpucnn train'")
+    rep.add_argument("--data-dir")
+    rep.add_argument("--no-download", action="store_true")
+    rep.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     return parser
 
 
@@ -243,8 +254,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if not 0 <= run["val_fraction"] < 1:
         raise UsageError(f"--val-fraction must be in [0, 1); received {run['val_fraction']}")
+    if args.report:  # before training, not after it
+        from .report import require_matplotlib
 
-    (x_train, y_train), (x_test, y_test), _ = load_dataset(
+        require_matplotlib()
+
+    (x_train, y_train), (x_test, y_test), classes = load_dataset(
         run["dataset"], run["data_dir"], not args.no_download, run["seed"]
     )
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
@@ -292,6 +307,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, x_test, y_test)
+    confusion = _confusion(model, x_test, y_test, len(classes))
     save_checkpoint(out / "model.npz", model, run=run)
     times = [t for t in history["time_s"] if t == t]
     trained = len(x_fit) * len(times)
@@ -306,11 +322,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         "elapsed_s": elapsed,
         "history": history,
         "run": run,
+        "classes": classes,
+        "confusion_matrix": confusion.tolist(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
     )
+    if args.report:
+        _write_report(out, model, metrics, (x_test, y_test), classes)
+    return 0
+
+
+def _confusion(model: Sequential, x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    from .report import confusion_matrix
+
+    return confusion_matrix(y, model.predict(x, batch_size=512), num_classes)
+
+
+# ---------------------------------------------------------------------- report
+def _write_report(out: Path, model: Sequential, metrics: dict, test, classes) -> None:
+    from .report import write_report
+
+    report = write_report(out, model, metrics, test, classes)
+    for path in report.files.values():
+        print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+    for note in report.notes:
+        print(f"  left out {note}")
+    print(f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import require_matplotlib
+
+    require_matplotlib()
+    folder = Path(args.run_dir)
+    if not (folder / "metrics.json").is_file():
+        raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
+    model = None
+    if (folder / "model.npz").is_file():
+        model, _ = load_model(folder / "model.npz", backend=args.backend)
+    run = metrics.get("run") or {}
+    test, classes = None, None
+    if model is not None and metrics.get("dataset") in DATASETS:
+        _, test, classes = load_dataset(
+            metrics["dataset"],
+            args.data_dir or run.get("data_dir"),
+            not args.no_download,
+            run.get("seed", 0),
+        )
+    _write_report(folder, model, metrics, test, classes)
     return 0
 
 
@@ -404,6 +469,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "info": cmd_info,
     "bench": cmd_bench,
+    "report": cmd_report,
 }
 
 
