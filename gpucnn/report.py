@@ -380,7 +380,10 @@ def write_html(
         _table(_final_figures(metrics)),
     ]
     if run:
-        parts += ["<h2>Settings</h2>", _table([(k, "-" if v is None else v) for k, v in run.items()])]
+        parts += [
+            "<h2>Settings</h2>",
+            _table([(k, "-" if v is None else v) for k, v in run.items()]),
+        ]
     if per_class:
         parts += ["<h2>Per-class test accuracy</h2>", _table(per_class, ("class", "accuracy"))]
     if notes:
