@@ -203,7 +203,7 @@ def draw_confusion(confusion: np.ndarray, classes: Sequence[str], path: Path) ->
     ax.set_ylabel("true")
     total = int(confusion.sum())
     accuracy = np.trace(confusion) / max(total, 1)
-    ax.set_title(f"test confusion matrix ({total} images, accuracy {accuracy:.4f})")
+    ax.set_title(f"test confusion matrix ({total:,} images, accuracy {accuracy:.4f})")
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bars = figure.add_subplot(grid[1])
     recall = per_class_accuracy(confusion)
@@ -284,6 +284,7 @@ def draw_mistakes(
     """Misclassified images (M, C, H, W), each titled true -> predicted (probability)."""
     figure = _figure("mistakes.png")
     rows, columns = 4, 8
+    fontsize = 9 if max(map(len, classes)) <= 5 else 7  # "T-shirt/top -> Ankle boot" must fit
     axes = figure.subplots(rows, columns).ravel()
     for i, ax in enumerate(axes):
         ax.axis("off")
@@ -292,11 +293,11 @@ def draw_mistakes(
             ax.imshow(picture, cmap=cmap, interpolation="nearest")
             ax.set_title(
                 f"{classes[true[i]]} -> {classes[predicted[i]]}\n{probability[i]:.2f}",
-                fontsize=9,
+                fontsize=fontsize,
             )
     which = "most confident first" if total == len(images) else f"the {len(images)} most confident"
     figure.suptitle(
-        f"{total} misclassified test images, {which} (true -> predicted, predicted probability)"
+        f"{total:,} misclassified test images, {which} (true -> predicted, predicted probability)"
     )
     figure.tight_layout()
     return _save(figure, path)

@@ -156,6 +156,18 @@ def test_a_run_without_a_test_set_leaves_out_confusion_and_mistakes(run_dir, tmp
     ]
 
 
+def test_class_names_label_the_confusion_matrix(run_dir, tmp_path):
+    from gpucnn.data import FASHION_MNIST
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = list(FASHION_MNIST.classes)
+    recorded = {"history": metrics["history"], "confusion_matrix": metrics["confusion_matrix"]}
+    write_report(tmp_path, None, {**recorded, "classes": names})
+    assert_picture(tmp_path / "report" / "confusion.png", "confusion.png")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["classes"] == names
+    assert "Ankle boot" in (tmp_path / "report" / "index.html").read_text()
+
+
 def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     (tmp_path / "metrics.json").write_text("{}")
