@@ -2,6 +2,7 @@
 confusion matrix equal to `gpucnn evaluate`'s, a self-contained page, and what is left out."""
 
 import json
+import subprocess
 import sys
 from html.parser import HTMLParser
 
@@ -201,3 +202,12 @@ def test_confusion_matrix_against_scikit_learn():
         confusion_matrix(y_true, y_pred + 1, 7)
     with pytest.raises(ValueError, match="expected y_true and y_pred of one shape"):
         confusion_matrix(y_true, y_pred[:-1], 7)
+
+
+def test_matplotlib_is_imported_only_when_drawing():
+    code = (
+        "import sys, gpucnn, gpucnn.cli, gpucnn.report; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
