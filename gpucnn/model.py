@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Array, Backend, Random, select_backend, to_device, to_numpy
-from .functional.activations import relu_backward, relu_forward
+from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .functional.losses import softmax, softmax_cross_entropy
+from .functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .layers import Layer, MaxPool2D, ReLU, layer_from_config
 from .layers.base import BuildContext, public_shape
+from .random import Random
 
 DTYPES = ("float32", "float64")
 INFERENCE_BLOCK = 128  # images per block for CPU inference (see Sequential.forward)
@@ -274,15 +275,19 @@ class _PoolThenReLU:
     def __init__(self, relu: ReLU, pool: MaxPool2D):
         self.pool = pool
         self.name = f"{relu.name}+{pool.name}"  # as profiles report the step
-        self._out = None
+        self._cache = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
-        out = relu_forward(self.pool.forward(x, training))
-        self._out = out if training else None
+        self.pool.check_input(x)
+        out = max_pool2d_forward(x, self.pool.pool_size, self.pool.stride, relu=True)
+        self._cache = (x, out) if training else None
         return out
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        return self.pool.backward(relu_backward(grad_out, self._out), need_input_grad)
+        x, out = self._cache
+        return max_pool2d_backward(
+            grad_out, x, out, self.pool.pool_size, self.pool.stride, relu=True
+        )
 
 
 def _execution_plan(layers: list[Layer]) -> list:

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from helpers import assert_gradient, host, on
 
-from gpucnn.backend import Random
 from gpucnn.layers import (
     AvgPool2D,
     BuildContext,
@@ -16,6 +15,7 @@ from gpucnn.layers import (
     ReLU,
     layer_from_config,
 )
+from gpucnn.random import Random
 
 # (factory, per-sample input shape in the internal (H, W, C) order, expected output shape)
 LAYERS = [

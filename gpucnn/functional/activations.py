@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._dispatch import cuda_kernels
 
 
 def relu_forward(x: Array) -> Array:
@@ -13,6 +14,10 @@ def relu_forward(x: Array) -> Array:
 def relu_backward(grad_out: Array, out: Array) -> Array:
     """Pass the gradient where the forward output was positive (the subgradient at 0 is 0)."""
     xp = namespace(grad_out, out)
+    cuda = cuda_kernels(xp)
+    fused = cuda.relu_backward(grad_out, out) if cuda else None
+    if fused is not None:
+        return fused
     # multiplying by a 0/1 mask is several times faster than where() on NumPy (measured)
     return grad_out * xp.astype(out > 0, grad_out.dtype)
 

@@ -8,6 +8,7 @@ The weight keeps the public layout (F, C, KH, KW); it is rearranged to the GEMM'
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._dispatch import cuda_kernels
 from .im2col import Padding, Pair, col2im, im2col, pad2d, unpad2d
 
 
@@ -39,7 +40,10 @@ def conv2d_forward(
     """
     xp = namespace(x, weight, bias)
     F, C, KH, KW = weight.shape
-    cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
+    cuda = cuda_kernels(xp)
+    cols = cuda.im2col(x, (KH, KW), stride, padding, bias_column=True) if cuda else None
+    if cols is None:
+        cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
     N, OH, OW, K1 = cols.shape
     w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
     out = xp.matmul(xp.reshape(cols, (N * OH * OW, K1)), w_and_b)
@@ -83,6 +87,14 @@ def conv2d_backward(
     grad_bias = grad_wb[K, :]
     if not need_input_grad:
         return None, grad_weight, grad_bias
+    cuda = cuda_kernels(xp)
+    if cuda:
+        # one GEMM to pixel-major columns, then one kernel in which each input element
+        # gathers its own contributions (no padded intermediate, no atomics)
+        grad_cols = xp.matmul(g, xp.matrix_transpose(_weight_matrix(weight)))
+        grad_x = cuda.col2im(grad_cols, x_shape, (KH, KW), stride, padding)
+        if grad_x is not None:
+            return grad_x, grad_weight, grad_bias
     # One (F, C) matrix per kernel offset: the batched product lands offset-major,
     # (KH*KW, N*OH*OW, C), the layout in which col2im's slice-adds read contiguous memory.
     w_per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 0, 1)), (KH * KW, F, C))

@@ -23,7 +23,8 @@ iteration moves one strided slice of the whole batch.
 
 from __future__ import annotations
 
-from ..backend import Array, fill_windows_fast, namespace
+from ..backend import Array, namespace
+from ._numpy_kernels import fill_windows_fast
 
 Pair = tuple[int, int]
 Padding = tuple[int, int, int, int]  # (PT, PB, PL, PR)

@@ -7,7 +7,10 @@ ignored (floor rule), as in PyTorch and Keras.
 
 from __future__ import annotations
 
-from ..backend import Array, max_pool_backward_fast, namespace
+from ..backend import Array, namespace
+from ._dispatch import cuda_kernels
+from ._numpy_kernels import max_pool_backward_fast
+from .activations import relu_backward, relu_forward
 from .im2col import Pair, output_size, window_slice
 
 
@@ -22,19 +25,30 @@ def _window_indices(x: Array, pool: Pair, stride: Pair):
             yield (slice(None), window_slice(i, SH, OH), window_slice(j, SW, OW), slice(None))
 
 
-def max_pool2d_forward(x: Array, pool: Pair, stride: Pair) -> Array:
-    """Maximum over each window.
+def max_pool2d_forward(x: Array, pool: Pair, stride: Pair, relu: bool = False) -> Array:
+    """Maximum over each window, optionally followed by ReLU.
 
     Parameters
     ----------
     x : array of shape (N, H, W, C)
     pool, stride : (KH, KW) and (SH, SW)
+    relu : return ``relu(maxpool(x))``, which equals ``maxpool(relu(x))`` (max is monotone)
+        at a quarter of the ReLU work for 2x2 windows; pass the same flag to the backward.
 
     Returns
     -------
     out : array of shape (N, OH, OW, C)
     """
     xp = namespace(x)
+    cuda = cuda_kernels(xp)
+    out = cuda.max_pool(x, pool, stride, relu) if cuda else None
+    if out is not None:
+        return out
+    out = _max_over_windows(xp, x, pool, stride)
+    return relu_forward(out) if relu else out
+
+
+def _max_over_windows(xp, x: Array, pool: Pair, stride: Pair) -> Array:
     indices = list(_window_indices(x, pool, stride))
     if len(indices) == 1:  # a 1x1 window: a strided copy
         return xp.asarray(x[indices[0]], copy=True)
@@ -44,20 +58,30 @@ def max_pool2d_forward(x: Array, pool: Pair, stride: Pair) -> Array:
     return out
 
 
-def max_pool2d_backward(grad_out: Array, x: Array, out: Array, pool: Pair, stride: Pair) -> Array:
+def max_pool2d_backward(
+    grad_out: Array, x: Array, out: Array, pool: Pair, stride: Pair, relu: bool = False
+) -> Array:
     """Route each output gradient to exactly one input: its window's first maximum.
 
     Parameters
     ----------
     grad_out : array of shape (N, OH, OW, C)
     x, out : the forward pass's input (N, H, W, C) and output (N, OH, OW, C)
-    pool, stride : as in the forward pass
+    pool, stride, relu : as in the forward pass. With ``relu`` the windows whose output is
+        not positive pass no gradient; the others route it to their maximum, which equals
+        ``out`` there.
 
     Returns
     -------
     grad_x : array of shape (N, H, W, C). Where a window holds several equal maxima only the
         first in row-major order receives the gradient, so the gradient's total is preserved.
     """
+    cuda = cuda_kernels(namespace(grad_out, x, out))
+    fast = cuda.max_pool_backward(grad_out, x, out, pool, stride, relu) if cuda else None
+    if fast is not None:
+        return fast
+    if relu:
+        grad_out = relu_backward(grad_out, out)
     fast = max_pool_backward_fast(grad_out, x, out, pool, stride)
     if fast is not None:
         return fast

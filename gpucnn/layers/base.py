@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ..backend import Array, Random
+from ..backend import Array
+from ..random import Random
 
 Shape = tuple[int, ...]
 

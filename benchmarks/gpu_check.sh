@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-shot GPU check (about 5 minutes on an H100/H200): the whole test suite with its CuPy tests,
+# kernel launches per training step with the CUDA kernels on and off, `gpucnn bench` on CuPy
+# (kernels on and off, per-layer profile), PyTorch CUDA comparisons, and 3 epochs of MNIST.
+#
+#   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
+#
+# MNIST is read from $MNIST_DIR (default ../shared/data/mnist, else the download cache). At
+# most eight files are written, all in RESULTS_DIR: check.log holds everything printed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=${1:-${OUT:-benchmarks/results/gpu}}
+mkdir -p "$results"
+scratch=$(mktemp -d)
+py=${PYTHON:-python3}
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mnist=${MNIST_DIR:-../shared/data/mnist}
+status=0
+exec > >(tee "$results/check.log") 2>&1
+
+section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+run() { "$@" || { echo "FAILED ($?): $*"; status=1; }; }
+
+section environment
+nvidia-smi -L || true
+run $py -c "import cupy, numpy, sys; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
+run $py -m gpucnn info
+
+section "test suite (CuPy tests included)"
+run $py -m pytest -q -p no:cacheprovider -rs tests 2>&1 | tail -n 40
+
+section "kernel launches and step time, CUDA kernels off/on"
+run $py benchmarks/gpu_step_profile.py --batch-size 128 512 2048 --json "$results/step_profile.json"
+
+section "gpucnn bench on CuPy"
+for kernels in 0 1; do
+  echo "GPUCNN_CUDA_KERNELS=$kernels"
+  run env GPUCNN_CUDA_KERNELS=$kernels $py -m gpucnn bench --backend cupy --model reference \
+    --batch-size 128 512 2048 --infer-batch-size 1000 --json "$scratch/bench-$kernels.json"
+done
+
+section "PyTorch CUDA comparisons"
+for batch in 128 512 2048; do
+  run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size "$batch" \
+    --pairs 3 --json "$scratch/torch-train-$batch.json"
+done
+run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
+  --steps 20 --pairs 3 --json "$scratch/torch-infer-1000.json"
+
+section "MNIST, reference, 3 epochs"
+data_args=()
+[ -d "$mnist" ] && data_args=(--data-dir "$mnist" --no-download)
+run $py -m gpucnn train --dataset mnist "${data_args[@]}" --backend cupy --out "$scratch/mnist"
+
+$py - "$scratch" "$results" <<'EOF'
+import glob, json, os, sys
+scratch, results = sys.argv[1:]
+merged = {}
+for path in sorted(glob.glob(os.path.join(scratch, "*.json"))):
+    merged[os.path.basename(path)[:-5]] = json.load(open(path))
+metrics = os.path.join(scratch, "mnist", "metrics.json")
+if os.path.exists(metrics):
+    merged["mnist_metrics"] = json.load(open(metrics))
+json.dump(merged, open(os.path.join(results, "results.json"), "w"), indent=2)
+print("wrote", os.path.join(results, "results.json"), "with", sorted(merged))
+EOF
+rm -rf "$scratch"
+section "done: $([ $status = 0 ] && echo 'every step passed' || echo 'some step FAILED')"
+exit $status

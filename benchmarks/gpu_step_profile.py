@@ -1,0 +1,136 @@
+"""Kernel launches and time of one training step on the GPU, CUDA kernels on and off.
+
+Needs CuPy with a GPU, and PyTorch for its profiler: CUPTI records every kernel the process
+launches, CuPy's included. For each batch size and each setting of ``GPUCNN_CUDA_KERNELS``
+it warms up, records one step (forward, loss, backward, SGD-momentum update) and counts the
+kernels and memory operations by name, then times ``--steps`` steps (median of ``--repeats``).
+Also times the dropout mask draw of :class:`gpucnn.random.Random` on the device.
+
+    python benchmarks/gpu_step_profile.py --model reference --batch-size 128 512 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import time
+
+from gpucnn.backend import select_backend, synchronize
+from gpucnn.bench import build_model, synthetic_batch
+from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
+from gpucnn.optim import SGD
+from gpucnn.random import Random
+
+
+def training_step(model, optimizer, x, y) -> None:
+    model.loss_and_backward(x, y, check=False)
+    optimizer.step(model)
+
+
+def count_launches(step, xp) -> dict:
+    """Kernels and memory operations that one call of ``step`` puts on the GPU, by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(xp)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        synchronize(xp)
+    names = collections.Counter()
+    gpu_us = 0.0
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        names[event.name[:80]] += 1
+        gpu_us += getattr(event, "device_time", None) or getattr(event, "cuda_time", 0.0)
+    return {"launches": sum(names.values()), "gpu_time_us": gpu_us, "by_name": dict(names)}
+
+
+def median_seconds(step, xp, steps: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(xp)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(xp)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def random_draw_cost(xp, repeats: int = 50) -> dict:
+    """Microseconds per dropout-mask draw (128 x 128) and per plain CuPy draw, for comparison."""
+    random = Random(0, xp)
+    shape = (128, 128)
+    generator = xp.random.default_rng(0)
+
+    def per_call(fn):
+        fn()
+        synchronize(xp)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        synchronize(xp)
+        return 1e6 * (time.perf_counter() - start) / repeats
+
+    return {
+        "random_uniform_us": per_call(lambda: random.uniform(shape, xp.float32)),
+        "one_persistent_generator_us": per_call(lambda: generator.random(shape, dtype=xp.float32)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    backend = select_backend("cupy")
+    xp = backend.xp
+    report = {"model": args.model, "runs": []}
+    for batch_size in args.batch_size:
+        for kernels in ("0", "1"):
+            os.environ[CUDA_KERNELS_ENV] = kernels
+            model = build_model(args.model, backend)
+            optimizer = SGD(lr=0.01, momentum=0.9)
+            x, y = synthetic_batch(model, batch_size, seed=0)
+
+            def step(model=model, optimizer=optimizer, x=x, y=y):
+                training_step(model, optimizer, x, y)
+
+            for _ in range(3):
+                step()
+            try:
+                launches = count_launches(step, xp)
+            except Exception as exc:  # noqa: BLE001 - the profiler may be unavailable
+                launches = {"error": f"{type(exc).__name__}: {exc}"}
+            seconds = median_seconds(step, xp, args.steps, args.repeats)
+            run = {
+                "batch_size": batch_size,
+                "cuda_kernels": kernels == "1",
+                "step_ms": 1e3 * seconds,
+                "train_images_per_second": batch_size / seconds,
+                **launches,
+            }
+            report["runs"].append(run)
+            print(
+                f"batch {batch_size:>5} kernels {'on ' if kernels == '1' else 'off'}: "
+                f"{run.get('launches', '?')} launches, GPU {run.get('gpu_time_us', 0):.0f} us, "
+                f"step {run['step_ms']:.3f} ms, {run['train_images_per_second']:.0f} img/s",
+                flush=True,
+            )
+    os.environ.pop(CUDA_KERNELS_ENV, None)
+    report["random"] = random_draw_cost(xp)
+    print("dropout draw:", json.dumps(report["random"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Every fast path equals the standard array-API code of the op it accelerates.
+
+NumPy paths are compared with the same op run on array-api-strict (which can only take the
+standard code). CUDA kernels are compared on CuPy with the kernels switched off
+(``GPUCNN_CUDA_KERNELS=0``); those tests run where a GPU is present. Their CUDA C source is
+also compiled by NVRTC wherever the NVRTC library loads, GPU or not, so a kernel that does not
+compile fails here first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_namespace
+
+from gpucnn.backend import to_numpy
+from gpucnn.functional import (
+    conv2d_backward,
+    conv2d_forward,
+    im2col,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    relu_backward,
+    softmax_cross_entropy,
+)
+from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
+from gpucnn.functional._numpy_kernels import fill_windows_fast, max_pool_backward_fast
+
+# ------------------------------------------------------------------------------- NumPy
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride",
+    [
+        ((2, 7, 9, 4), (3, 3), (1, 1)),
+        ((3, 8, 6, 6), (2, 3), (2, 1)),
+        ((1, 5, 5, 8), (5, 5), (1, 1)),
+        ((2, 9, 9, 5), (3, 2), (3, 2)),
+    ],
+)
+def test_numpy_im2col_equals_the_standard_code(shape, kernel, stride):
+    import array_api_strict
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    fast = im2col(x, kernel, stride, bias_column=True)  # NumPy: takes the fast path
+    standard = to_numpy(im2col(array_api_strict.asarray(x), kernel, stride, bias_column=True))
+    assert fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, standard)
+    assert not fill_windows_fast(x[..., :1], kernel, stride, fast)  # too few channels
+
+
+POOL_GEOMETRIES = [((2, 2), (2, 2)), ((3, 3), (3, 3)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((2, 2), (3, 3))]  # fmt: skip
+
+
+@pytest.mark.parametrize("pool,stride", POOL_GEOMETRIES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_numpy_max_pool_backward_equals_the_standard_code(pool, stride, ties):
+    import array_api_strict
+
+    rng = np.random.default_rng(1)
+    # a ragged edge, then a 6x6 input that windows with stride == pool tile exactly
+    for shape in ((2, 7, 8, 3), (2, 6, 6, 3)):
+        x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+        out = max_pool2d_forward(x, pool, stride)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        fast = max_pool_backward_fast(g, x, out, pool, stride)
+        xs, outs, gs = (array_api_strict.asarray(a) for a in (x, out, g))
+        standard = to_numpy(max_pool2d_backward(gs, xs, outs, pool, stride))
+        np.testing.assert_array_equal(fast, standard)
+
+
+# -------------------------------------------------------------------------------- CUDA
+
+
+def test_cuda_kernel_source_compiles_with_nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - no CuPy or no NVRTC library on this machine
+        pytest.skip(f"NVRTC is not available ({type(exc).__name__}: {exc})")
+    from gpucnn.functional._cuda_kernels import full_source
+
+    for dtype in ("float32", "float64"):
+        program = nvrtc.createProgram(full_source(dtype), f"gpucnn_{dtype}.cu", [], [])
+        try:
+            nvrtc.compileProgram(program, ["-arch=compute_90", "--std=c++11"])
+        except nvrtc.NVRTCError as exc:
+            pytest.fail(f"{dtype} kernels do not compile: {exc}\n{nvrtc.getProgramLog(program)}")
+        assert b".entry" in nvrtc.getPTX(program)
+        nvrtc.destroyProgram(program)
+
+
+def test_a_broken_kernel_source_is_rejected_by_nvrtc():
+    """The compile check above can fail: NVRTC rejects a syntax error with its log."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"NVRTC is not available ({type(exc).__name__}: {exc})")
+    program = nvrtc.createProgram('extern "C" __global__ void k() { int x = ; }', "bad.cu", [], [])
+    with pytest.raises(nvrtc.NVRTCError):
+        nvrtc.compileProgram(program, ["-arch=compute_90"])
+    assert "expected an expression" in nvrtc.getProgramLog(program)
+
+
+@pytest.fixture
+def cupy():
+    return load_namespace("cupy")
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+def run_both(monkeypatch, compute):
+    """``compute()`` with the CUDA kernels on, then off; both results as host arrays."""
+    monkeypatch.delenv(CUDA_KERNELS_ENV, raising=False)
+    fast = [to_numpy(a) for a in compute()]
+    monkeypatch.setenv(CUDA_KERNELS_ENV, "0")
+    standard = [to_numpy(a) for a in compute()]
+    monkeypatch.delenv(CUDA_KERNELS_ENV)
+    return fast, standard
+
+
+def assert_close(fast, standard, dtype):
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(fast, standard, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "shape,filters,kernel,stride,padding",
+    [
+        ((4, 28, 28, 1), 8, (3, 3), (1, 1), (0, 0, 0, 0)),
+        ((3, 13, 13, 8), 16, (3, 3), (1, 1), (1, 1, 1, 1)),
+        ((2, 9, 11, 3), 5, (5, 3), (2, 3), (2, 1, 0, 2)),  # asymmetric, strided, ragged
+        ((2, 6, 6, 4), 3, (2, 2), (2, 2), (0, 1, 0, 1)),
+    ],
+)
+def test_cuda_conv_equals_the_standard_code(
+    cupy, dtype, monkeypatch, shape, filters, kernel, stride, padding
+):
+    rng = np.random.default_rng(0)
+    x = cupy.asarray(rng.standard_normal(shape), dtype=dtype)
+    w = cupy.asarray(rng.standard_normal((filters, shape[3], *kernel)), dtype=dtype)
+    b = cupy.asarray(rng.standard_normal(filters), dtype=dtype)
+
+    def compute():
+        out, cols = conv2d_forward(x, w, b, stride, padding)
+        g = cupy.asarray(np.random.default_rng(1).standard_normal(out.shape), dtype=dtype)
+        return (out, cols, *conv2d_backward(g, cols, w, x.shape, stride, padding))
+
+    assert_close(*run_both(monkeypatch, compute), dtype)
+
+
+@pytest.mark.parametrize("pool,stride", POOL_GEOMETRIES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_cuda_max_pool_equals_the_standard_code(cupy, dtype, monkeypatch, pool, stride, relu, ties):
+    rng = np.random.default_rng(2)
+    for shape in ((2, 7, 8, 3), (3, 6, 6, 5)):
+        host = rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)
+        x = cupy.asarray(host, dtype=dtype)
+
+        def compute(x=x):
+            out = max_pool2d_forward(x, pool, stride, relu=relu)
+            g = cupy.asarray(np.random.default_rng(3).standard_normal(out.shape), dtype=dtype)
+            return out, max_pool2d_backward(g, x, out, pool, stride, relu=relu)
+
+        fast, standard = run_both(monkeypatch, compute)
+        # routing picks one input per window: exact equality, not closeness
+        for a, b in zip(fast, standard, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_relu_backward_and_loss_equal_the_standard_code(cupy, dtype, monkeypatch):
+    rng = np.random.default_rng(4)
+    out = cupy.asarray(np.maximum(rng.standard_normal((5, 7, 3)), 0.0), dtype=dtype)
+    g = cupy.asarray(rng.standard_normal((5, 7, 3)), dtype=dtype)
+    logits = cupy.asarray(rng.standard_normal((300, 10)) * 30, dtype=dtype)  # > one block
+    labels = cupy.asarray(rng.integers(0, 10, 300))
+
+    def compute():
+        return (relu_backward(g, out), *softmax_cross_entropy(logits, labels))
+
+    assert_close(*run_both(monkeypatch, compute), dtype)
