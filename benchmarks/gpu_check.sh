@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
 #
 # MNIST is read from $MNIST_DIR (default ../shared/data/mnist, else the download cache). At
-# most eight files are written, all in RESULTS_DIR: check.log holds everything printed.
+# most eight files are written, all in RESULTS_DIR: check.log holds everything printed,
+# tests.log the whole test report, results.json every benchmark's JSON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-${OUT:-benchmarks/results/gpu}}
@@ -27,7 +28,8 @@ run $py -c "import cupy, numpy, sys; print('python', sys.version.split()[0], 'nu
 run $py -m gpucnn info
 
 section "test suite (CuPy tests included)"
-run $py -m pytest -q -p no:cacheprovider -rs tests 2>&1 | tail -n 40
+$py -m pytest -q -p no:cacheprovider -rfs tests > "$results/tests.log" 2>&1 || { echo "FAILED: test suite"; status=1; }
+tail -n 30 "$results/tests.log"
 
 section "kernel launches and step time, CUDA kernels off/on"
 run $py benchmarks/gpu_step_profile.py --batch-size 128 512 2048 --json "$results/step_profile.json"

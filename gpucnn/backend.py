@@ -105,11 +105,23 @@ def select_backend(backend: str | ModuleType | Backend | None = "auto") -> Backe
 
 
 def namespace(*arrays: Array) -> ModuleType:
-    """The array API namespace of ``arrays`` (all must share it)."""
-    spaces = {id(_namespace_of(a)): _namespace_of(a) for a in arrays if a is not None}
-    if len(spaces) != 1:
-        raise ValueError(f"expected arrays of one namespace; received {len(spaces)} namespaces")
-    return next(iter(spaces.values()))
+    """The array API namespace of ``arrays`` (all must share it).
+
+    Called by every op on every batch, so it asks each array once and builds nothing: on a GPU
+    its host time adds to every step.
+    """
+    found = None
+    for a in arrays:
+        if a is None:
+            continue
+        space = _namespace_of(a)
+        if found is None:
+            found = space
+        elif space is not found:
+            raise ValueError("expected arrays of one namespace; received 2 or more namespaces")
+    if found is None:
+        raise ValueError("expected arrays of one namespace; received no arrays")
+    return found
 
 
 def _namespace_of(x: Array) -> ModuleType:

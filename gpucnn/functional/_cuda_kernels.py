@@ -28,11 +28,13 @@ THREADS = 256
 INT_LIMIT = 2**31 - 1
 
 SOURCE = r"""
-// ---- im2col: one thread per element of the (N*OH*OW, K [+1]) matrix; padding read as 0.
+// ---- im2col: one thread per element of the (N*OH*OW, ld) matrix: K window columns, the
+// bias column of ones (if bias), zeros up to ld; image padding read as 0.
 extern "C" __global__ void im2col_nhwc(
     const T* __restrict__ x, T* __restrict__ cols, const int total,
     const int H, const int W, const int C, const int KW, const int SH, const int SW,
-    const int PT, const int PL, const int OH, const int OW, const int K, const int K1)
+    const int PT, const int PL, const int OH, const int OW, const int K, const int K1,
+    const int bias)
 {
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += blockDim.x * gridDim.x) {
@@ -42,7 +44,7 @@ extern "C" __global__ void im2col_nhwc(
         row /= OW;
         const int oh = row % OH;
         const int n = row / OH;
-        T value = (T)1;  // the bias column
+        T value = (T)(k == K && bias);  // the bias column, or alignment padding
         if (k < K) {
             const int c = k % C;
             const int offset = k / C;
@@ -52,6 +54,29 @@ extern "C" __global__ void im2col_nhwc(
                                                          : (T)0;
         }
         cols[idx] = value;
+    }
+}
+
+// ---- the GEMM operand of a convolution weight (F, C, KH, KW): out (rows, F) holds row
+// (i*KW + j)*C + c = weight[:, c, i, j], then the bias row (if bias), then zero rows.
+extern "C" __global__ void conv_weight_matrix(
+    const T* __restrict__ weight, const T* __restrict__ bias, T* __restrict__ out,
+    const int total, const int F, const int C, const int KH, const int KW, const int has_bias)
+{
+    const int K = KH * KW * C;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += blockDim.x * gridDim.x) {
+        const int f = idx % F;
+        const int k = idx / F;
+        T value = (T)0;
+        if (k < K) {
+            const int c = k % C;
+            const int offset = k / C;
+            value = weight[((f * C + c) * KH + offset / KW) * KW + offset % KW];
+        } else if (k == K && has_bias) {
+            value = bias[f];
+        }
+        out[idx] = value;
     }
 }
 
@@ -216,41 +241,97 @@ extern "C" __global__ void softmax_cross_entropy(
     }
 }
 
-// ---- SGD with momentum (PyTorch convention), weight decay folded into the gradient.
-// first != 0: the velocity buffer starts as the gradient.
-extern "C" __global__ void sgd_momentum(
-    T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
-    const int total, const T lr, const T momentum, const T decay, const int nesterov,
-    const int first)
+// ---- uniform [0, 1) samples: element i is splitmix64(key + (i + 1) * golden), its top
+// 24 (float) or 53 (double) bits scaled; the same numbers as gpucnn.random.hashed_uniform.
+extern "C" __global__ void hashed_uniform(
+    T* __restrict__ out, const unsigned long long key, const int total)
 {
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += blockDim.x * gridDim.x) {
+        unsigned long long z = key + (unsigned long long)(idx + 1) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        out[idx] = sizeof(T) == 8 ? (T)(z >> 11) * (T)1.1102230246251565e-16
+                                  : (T)(z >> 40) * (T)5.9604644775390625e-08;
+    }
+}
+"""
+
+SLOTS = 8  # parameters updated by one optimizer launch (the reference network has 8)
+
+
+def _slot_arguments(pattern: str) -> str:
+    return ",\n    ".join(pattern.format(i=i) for i in range(SLOTS))
+
+
+def _slot_table(kind: str, name: str) -> str:
+    return f"{kind} {name}s[SLOTS] = {{{', '.join(f'{name}{i}' for i in range(SLOTS))}}};"
+
+
+# Optimizer updates over up to SLOTS parameters per launch: blockIdx.y picks the parameter,
+# so every parameter of the network is updated by one launch instead of ~4 each. Unused
+# slots have n = 0. Arithmetic follows the standard code of gpucnn.optim step for step.
+OPTIMIZER_SOURCE = f"""
+// ---- SGD (PyTorch convention): g += decay * p; v = momentum * v + g;
+// p -= lr * v, or with Nesterov p -= lr * (g + momentum * v); momentum 0: p -= lr * g.
+extern "C" __global__ void sgd_multi(
+    {_slot_arguments("T* p{i}, const T* g{i}, T* v{i}, const int n{i}, const T d{i}")},
+    const T lr, const T momentum, const int nesterov)
+{{
+    {_slot_table("T*", "p")}
+    {_slot_table("const T*", "g")}
+    {_slot_table("T*", "v")}
+    {_slot_table("const int", "n")}
+    {_slot_table("const T", "d")}
+    const int s = blockIdx.y;
+    T* param = ps[s];
+    const T* grad = gs[s];
+    T* velocity = vs[s];
+    const T decay = ds[s];
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
+         idx += blockDim.x * gridDim.x) {{
         const T g = grad[idx] + decay * param[idx];
-        const T v = first ? g : velocity[idx] * momentum + g;
+        if (momentum == (T)0) {{
+            param[idx] -= lr * g;
+            continue;
+        }}
+        const T v = velocity[idx] * momentum + g;
         velocity[idx] = v;
         param[idx] -= lr * (nesterov ? g + momentum * v : v);
-    }
-}
+    }}
+}}
 
-// ---- Adam with bias correction (step = lr / (1 - beta1**t)); decoupled weight decay
-// (AdamW) applied to the parameter before the Adam step.
-extern "C" __global__ void adam(
-    T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m, T* __restrict__ v,
-    const int total, const T step, const T beta1, const T beta2, const T eps,
-    const T root_correction2, const T decay_step)
-{
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+// ---- Adam with bias correction (step = lr / (1 - beta1**t), root_correction2 =
+// sqrt(1 - beta2**t)); decoupled weight decay (AdamW): p -= decay_step * p first.
+extern "C" __global__ void adam_multi(
+    {_slot_arguments("T* p{i}, const T* g{i}, T* m{i}, T* v{i}, const int n{i}, const T d{i}")},
+    const T step, const T beta1, const T beta2, const T eps, const T root_correction2)
+{{
+    {_slot_table("T*", "p")}
+    {_slot_table("const T*", "g")}
+    {_slot_table("T*", "m")}
+    {_slot_table("T*", "v")}
+    {_slot_table("const int", "n")}
+    {_slot_table("const T", "d")}
+    const int s = blockIdx.y;
+    T* param = ps[s];
+    const T* grad = gs[s];
+    T* first = ms[s];
+    T* second = vs[s];
+    const T decay_step = ds[s];
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
+         idx += blockDim.x * gridDim.x) {{
         const T g = grad[idx];
-        const T m_new = m[idx] * beta1 + ((T)1 - beta1) * g;
-        const T v_new = v[idx] * beta2 + ((T)1 - beta2) * (g * g);
-        m[idx] = m_new;
-        v[idx] = v_new;
+        const T m = first[idx] * beta1 + ((T)1 - beta1) * g;
+        const T v = second[idx] * beta2 + ((T)1 - beta2) * (g * g);
+        first[idx] = m;
+        second[idx] = v;
         T p = param[idx];
         p -= decay_step * p;
-        param[idx] = p - step * (m_new / (SQRT(v_new) / root_correction2 + eps));
-    }
-}
+        param[idx] = p - step * (m / (SQRT(v) / root_correction2 + eps));
+    }}
+}}
 """
 
 PRELUDE = {
@@ -261,12 +342,19 @@ PRELUDE = {
 
 def full_source(dtype_name: str) -> str:
     """The complete CUDA C source for element type ``dtype_name`` ("float32" or "float64")."""
-    return PRELUDE[dtype_name] + f"#define THREADS {THREADS}\n" + SOURCE
+    return (
+        PRELUDE[dtype_name]
+        + f"#define THREADS {THREADS}\n#define SLOTS {SLOTS}\n"
+        + SOURCE
+        + OPTIMIZER_SOURCE
+    )
 
 
 @cache
 def _module(dtype_name: str) -> cupy.RawModule:
-    return cupy.RawModule(code=full_source(dtype_name), options=("--std=c++11",))
+    # --fmad=false: no fused multiply-adds, so element-wise results round as the standard
+    # code's separate operations do
+    return cupy.RawModule(code=full_source(dtype_name), options=("--std=c++11", "--fmad=false"))
 
 
 def _kernel(name: str, dtype) -> cupy.RawKernel:
@@ -289,22 +377,52 @@ def _ints(*values: int) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
+def aligned(columns: int) -> int:
+    """``columns`` rounded up to a multiple of 4.
+
+    Rows of a multiple of 16 bytes let cuBLAS take its vectorised GEMM kernels; with the
+    reference network's 289 columns it ran its ``align1`` kernels.
+    """
+    return -(-columns // 4) * 4
+
+
 def im2col(x, kernel, stride, padding, bias_column: bool):
-    """Padded im2col in one launch: x (N, H, W, C) -> (N, OH, OW, KH*KW*C [+ 1]); or None."""
+    """Padded im2col in one launch, or None.
+
+    x (N, H, W, C) -> cols (N, OH, OW, ld): the KH*KW*C window columns, a column of ones if
+    ``bias_column``, then zero columns up to ``ld = aligned(...)``.
+    """
     N, H, W, C = x.shape
     (KH, KW), (SH, SW), (PT, PB, PL, PR) = kernel, stride, padding
     OH, OW = (H + PT + PB - KH) // SH + 1, (W + PL + PR - KW) // SW + 1
     K = KH * KW * C
-    cols = cupy.empty((N, OH, OW, K + int(bias_column)), dtype=x.dtype)
+    cols = cupy.empty((N, OH, OW, aligned(K + int(bias_column))), dtype=x.dtype)
     if not _supported(x, cols):
         return None
     _launch(
         "im2col_nhwc",
         x.dtype,
         cols.size,
-        (x, cols, *_ints(cols.size, H, W, C, KW, SH, SW, PT, PL, OH, OW, K, cols.shape[3])),
-    )
+        (x, cols, *_ints(cols.size, H, W, C, KW, SH, SW, PT, PL, OH, OW, K, cols.shape[3], bias_column)),
+    )  # fmt: skip
     return cols
+
+
+def conv_weight_matrix(weight, bias, rows: int):
+    """(F, C, KH, KW) weight (and (F,) bias) -> the (rows, F) right GEMM operand of im2col's
+    columns, in one launch; None if not applicable."""
+    F, C, KH, KW = weight.shape
+    out = cupy.empty((rows, F), dtype=weight.dtype)
+    arrays = (weight, out) if bias is None else (weight, bias, out)
+    if not _supported(*arrays) or len({a.dtype for a in arrays}) != 1:
+        return None
+    _launch(
+        "conv_weight_matrix",
+        out.dtype,
+        out.size,
+        (weight, weight if bias is None else bias, out, *_ints(out.size, F, C, KH, KW, bias is not None)),
+    )  # fmt: skip
+    return out
 
 
 def col2im(grad_cols, x_shape, kernel, stride, padding):
@@ -393,32 +511,70 @@ def softmax_cross_entropy(logits, labels):
     return loss, grad, correct
 
 
-def sgd_momentum(param, grad, velocity, lr, momentum, decay, nesterov: bool, first: bool):
-    """One fused SGD-with-momentum update of ``param`` and ``velocity`` in place; False if
-    not applicable (nothing changed)."""
-    if not _supported(param, grad, velocity) or len({param.dtype, grad.dtype}) != 1:
+def hashed_uniform(key: int, shape: tuple[int, ...], dtype):
+    """Counter-based uniform samples of ``shape`` for draw ``key`` (one launch), or None."""
+    out = cupy.empty(shape, dtype=dtype)
+    if not _supported(out):
+        return None
+    _launch("hashed_uniform", out.dtype, out.size, (out, np.uint64(key), np.int32(out.size)))
+    return out
+
+
+def _uniform_buffers(slots: list[tuple]) -> bool:
+    """True when every buffer is a C-contiguous CuPy array of one float dtype, small enough
+    for int32 indexing, and each slot's buffers have one size."""
+    arrays = [a for slot in slots for a in slot]
+    return (
+        bool(arrays)
+        and all(isinstance(a, cupy.ndarray) for a in arrays)
+        and _supported(*arrays)
+        and len({a.dtype for a in arrays}) == 1
+        and all(len({a.size for a in slot}) == 1 for slot in slots)
+    )
+
+
+def _launch_slots(name: str, slots: list[tuple], empty: tuple, tail: tuple) -> None:
+    """Launch ``name`` over ``slots`` ((buffers..., decay) per parameter), SLOTS at a time:
+    each slot passes its buffers, its size and its decay; ``tail`` ends the argument list."""
+    for start in range(0, len(slots), SLOTS):
+        group = slots[start : start + SLOTS]
+        arguments = []
+        for index in range(SLOTS):
+            *buffers, decay = group[index] if index < len(group) else empty
+            size = buffers[0].size if index < len(group) else 0
+            arguments += [*buffers, np.int32(size), decay]
+        largest = max(slot[0].size for slot in group)
+        blocks = min(max(-(-largest // THREADS), 1), 1024)
+        _kernel(name, group[0][0].dtype)((blocks, len(group)), (THREADS,), (*arguments, *tail))
+
+
+def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
+    """SGD update of every ``(param, grad, velocity, decay)`` in place, SLOTS per launch.
+
+    ``velocity`` is ignored (pass ``param``) when momentum is 0. Returns False, having changed
+    nothing, when the kernels do not apply.
+    """
+    if not _uniform_buffers([(p, g, v) for p, g, v, _ in slots]):
         return False
-    t = param.dtype.type
-    _launch(
-        "sgd_momentum",
-        param.dtype,
-        param.size,
-        (param, grad, velocity, np.int32(param.size), t(lr), t(momentum), t(decay),
-         np.int32(nesterov), np.int32(first)),
-    )  # fmt: skip
+    t = slots[0][0].dtype.type
+    typed = [(p, g, v, t(d)) for p, g, v, d in slots]
+    p0 = typed[0][0]
+    _launch_slots("sgd_multi", typed, (p0, p0, p0, t(0)), (t(lr), t(momentum), np.int32(nesterov)))
     return True
 
 
-def adam(param, grad, m, v, step, beta1, beta2, eps, root_correction2, decay_step):
-    """One fused Adam update of ``param``, ``m`` and ``v`` in place; False if not applicable."""
-    if not _supported(param, grad, m, v) or len({param.dtype, grad.dtype}) != 1:
+def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
+    """Adam update of every ``(param, grad, m, v, decay_step)`` in place, SLOTS per launch;
+    False, having changed nothing, when the kernels do not apply."""
+    if not _uniform_buffers([(p, g, m, v) for p, g, m, v, _ in slots]):
         return False
-    t = param.dtype.type
-    _launch(
-        "adam",
-        param.dtype,
-        param.size,
-        (param, grad, m, v, np.int32(param.size), t(step), t(beta1), t(beta2), t(eps),
-         t(root_correction2), t(decay_step)),
-    )  # fmt: skip
+    t = slots[0][0].dtype.type
+    typed = [(p, g, m, v, t(d)) for p, g, m, v, d in slots]
+    p0 = typed[0][0]
+    _launch_slots(
+        "adam_multi",
+        typed,
+        (p0, p0, p0, p0, t(0)),
+        (t(step), t(beta1), t(beta2), t(eps), t(root_correction2)),
+    )
     return True

@@ -96,5 +96,3 @@ def _tiled_max_pool_backward(grad_out, x, out, pool):
     grad_x = np.empty(x.shape, dtype=grad_out.dtype)
     np.multiply(grad_out[:, :, None, :, None, :], hits, out=grad_x.reshape(N, OH, KH, OW, KW, C))
     return grad_x
-
-

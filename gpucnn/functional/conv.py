@@ -35,18 +35,20 @@ def conv2d_forward(
     Returns
     -------
     out : array of shape (N, OH, OW, F)
-    cols : array of shape (N, OH, OW, KH*KW*C + 1), the im2col matrix with its ones column
-        (see :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`.
+    cols : array of shape (N, OH, OW, L), the im2col matrix with its ones column (see
+        :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`. L is
+        KH*KW*C + 1, except on CUDA where zero columns align L to a multiple of 4.
     """
     xp = namespace(x, weight, bias)
     F, C, KH, KW = weight.shape
     cuda = cuda_kernels(xp)
     cols = cuda.im2col(x, (KH, KW), stride, padding, bias_column=True) if cuda else None
-    if cols is None:
+    w_and_b = cuda.conv_weight_matrix(weight, bias, cols.shape[-1]) if cols is not None else None
+    if w_and_b is None:
         cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
-    N, OH, OW, K1 = cols.shape
-    w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
-    out = xp.matmul(xp.reshape(cols, (N * OH * OW, K1)), w_and_b)
+        w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
+    N, OH, OW, L = cols.shape
+    out = xp.matmul(xp.reshape(cols, (N * OH * OW, L)), w_and_b)
     return xp.reshape(out, (N, OH, OW, F)), cols
 
 
@@ -64,7 +66,7 @@ def conv2d_backward(
     Parameters
     ----------
     grad_out : array of shape (N, OH, OW, F), d(loss)/d(out)
-    cols : the (N, OH, OW, KH*KW*C + 1) array returned by the forward pass
+    cols : the (N, OH, OW, L) array returned by the forward pass
     weight : array of shape (F, C, KH, KW)
     x_shape : (N, H, W, C) of the unpadded input
     stride, padding : as in the forward pass
@@ -78,20 +80,21 @@ def conv2d_backward(
     """
     xp = namespace(grad_out, cols, weight)
     F, C, KH, KW = weight.shape
-    N, OH, OW, K1 = cols.shape
-    K = K1 - 1
+    N, OH, OW, L = cols.shape
+    K = KH * KW * C
     g = xp.reshape(grad_out, (N * OH * OW, F))
-    # one GEMM gives both: the ones column of cols turns the last row into sum(g, axis=0)
-    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, K1))), g)
+    # one GEMM gives both: the ones column of cols turns row K into sum(g, axis=0)
+    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, L))), g)
     grad_weight = xp.permute_dims(xp.reshape(grad_wb[:K, :], (KH, KW, C, F)), (3, 2, 0, 1))
     grad_bias = grad_wb[K, :]
     if not need_input_grad:
         return None, grad_weight, grad_bias
     cuda = cuda_kernels(xp)
-    if cuda:
+    w_matrix = cuda.conv_weight_matrix(weight, None, K) if cuda else None
+    if w_matrix is not None:
         # one GEMM to pixel-major columns, then one kernel in which each input element
         # gathers its own contributions (no padded intermediate, no atomics)
-        grad_cols = xp.matmul(g, xp.matrix_transpose(_weight_matrix(weight)))
+        grad_cols = xp.matmul(g, xp.matrix_transpose(w_matrix))
         grad_x = cuda.col2im(grad_cols, x_shape, (KH, KW), stride, padding)
         if grad_x is not None:
             return grad_x, grad_weight, grad_bias
