@@ -7,7 +7,17 @@
 from .backend import Backend, BackendError, select_backend
 from .model import Sequential
 from .optim import SGD, Adam
+from .parameter import Parameter
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "Backend", "BackendError", "SGD", "Sequential", "__version__", "select_backend"]
+__all__ = [
+    "Adam",
+    "Backend",
+    "BackendError",
+    "Parameter",
+    "SGD",
+    "Sequential",
+    "__version__",
+    "select_backend",
+]

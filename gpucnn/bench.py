@@ -6,6 +6,7 @@ on a GPU the device is synchronised before each clock read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -16,10 +17,9 @@ import numpy as np
 
 from .architectures import architecture
 from .backend import blas_info, device_info, select_backend, synchronize, to_device
-from .functional.losses import softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD
-from .trainer import peak_rss_mib
+from .resources import peak_rss_mib
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -66,50 +66,53 @@ def train_throughput(model: Sequential, batch_size: int, steps: int, repeats: in
 
 
 def infer_throughput(model: Sequential, batch_size: int, repeats: int) -> float:
-    """Inference images/s: forward in inference mode on one batch."""
+    """Inference images/s: ``predict_proba`` on ``batch_size`` images (in the model's
+    inference blocks), probabilities back on the host."""
     xp = model.xp
     x, _ = synthetic_batch(model, batch_size, seed=1)
 
     def run():
-        model.forward(x, training=False, check=False)
+        model.predict_proba(x)
 
     _median_time(run, 2, xp)
     return batch_size / _median_time(run, repeats, xp)
 
 
+class StepTimer:
+    """A ``step_hook`` for :meth:`Sequential.forward` / ``backward``: the seconds each step
+    takes, per phase, with the device synchronised around it."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.times: dict[tuple[str, str], list[float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, phase: str):
+        synchronize(self.xp)
+        start = time.perf_counter()
+        yield
+        synchronize(self.xp)
+        self.times.setdefault((name, phase), []).append(time.perf_counter() - start)
+
+
 def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict[str, Any]]:
     """Median forward and backward milliseconds of every step for one training batch.
 
-    Steps are the model's layers, except that a ``ReLU, MaxPool2D`` pair runs as one step
-    (see ``Sequential``), reported as ``relu_1+maxpool2d_1``.
+    Steps are the model's layers, except that fused runs (a ``ReLU, MaxPool2D`` pair, see
+    :mod:`gpucnn.layers.fused`) are one step, reported as ``relu_1+maxpool2d_1``.
     """
-    xp = model.xp
     x, y = synthetic_batch(model, batch_size, seed=2)
-    names = [step.name for step in model.steps]
-    forward = {name: [] for name in names}
-    backward = {name: [] for name in names}
-    for _ in range(repeats + 1):  # the first pass warms up and is dropped
-        h = model._prepare_input(x, check=False)
-        for name, step in zip(names, model.steps, strict=True):
-            synchronize(xp)
-            start = time.perf_counter()
-            h = step.forward(h, training=True)
-            synchronize(xp)
-            forward[name].append(time.perf_counter() - start)
-        _, g = softmax_cross_entropy(h, y, check_range=False)
-        for index in range(len(model.steps) - 1, -1, -1):
-            synchronize(xp)
-            start = time.perf_counter()
-            g = model.steps[index].backward(g, need_input_grad=index > 0)
-            synchronize(xp)
-            backward[names[index]].append(time.perf_counter() - start)
+    model.loss_and_backward(x, y, check=False)  # warm-up, not timed
+    timer = StepTimer(model.xp)
+    for _ in range(repeats):
+        model.loss_and_backward(x, y, check=False, step_hook=timer)
     return [
         {
-            "layer": name,
-            "forward_ms": 1e3 * statistics.median(forward[name][1:]),
-            "backward_ms": 1e3 * statistics.median(backward[name][1:]),
+            "layer": step.name,
+            "forward_ms": 1e3 * statistics.median(timer.times[step.name, "forward"]),
+            "backward_ms": 1e3 * statistics.median(timer.times[step.name, "backward"]),
         }
-        for name in names
+        for step in model.steps
     ]
 
 

@@ -53,12 +53,8 @@ def save_checkpoint(
     }
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
-        state = optimizer.state_dict()
-        info["optimizer"] = {
-            "config": optimizer.get_config(),
-            "steps": state["steps"],
-            "lr": state["lr"],
-        }
+        state = optimizer.state_dict()  # JSON parts to meta, buffers to arrays
+        info["optimizer"] = {k: v for k, v in state.items() if k != "arrays"}
         arrays.update({f"optim/{k}": v for k, v in state["arrays"].items()})
     arrays["meta"] = np.array(json.dumps(info))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -117,6 +113,22 @@ def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
     except ValueError as exc:
         raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
     model.random.set_state(checkpoint.meta["model_random"])
+
+
+def restore_optimizer(checkpoint: Checkpoint, optimizer) -> None:
+    """Load the saved optimizer state (buffers, step count, lr) into ``optimizer``.
+
+    Raises
+    ------
+    CheckpointError if the checkpoint holds no optimizer state or a different optimizer's.
+    """
+    saved = checkpoint.meta.get("optimizer")
+    if saved is None:
+        raise CheckpointError("this checkpoint holds no optimizer state")
+    try:
+        optimizer.load_state_dict({**saved, "arrays": checkpoint.optimizer})
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None
 
 
 def load_model(

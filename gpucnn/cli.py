@@ -19,43 +19,16 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .architectures import BUILTIN, architecture
+from .architectures import BUILTIN
 from .backend import BACKEND_CHOICES, BackendError, blas_info, device_info, select_backend
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from .data import (
-    DatasetError,
-    IdxError,
-    load_digits,
-    load_fashion_mnist,
-    load_mnist,
-    train_val_split,
-)
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .data import DATASETS, Dataset, DatasetError, IdxError, load_dataset, train_val_split
 from .data.download import DownloadError
 from .data.images import ImageError, fit_channels, load_images
-from .data.mnist import FASHION_MNIST, MNIST
 from .model import Sequential
-from .optim import CosineLR, ExponentialLR, StepLR, make_optimizer
+from .recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
 from .trainer import EarlyStopping, Trainer, TrainingError, TrainingInterrupted, evaluate
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
-# The default recipe per dataset: model, epochs, batch size, learning rate.
-RECIPES = {
-    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
-    "mnist": {
-        "model": "reference",
-        "epochs": 3,
-        "batch_size": 128,
-        "lr": 0.05,
-        "schedule": "cosine",
-    },
-    "fashion-mnist": {
-        "model": "reference",
-        "epochs": 3,
-        "batch_size": 128,
-        "lr": 0.05,
-        "schedule": "cosine",
-    },
-}
 USER_ERRORS = (
     ValueError,
     OSError,
@@ -107,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--weight-decay", type=float, default=0.0, help="applied to weights, not biases"
     )
-    train.add_argument(
-        "--schedule", choices=("constant", "step", "exponential", "cosine"), help="default: cosine"
-    )
+    train.add_argument("--schedule", choices=SCHEDULE_NAMES, help="default: cosine")
     train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     train.add_argument(
         "--val-fraction", type=float, default=0.1, help="held out from the training split"
@@ -131,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also draw the pictures of 'gpucnn report' (needs [plot])",
     )
 
-    ev = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    ev = sub.add_parser(
+        "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
+    )
     ev.add_argument("model_path", metavar="MODEL.npz")
     ev.add_argument(
         "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"
@@ -170,72 +143,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------- datasets
-def load_dataset(name: str, data_dir: str | None, download: bool, seed: int):
-    """(x_train, y_train), (x_test, y_test), class names for a dataset name."""
-    if name == "digits":
-        x, y = load_digits()
-        # digits has no official test split: a seeded 20 % hold-out plays that role
-        train, test = train_val_split(x, y, 0.2, seed)
-        return train, test, [str(d) for d in range(10)]
-    loader = load_mnist if name == "mnist" else load_fashion_mnist
-    train, test = loader(data_dir, download=download)
-    return train, test, list((MNIST if name == "mnist" else FASHION_MNIST).classes)
-
-
 # ---------------------------------------------------------------------- train
-def _run_config(args: argparse.Namespace) -> dict[str, Any]:
-    dataset = args.dataset or "digits"
-    recipe = RECIPES[dataset]
-    return {
-        "dataset": dataset,
-        "data_dir": args.data_dir,
-        "model": args.model or recipe["model"],
-        "epochs": args.epochs if args.epochs is not None else recipe["epochs"],
-        "batch_size": args.batch_size or recipe["batch_size"],
-        "lr": args.lr if args.lr is not None else recipe["lr"],
-        "optimizer": args.optimizer,
-        "momentum": args.momentum,
-        "nesterov": args.nesterov,
-        "weight_decay": args.weight_decay,
-        "schedule": args.schedule or recipe["schedule"],
-        "clip_norm": args.clip_norm,
-        "val_fraction": args.val_fraction,
-        "patience": args.patience,
-        "dtype": args.dtype,
-        "seed": args.seed,
-    }
-
-
-def _optimizer_config(run: dict[str, Any]) -> dict[str, Any]:
-    if run["optimizer"] == "adam":
-        return {"type": "adam", "lr": run["lr"], "weight_decay": run["weight_decay"]}
-    return {
-        "type": "sgd",
-        "lr": run["lr"],
-        "momentum": run["momentum"],
-        "nesterov": run["nesterov"],
-        "weight_decay": run["weight_decay"],
-    }
-
-
-def _schedule(run: dict[str, Any]):
-    name, epochs = run["schedule"], run["epochs"]
-    if name == "step":
-        return StepLR(step_size=max(epochs // 3, 1), gamma=0.1)
-    if name == "exponential":
-        return ExponentialLR(gamma=0.8)
-    if name == "cosine":
-        return CosineLR(epochs)
-    return None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_train_flags(args)
+    run, out, checkpoint = _resolve_run(args)
+    if args.report:  # refused before training, not after it
+        from .report import require_matplotlib
+
+        require_matplotlib()
+    data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
+    (x_fit, y_fit), (x_val, y_val) = train_val_split(
+        data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
+    )
+    model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
+    trainer = _build_trainer(run, model, out, progress=args.progress, validation=len(x_val) > 0)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
+        f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    trainer.fit(
+        x_fit,
+        y_fit,
+        validation_data=(x_val, y_val) if len(x_val) else None,
+        epochs=run["epochs"],
+        batch_size=run["batch_size"],
+    )
+    elapsed = time.perf_counter() - start
+    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+    save_checkpoint(out / "model.npz", model, run=run)
+    metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    # what `gpucnn report` draws without the test images: the confusion matrix, named classes
+    tested = classification_report(data, model.predict(data.x_test))
+    metrics.update(classes=tested["classes"], confusion_matrix=tested["confusion_matrix"])
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(
+        f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
+    )
+    if args.report:
+        _write_report(out, model, metrics, data)
+    return 0
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
     for flag in ("epochs", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1; received {value}")
-    checkpoint = None
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1); received {args.val_fraction}")
+
+
+def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkpoint | None]:
+    """The run settings, output folder and (with --resume) the checkpoint to continue."""
     if args.resume:
         out = Path(args.resume)
         checkpoint = load_checkpoint(out / "checkpoint.npz")
@@ -244,77 +208,66 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{out / 'checkpoint.npz'} holds no run configuration to resume")
         if args.epochs is not None:
             run["epochs"] = args.epochs
-    else:
-        run = _run_config(args)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = (
-            Path(args.out)
-            if args.out
-            else Path("runs") / f"{run['dataset']}-{Path(run['model']).stem}-{stamp}"
-        )
-    if not 0 <= run["val_fraction"] < 1:
-        raise UsageError(f"--val-fraction must be in [0, 1); received {run['val_fraction']}")
-    if args.report:  # before training, not after it
-        from .report import require_matplotlib
-
-        require_matplotlib()
-
-    (x_train, y_train), (x_test, y_test), classes = load_dataset(
-        run["dataset"], run["data_dir"], not args.no_download, run["seed"]
+        return run, out, checkpoint
+    run = run_config(
+        args.dataset or "digits",
+        data_dir=args.data_dir,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        clip_norm=args.clip_norm,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        dtype=args.dtype,
+        seed=args.seed,
     )
-    (x_fit, y_fit), (x_val, y_val) = train_val_split(
-        x_train, y_train, run["val_fraction"], run["seed"] + 1
-    )
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    arch = architecture(run["model"], tuple(x_train.shape[1:]), num_classes)
-    model = Sequential.from_config(arch, backend=args.backend, seed=run["seed"], dtype=run["dtype"])
-    if tuple(model.output_shape) != (num_classes,):
-        raise ValueError(
-            f"model {run['model']}: expected {num_classes} outputs for {run['dataset']}; received {model.output_shape}"
-        )
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    default_out = Path("runs") / f"{run['dataset']}-{Path(run['model']).stem}-{stamp}"
+    return run, Path(args.out) if args.out else default_out, None
+
+
+def _build_trainer(
+    run: dict[str, Any], model: Sequential, out: Path, progress: bool | None, validation: bool
+) -> Trainer:
     callbacks = (
         [EarlyStopping("val_accuracy", patience=run["patience"])]
-        if run["patience"] and len(x_val)
+        if run["patience"] and validation
         else []
     )
-    trainer = Trainer(
+    return Trainer(
         model,
-        make_optimizer(_optimizer_config(run)),
-        schedule=_schedule(run),
-        clip_norm=run["clip_norm"],
+        build_optimizer(run),
+        schedule=build_schedule(run),
         callbacks=callbacks,
         checkpoint_path=out / "checkpoint.npz",
         checkpoint_meta={"run": run},
         seed=run["seed"],
-        progress=args.progress,
+        progress=progress,
         log=lambda line: print(line, flush=True),
     )
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(x_test)} test), "
-        f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    history = trainer.fit(
-        x_fit,
-        y_fit,
-        validation_data=(x_val, y_val) if len(x_val) else None,
-        epochs=run["epochs"],
-        batch_size=run["batch_size"],
-    )
-    elapsed = time.perf_counter() - start
-    test_loss, test_accuracy = evaluate(model, x_test, y_test)
-    confusion = _confusion(model, x_test, y_test, len(classes))
-    save_checkpoint(out / "model.npz", model, run=run)
+
+
+def _train_metrics(
+    run: dict[str, Any],
+    trainer: Trainer,
+    num_train: int,
+    test_loss: float,
+    test_accuracy: float,
+    elapsed: float,
+) -> dict[str, Any]:
+    history = trainer.history
     times = [t for t in history["time_s"] if t == t]
-    trained = len(x_fit) * len(times)
-    metrics = {
+    trained = num_train * len(times)
+    return {
         "dataset": run["dataset"],
         "model": run["model"],
-        "backend": model.backend.name,
+        "backend": trainer.model.backend.name,
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "train_images_per_second": trained / sum(times) if times and sum(times) else None,
@@ -322,101 +275,62 @@ def cmd_train(args: argparse.Namespace) -> int:
         "elapsed_s": elapsed,
         "history": history,
         "run": run,
-        "classes": classes,
-        "confusion_matrix": confusion.tolist(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(
-        f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
-    )
-    if args.report:
-        _write_report(out, model, metrics, (x_test, y_test), classes)
-    return 0
-
-
-def _confusion(model: Sequential, x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    from .report import confusion_matrix
-
-    return confusion_matrix(y, model.predict(x, batch_size=512), num_classes)
-
-
-# ---------------------------------------------------------------------- report
-def _write_report(out: Path, model: Sequential, metrics: dict, test, classes) -> None:
-    from .report import write_report
-
-    report = write_report(out, model, metrics, test, classes)
-    for path in report.files.values():
-        print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
-    for note in report.notes:
-        print(f"  left out {note}")
-    print(f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import require_matplotlib
-
-    require_matplotlib()
-    folder = Path(args.run_dir)
-    if not (folder / "metrics.json").is_file():
-        raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
-    model = None
-    if (folder / "model.npz").is_file():
-        model, _ = load_model(folder / "model.npz", backend=args.backend)
-    run = metrics.get("run") or {}
-    test, classes = None, None
-    if model is not None and metrics.get("dataset") in DATASETS:
-        _, test, classes = load_dataset(
-            metrics["dataset"],
-            args.data_dir or run.get("data_dir"),
-            not args.no_download,
-            run.get("seed", 0),
-        )
-    _write_report(folder, model, metrics, test, classes)
-    return 0
 
 
 # ---------------------------------------------------------------------- evaluate / predict
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.model_path, backend=args.backend)
     run = checkpoint.meta.get("run") or {}
-    dataset = args.dataset or run.get("dataset") or "digits"
-    seed = run.get("seed", 0) if dataset == run.get("dataset") else 0
-    _, (x_test, y_test), classes = load_dataset(
-        dataset, args.data_dir or run.get("data_dir"), not args.no_download, seed
-    )
-    predictions = model.predict(x_test, batch_size=512)
-    k = len(classes)
-    confusion = np.bincount(y_test * k + predictions, minlength=k * k).reshape(k, k)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    accuracy = float(np.mean(predictions == y_test))
-    print(f"{dataset} test set: {len(y_test)} images, accuracy {accuracy:.4f}")
-    print(
-        "per-class accuracy: "
-        + ", ".join(f"{c}: {a:.3f}" for c, a in zip(classes, per_class, strict=True))
-    )
-    print("confusion matrix (rows: true, columns: predicted):")
-    width = max(len(str(confusion.max())), 3)
-    print(" " * 5 + " ".join(f"{i:>{width}}" for i in range(k)))
-    for i, row in enumerate(confusion):
-        print(f"{i:>4} " + " ".join(f"{v:>{width}}" for v in row))
+    name = args.dataset or run.get("dataset") or "digits"
+    seed = run.get("seed", 0) if name == run.get("dataset") else 0
+    data = load_dataset(name, args.data_dir or run.get("data_dir"), not args.no_download, seed)
+    report = classification_report(data, model.predict(data.x_test))
+    _print_classification_report(report)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "dataset": dataset,
-                    "accuracy": accuracy,
-                    "per_class_accuracy": per_class.tolist(),
-                    "confusion_matrix": confusion.tolist(),
-                    "classes": classes,
-                },
-                indent=2,
-            )
-        )
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def classification_report(data: Dataset, predictions: np.ndarray) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of test predictions."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(data.num_classes))
+    confusion = confusion_matrix(data.y_test, predictions, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        data.y_test, predictions, labels=labels, zero_division=0
+    )
+    return {
+        "dataset": data.name,
+        "accuracy": float(np.mean(predictions == data.y_test)),
+        "per_class_accuracy": recall.tolist(),  # the share of each true class found
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "classes": data.classes,
+    }
+
+
+def _print_classification_report(report: dict[str, Any]) -> None:
+    confusion = np.array(report["confusion_matrix"])
+    print(
+        f"{report['dataset']} test set: {confusion.sum()} images, accuracy {report['accuracy']:.4f}"
+    )
+    width = max(len(c) for c in report["classes"])
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for i, name in enumerate(report["classes"]):
+        print(
+            f"{name:<{width}}  {report['precision'][i]:9.3f}  {report['recall'][i]:6.3f}  "
+            f"{report['f1'][i]:5.3f}  {report['support'][i]:7d}"
+        )
+    print("confusion matrix (rows: true, columns: predicted):")
+    cell = max(len(str(confusion.max())), 3)
+    print(" " * 5 + " ".join(f"{i:>{cell}}" for i in range(len(confusion))))
+    for i, row in enumerate(confusion):
+        print(f"{i:>4} " + " ".join(f"{v:>{cell}}" for v in row))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -461,6 +375,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     return run_bench(args)
+
+
+# ---------------------------------------------------------------------- report
+def _write_report(
+    out: Path, model: Sequential | None, metrics: dict[str, Any], data: Dataset | None
+) -> None:
+    from .report import write_report
+
+    test = (data.x_test, data.y_test) if data is not None else None
+    report = write_report(out, model, metrics, test, data.classes if data is not None else None)
+    for path in report.files.values():
+        print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+    for note in report.notes:
+        print(f"  left out {note}")
+    print(f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import require_matplotlib
+
+    require_matplotlib()
+    folder = Path(args.run_dir)
+    if not (folder / "metrics.json").is_file():
+        raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
+    model = None
+    if (folder / "model.npz").is_file():
+        model, _ = load_model(folder / "model.npz", backend=args.backend)
+    run = metrics.get("run") or {}
+    data = None
+    if model is not None and metrics.get("dataset") in DATASETS:
+        data = load_dataset(
+            metrics["dataset"],
+            args.data_dir or run.get("data_dir"),
+            not args.no_download,
+            run.get("seed", 0),
+        )
+    _write_report(folder, model, metrics, data)
+    return 0
 
 
 COMMANDS = {

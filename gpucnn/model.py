@@ -6,7 +6,8 @@ are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -14,13 +15,19 @@ import numpy as np
 
 from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .functional.losses import softmax, softmax_cross_entropy
-from .functional.pooling import max_pool2d_backward, max_pool2d_forward
-from .layers import Layer, MaxPool2D, ReLU, layer_from_config
+from .layers import Layer, layer_from_config, plan
 from .layers.base import BuildContext, public_shape
+from .parameter import Parameter
 from .random import Random
 
 DTYPES = ("float32", "float64")
-INFERENCE_BLOCK = 128  # images per block for CPU inference (see Sequential.forward)
+# Images per block for CPU inference in predict_proba: a block's activations stay in cache,
+# measured 6.8k -> 8.1k-9.1k images/s against one pass at batch 1000 on the reference network.
+INFERENCE_BLOCK = 128
+GPU_INFERENCE_BATCH = 1024  # a GPU wants large batches; this bounds the activation memory
+# step_hook(step_name, "forward" | "backward") returns a context manager wrapped around the
+# step's evaluation (used by the benchmark's per-layer profile)
+StepHook = Callable[[str, str], contextlib.AbstractContextManager]
 
 
 class Sequential:
@@ -80,12 +87,14 @@ class Sequential:
         if len(set(names)) != len(names):
             raise ValueError(f"expected unique layer names; received {names}")
         self.output_shape = public_shape(inner)
-        self.steps = _execution_plan(self.layers)
+        self.steps = plan(self.layers)  # fused layer runs, see gpucnn.layers.fused
         self._backward_ready = False  # set by a training forward pass
 
     # ------------------------------------------------------------------ forward / backward
-    def forward(self, x: Any, training: bool = True, check: bool = True) -> Array:
-        """Run the network.
+    def forward(
+        self, x: Any, training: bool = True, check: bool = True, step_hook: StepHook | None = None
+    ) -> Array:
+        """Run the network on one batch.
 
         Parameters
         ----------
@@ -94,6 +103,8 @@ class Sequential:
         training : keep what ``backward`` needs and apply dropout. False for inference.
         check : also reject NaN/inf inputs; this reads one flag back from the device, so the
             trainer validates its data once and passes False.
+        step_hook : optional ``hook(step_name, "forward")`` returning a context manager
+            entered around each step (for profiling).
 
         Returns
         -------
@@ -102,46 +113,52 @@ class Sequential:
         """
         x = self._prepare_input(x, check)
         self._backward_ready = training
-        N = x.shape[0]
-        if training or self.backend.is_gpu or N <= INFERENCE_BLOCK:
-            return self._run(x, training)
-        # CPU inference on a large batch runs in blocks whose activations stay in cache:
-        # measured 6.8k -> 8.1k-9.1k images/s at batch 1000 on the reference network.
-        blocks = [
-            self._run(x[i : i + INFERENCE_BLOCK], False) for i in range(0, N, INFERENCE_BLOCK)
-        ]
-        return self.xp.concat(blocks, axis=0)
-
-    def _run(self, x: Array, training: bool) -> Array:
         for step in self.steps:
-            x = step.forward(x, training)
+            if step_hook is None:
+                x = step.forward(x, training)
+            else:
+                with step_hook(step.name, "forward"):
+                    x = step.forward(x, training)
         return x
 
-    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+    def backward(
+        self,
+        grad_out: Array,
+        need_input_grad: bool = True,
+        step_hook: StepHook | None = None,
+    ) -> Array | None:
         """Back-propagate ``grad_out`` (N, *output_shape) through every layer.
 
-        Fills each layer's ``grads`` and returns the gradient with respect to the input, of
+        Sets each parameter's ``grad`` and returns the gradient with respect to the input, of
         shape (N, *input_shape), or None when ``need_input_grad`` is False (which spares the
-        first layer's input-gradient GEMM, as training does).
+        first layer's input-gradient GEMM, as training does). ``step_hook`` as in
+        :meth:`forward`, called with ``"backward"``.
         """
         if not self._backward_ready:
             raise RuntimeError("backward() needs a preceding forward(x, training=True)")
         g = grad_out
         for index in range(len(self.steps) - 1, -1, -1):
-            g = self.steps[index].backward(g, need_input_grad=index > 0 or need_input_grad)
+            step, need = self.steps[index], index > 0 or need_input_grad
+            if step_hook is None:
+                g = step.backward(g, need_input_grad=need)
+            else:
+                with step_hook(step.name, "backward"):
+                    g = step.backward(g, need_input_grad=need)
         if g is None or len(self.input_shape) != 3:
             return g
         return self.xp.permute_dims(g, (0, 3, 1, 2))
 
-    def loss_and_backward(self, x: Any, labels: Any, check: bool = True) -> tuple[Array, Array]:
+    def loss_and_backward(
+        self, x: Any, labels: Any, check: bool = True, step_hook: StepHook | None = None
+    ) -> tuple[Array, Array]:
         """One training pass: forward, softmax cross-entropy, backward (input grad skipped).
 
         Returns the 0-d loss and the (N, K) logits, both still on the device.
         """
-        logits = self.forward(x, training=True, check=check)
+        logits = self.forward(x, training=True, check=check, step_hook=step_hook)
         labels = to_device(labels, self.xp)
         loss, grad = softmax_cross_entropy(logits, labels, check_range=check)
-        self.backward(grad, need_input_grad=False)
+        self.backward(grad, need_input_grad=False, step_hook=step_hook)
         return loss, logits
 
     def _prepare_input(self, x: Any, check: bool) -> Array:
@@ -165,49 +182,58 @@ class Sequential:
         return x
 
     # ------------------------------------------------------------------ inference
-    def predict_proba(self, x: Any, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities, computed in batches: (N, *input_shape) -> NumPy (N, K)."""
+    @property
+    def inference_batch_size(self) -> int:
+        """Images per inference pass that run fastest here: small cache-sized blocks on a CPU,
+        larger batches on a GPU."""
+        return GPU_INFERENCE_BATCH if self.backend.is_gpu else INFERENCE_BLOCK
+
+    def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, computed in batches: (N, *input_shape) -> NumPy (N, K).
+
+        ``batch_size`` defaults to :attr:`inference_batch_size`.
+        """
         chunks = [
             to_numpy(softmax(self.forward(batch, training=False)))
-            for batch in _batches(x, batch_size)
+            for batch in _batches(x, batch_size or self.inference_batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, *self.output_shape), np.float32)
 
-    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""
         return np.argmax(self.predict_proba(x, batch_size), axis=1)
 
     # ------------------------------------------------------------------ parameters
-    def parameters(self) -> Iterator[tuple[str, Layer, str]]:
-        """Yield ``(qualified_name, layer, key)`` for every parameter, e.g. ``conv2d_1.weight``."""
+    def parameters(self) -> Iterator[Parameter]:
+        """Yield every :class:`~gpucnn.parameter.Parameter`, layer by layer; each is named
+        ``"<layer>.<key>"``, e.g. ``conv2d_1.weight``."""
         for layer in self.layers:
-            for key in layer.params:
-                yield f"{layer.name}.{key}", layer, key
+            yield from layer.parameters()
 
     @property
     def num_params(self) -> int:
         return sum(layer.num_params for layer in self.layers)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """All parameters as host NumPy arrays keyed ``layer.key``."""
-        return {name: to_numpy(layer.params[key]).copy() for name, layer, key in self.parameters()}
+        """All parameters as host NumPy arrays keyed by parameter name."""
+        return {p.name: to_numpy(p.data).copy() for p in self.parameters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy parameters in; keys and shapes must match this architecture exactly."""
-        expected = {name: tuple(layer.params[key].shape) for name, layer, key in self.parameters()}
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
+        parameters = {p.name: p for p in self.parameters()}
+        missing = sorted(set(parameters) - set(state))
+        extra = sorted(set(state) - set(parameters))
         if missing or extra:
             raise ValueError(
                 f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
             )
-        for name, layer, key in self.parameters():
+        for name, p in parameters.items():
             value = state[name]
-            if tuple(value.shape) != expected[name]:
+            if tuple(value.shape) != p.shape:
                 raise ValueError(
-                    f"parameter {name}: expected shape {expected[name]}; received {tuple(value.shape)}"
+                    f"parameter {name}: expected shape {p.shape}; received {tuple(value.shape)}"
                 )
-            layer.params[key] = to_device(np.asarray(to_numpy(value)), self.xp, self.dtype)
+            p.data = to_device(np.asarray(to_numpy(value)), self.xp, self.dtype)
 
     # ------------------------------------------------------------------ description
     def get_config(self) -> dict[str, Any]:
@@ -260,48 +286,6 @@ class Sequential:
         if print_fn is not None:
             print_fn(text)
         return text
-
-
-class _PoolThenReLU:
-    """Runs a ``ReLU, MaxPool2D`` pair as max-pool first, then ReLU on the 4x smaller result.
-
-    Exact, not an approximation: max is monotone, so ``maxpool(relu(x)) == relu(maxpool(x))``,
-    and the gradients agree too. Where a window's maximum is positive both orders route the
-    gradient to the same (first) maximum; where it is <= 0 both give zero. The two layers keep
-    their places in ``model.layers`` (summary, configs, checkpoints); only evaluation changes.
-    Measured on the reference network: about 4 ms of a 50 ms training step saved.
-    """
-
-    def __init__(self, relu: ReLU, pool: MaxPool2D):
-        self.pool = pool
-        self.name = f"{relu.name}+{pool.name}"  # as profiles report the step
-        self._cache = None
-
-    def forward(self, x: Array, training: bool = True) -> Array:
-        self.pool.check_input(x)
-        out = max_pool2d_forward(x, self.pool.pool_size, self.pool.stride, relu=True)
-        self._cache = (x, out) if training else None
-        return out
-
-    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        x, out = self._cache
-        return max_pool2d_backward(
-            grad_out, x, out, self.pool.pool_size, self.pool.stride, relu=True
-        )
-
-
-def _execution_plan(layers: list[Layer]) -> list:
-    """The layers in order, with each ``ReLU, MaxPool2D`` pair run as :class:`_PoolThenReLU`."""
-    steps, index = [], 0
-    while index < len(layers):
-        pair = layers[index : index + 2]
-        if len(pair) == 2 and type(pair[0]) is ReLU and type(pair[1]) is MaxPool2D:
-            steps.append(_PoolThenReLU(*pair))
-            index += 2
-        else:
-            steps.append(layers[index])
-            index += 1
-    return steps
 
 
 def _batches(x: Any, batch_size: int) -> Iterator[Any]:

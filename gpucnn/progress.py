@@ -1,61 +1,24 @@
-"""A dependency-free progress bar: draws on a terminal, stays silent otherwise."""
+"""Progress bars: tqdm, drawn on a terminal or in a notebook, silent otherwise."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TextIO
+from typing import Any
+
+from tqdm.auto import tqdm
 
 
-class ProgressBar:
-    """Progress over ``total`` steps with a free-form postfix (loss, images/s...).
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None, **options: Any) -> tqdm:
+    """A tqdm bar over ``total`` steps (None: unknown) that disappears when done.
 
-    Parameters
-    ----------
-    total : number of steps, or None when unknown.
-    label : text before the bar.
-    unit : ``"B"`` shows bytes in MiB, anything else counts steps.
-    enabled : None draws only when ``stream`` is a terminal.
+    ``enabled=None`` draws only on a terminal or in a Jupyter kernel (where ``tqdm.auto``
+    draws a widget); ``options`` go to tqdm (``unit``, ``initial``, ``unit_scale``...).
     """
+    if enabled is None:
+        enabled = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return tqdm(
+        total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True, **options
+    )
 
-    def __init__(
-        self,
-        total: int | None,
-        label: str = "",
-        unit: str = "it",
-        enabled: bool | None = None,
-        stream: TextIO | None = None,
-    ):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.total, self.label, self.unit = total, label, unit
-        self.count = 0
-        self.postfix = ""
-        self.last_draw = 0.0
 
-    def update(self, steps: int = 1, postfix: str | None = None) -> None:
-        self.count += steps
-        if postfix is not None:
-            self.postfix = postfix
-        now = time.monotonic()
-        if self.enabled and (now - self.last_draw > 0.1 or self.count == self.total):
-            self.last_draw = now
-            self._draw()
-
-    def _draw(self) -> None:
-        def fmt(n):
-            return f"{n / 2**20:.1f}MiB" if self.unit == "B" else str(n)
-
-        if self.total:
-            done = int(20 * self.count / self.total)
-            bar = f"[{'#' * done}{'.' * (20 - done)}] {fmt(self.count)}/{fmt(self.total)}"
-        else:
-            bar = fmt(self.count)
-        self.stream.write(f"\r{self.label} {bar} {self.postfix}\033[K")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+__all__ = ["progress_bar"]

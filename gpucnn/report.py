@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import confusion_matrix
 
 from .layers import Conv2D
 from .model import Sequential
@@ -90,34 +91,6 @@ def require_matplotlib() -> None:
 
 
 # ---------------------------------------------------------------------- numbers
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts of (true, predicted) label pairs.
-
-    Parameters
-    ----------
-    y_true, y_pred : int arrays of shape (N,) with values in [0, K).
-    num_classes : K.
-
-    Returns
-    -------
-    matrix : int64 array of shape (K, K); ``matrix[i, j]`` counts images of class i predicted j.
-    """
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(
-            f"confusion_matrix: expected y_true and y_pred of one shape (N,); received "
-            f"{y_true.shape} and {y_pred.shape}"
-        )
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(
-                f"confusion_matrix: expected {name} in [0, {num_classes}); received values in "
-                f"[{y.min()}, {y.max()}]"
-            )
-    k = num_classes
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-
-
 def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     """Recall of each class, the diagonal over the row sums: (K, K) -> (K,) (0 for empty rows)."""
     confusion = np.asarray(confusion)
@@ -405,7 +378,6 @@ def write_report(
     metrics: dict[str, Any],
     test_data: tuple[np.ndarray, np.ndarray] | None = None,
     classes: Sequence[str] | None = None,
-    batch_size: int = 512,
 ) -> Report:
     """Draw the pictures of a run into ``run_dir/report/`` and write ``index.html``.
 
@@ -451,9 +423,9 @@ def write_report(
     has_test = test_data is not None and len(test_data[0]) > 0 and model is not None
     if has_test:
         x_test, y_test = test_data
-        probabilities = model.predict_proba(x_test, batch_size=batch_size)
+        probabilities = model.predict_proba(x_test)  # in the batches of gpucnn evaluate
         predicted = np.argmax(probabilities, axis=1)
-        confusion = confusion_matrix(y_test, predicted, num_classes)
+        confusion = confusion_matrix(y_test, predicted, labels=range(num_classes))
     elif metrics.get("confusion_matrix") is not None:
         confusion = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     names = list(classes or metrics.get("classes") or [])

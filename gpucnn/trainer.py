@@ -15,34 +15,34 @@ from __future__ import annotations
 
 import contextlib
 import math
-import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backend import namespace, synchronize, to_device
-from .checkpoint import Checkpoint, CheckpointError, restore_model, save_checkpoint
+from .backend import Array, namespace, synchronize, to_device
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    restore_model,
+    restore_optimizer,
+    save_checkpoint,
+)
 from .functional.losses import check_labels, softmax_cross_entropy
 from .model import Sequential
-from .optim import SGD, ConstantLR, Optimizer, Schedule
-from .progress import ProgressBar
+from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
+from .progress import progress_bar
+from .resources import peak_rss_mib
 
 GPU_CHECK_EVERY = 20
 HISTORY_KEYS = (
     "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s", "images_per_second", "peak_rss_mib",
 )  # fmt: skip
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 class TrainingError(RuntimeError):
@@ -121,10 +121,14 @@ def count_correct(logits, labels):
 
 
 def evaluate(
-    model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int = 512
+    model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int | None = None
 ) -> tuple[float, float]:
-    """Mean softmax cross-entropy and accuracy of ``model`` on ``(x, y)``, in inference mode."""
+    """Mean softmax cross-entropy and accuracy of ``model`` on ``(x, y)``, in inference mode.
+
+    ``batch_size`` defaults to the model's ``inference_batch_size``.
+    """
     xp = model.xp
+    batch_size = batch_size or model.inference_batch_size
     total_loss = xp.asarray(0.0, dtype=xp.float64)
     correct = xp.asarray(0, dtype=xp.int64)
     for start in range(0, len(x), batch_size):
@@ -158,6 +162,22 @@ def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str)
         raise ValueError(f"{what}: {exc}") from None
 
 
+@dataclass
+class _Epoch:
+    """Where the current epoch stands: its shuffle order and running sums (on the device)."""
+
+    n: int
+    batch_size: int
+    num_batches: int
+    order: Array
+    rng_at_start: dict
+    first: int  # the first batch to run (> 0 when resuming inside the epoch)
+    loss_sum: Array
+    correct: Array
+    seen: int
+    check_every: int
+
+
 class Trainer:
     """Fits a :class:`Sequential` classifier with softmax cross-entropy.
 
@@ -166,12 +186,13 @@ class Trainer:
     model : the network; its last layer's outputs are the class logits.
     optimizer : default ``SGD(lr=0.05, momentum=0.9)``.
     schedule : learning-rate multiplier per epoch (see :mod:`gpucnn.optim`); default constant.
-    clip_norm : rescale the gradients when their global L2 norm exceeds this.
+    clip_norm : shorthand that sets ``optimizer.clip_norm`` (the optimizer clips the global
+        gradient L2 norm to it).
     callbacks : :class:`Callback` objects, e.g. :class:`EarlyStopping`.
     checkpoint_path : where to write the resumable state after every epoch and on SIGINT/SIGTERM.
     checkpoint_meta : extra JSON data stored in each checkpoint (the CLI stores its arguments).
     seed : seeds the shuffle order.
-    progress : draw a progress bar (None: only on a terminal).
+    progress : draw a progress bar (None: only on a terminal or in a notebook).
     log : called with one line per epoch; None for silence.
 
     Example
@@ -197,8 +218,9 @@ class Trainer:
             raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
         self.model = model
         self.optimizer = optimizer or SGD(lr=0.05, momentum=0.9)
+        if clip_norm is not None:
+            self.optimizer.clip_norm = float(clip_norm)
         self.schedule = schedule or ConstantLR()
-        self.clip_norm = clip_norm
         self.callbacks = list(callbacks)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_meta = dict(checkpoint_meta or {})
@@ -261,43 +283,71 @@ class Trainer:
             callback.on_train_end(self)
         return self.history
 
+    @property
+    def clip_norm(self) -> float | None:
+        """The optimizer's gradient clipping bound (the optimizer clips)."""
+        return self.optimizer.clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value: float | None) -> None:
+        self.optimizer.clip_norm = None if value is None else float(value)
+
     def state_dict(self) -> dict[str, Any]:
-        """The trainer's JSON-serialisable state (epoch, history, shuffle RNG, position)."""
+        """The trainer's JSON-serialisable state (epoch, history, shuffle RNG, position);
+        :meth:`load_state_dict` restores all of it. The schedule and clipping are settings
+        (the caller builds them), not state."""
         return {
             "epoch": self.epoch,
             "history": self.history,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "position": self._position,
-            "schedule": self.schedule.get_config(),
-            "clip_norm": self.clip_norm,
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (keys it does not write are ignored)."""
+        self.epoch = int(state["epoch"])
+        self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        self._position = state["position"]
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
-        restore_model(checkpoint, self.model)
-        saved = checkpoint.meta.get("optimizer")
-        if saved is not None:
-            if saved["config"] != self.optimizer.get_config():
-                raise ValueError(
-                    f"checkpoint optimizer differs: expected {self.optimizer.get_config()}; received {saved['config']}"
-                )
-            state = {"arrays": checkpoint.optimizer, "steps": saved["steps"], "lr": saved["lr"]}
-            self.optimizer.load_state_dict(state, self.model.xp, self.model.dtype)
         trainer = checkpoint.meta.get("trainer")
         if trainer is None:
             raise CheckpointError(
                 "this checkpoint holds final weights only, no training state to resume"
             )
-        self.epoch = int(trainer["epoch"])
-        self.history = {k: list(trainer["history"].get(k, [])) for k in HISTORY_KEYS}
-        self.shuffle_rng.bit_generator.state = trainer["shuffle_rng"]
-        self._position = trainer["position"]
+        restore_model(checkpoint, self.model)
+        if checkpoint.meta.get("optimizer") is not None:
+            restore_optimizer(checkpoint, self.optimizer)
+        self.load_state_dict(trainer)
 
     # ------------------------------------------------------------------ one epoch
     def _run_epoch(self, x_dev, y_dev, batch_size: int) -> dict[str, float]:
-        model, xp = self.model, self.model.xp
-        n = x_dev.shape[0]
-        num_batches = -(-n // batch_size)
+        """Train one epoch (or the rest of an interrupted one) and return its logs."""
+        xp = self.model.xp
+        epoch = self._start_epoch(x_dev.shape[0], batch_size)
+        bar = self._progress_bar(epoch)
+        synchronize(xp)
+        start = time.perf_counter()
+        for b in range(epoch.first, epoch.num_batches):
+            index = epoch.order[b * batch_size : min((b + 1) * batch_size, epoch.n)]
+            loss = self._train_batch(epoch, b, x_dev, y_dev, index)
+            if bar is not None:
+                self._draw_progress(bar, epoch, b, loss, start)
+            if self._signal is not None:
+                if bar is not None:
+                    bar.close()
+                self._interrupt(epoch, b)
+        synchronize(xp)
+        elapsed = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        return self._epoch_logs(epoch, elapsed)
+
+    def _start_epoch(self, n: int, batch_size: int) -> _Epoch:
+        """The shuffle order, learning rate and running sums, resumed from a saved position."""
+        xp = self.model.xp
         position = self._position or {}
         if position:
             if position["batch_size"] != batch_size:
@@ -307,76 +357,78 @@ class Trainer:
                 )
             self.shuffle_rng.bit_generator.state = position["rng_at_epoch_start"]
         rng_at_start = self.shuffle_rng.bit_generator.state
-        order = to_device(self.shuffle_rng.permutation(n), xp)
-        first = int(position.get("batch", 0))
-        loss_sum = xp.asarray(float(position.get("loss_sum", 0.0)), dtype=xp.float64)
-        correct = xp.asarray(int(position.get("correct", 0)), dtype=xp.int64)
-        seen = int(position.get("seen", 0))
         self._position = None
-        lr = self.optimizer.base_lr * self.schedule(self.epoch)
-        self.optimizer.lr = lr
-        bar = ProgressBar(num_batches, f"epoch {self.epoch + 1}", enabled=self.progress)
-        bar.count = first
-        check_every = GPU_CHECK_EVERY if model.backend.is_gpu else 1
-        synchronize(xp)
-        start = time.perf_counter()
-        for b in range(first, num_batches):
-            index = order[b * batch_size : min((b + 1) * batch_size, n)]
-            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
-            loss, logits = model.loss_and_backward(xb, yb, check=False)
-            check_now = (b + 1) % check_every == 0 or b == num_batches - 1
-            if check_now or self.clip_norm is not None:  # on a GPU most batches need neither
-                grad_sq = self._grad_square_norm()
-            if check_now:
-                self._check_finite(loss, grad_sq, b, num_batches, check_every, lr)
-            if self.clip_norm is not None:
-                self._clip(grad_sq)
-            self.optimizer.step(model)
-            count = index.shape[0]
-            loss_sum = loss_sum + xp.astype(loss, xp.float64) * count
-            correct = correct + count_correct(logits, yb)
-            seen += count
-            if bar.enabled:  # the postfix reads the loss: only every 10th batch on a GPU's behalf
-                postfix = None
-                if b % 10 == 0 or b == num_batches - 1:
-                    rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
-                    postfix = f"loss {float(loss):.4f} {rate:.0f} img/s"
-                bar.update(1, postfix)
-            if self._signal is not None:
-                self._position = {
-                    "batch": b + 1,
-                    "batch_size": batch_size,
-                    "rng_at_epoch_start": rng_at_start,
-                    "loss_sum": float(loss_sum),
-                    "correct": int(correct),
-                    "seen": seen,
-                }
-                saved = self._save()
-                raise TrainingInterrupted(self._signal, saved)
-        synchronize(xp)
-        elapsed = time.perf_counter() - start
-        bar.close()
+        self.optimizer.lr = self.optimizer.base_lr * self.schedule(self.epoch)
+        return _Epoch(
+            n=n,
+            batch_size=batch_size,
+            num_batches=-(-n // batch_size),
+            order=to_device(self.shuffle_rng.permutation(n), xp),
+            rng_at_start=rng_at_start,
+            first=int(position.get("batch", 0)),
+            loss_sum=xp.asarray(float(position.get("loss_sum", 0.0)), dtype=xp.float64),
+            correct=xp.asarray(int(position.get("correct", 0)), dtype=xp.int64),
+            seen=int(position.get("seen", 0)),
+            check_every=GPU_CHECK_EVERY if self.model.backend.is_gpu else 1,
+        )
+
+    def _train_batch(self, epoch: _Epoch, b: int, x_dev, y_dev, index) -> Array:
+        """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
+        model, xp = self.model, self.model.xp
+        xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
+        loss, logits = model.loss_and_backward(xb, yb, check=False)
+        check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
+        if check_now:  # a host read: on a GPU only every GPU_CHECK_EVERY batches
+            grad_sq = grad_square_norm(model.parameters())
+            self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+        self.optimizer.step(model)
+        count = index.shape[0]
+        epoch.loss_sum = epoch.loss_sum + xp.astype(loss, xp.float64) * count
+        epoch.correct = epoch.correct + count_correct(logits, yb)
+        epoch.seen += count
+        return loss
+
+    def _progress_bar(self, epoch: _Epoch):
+        if self.progress is False:
+            return None
+        desc = f"epoch {self.epoch + 1}"
+        bar = progress_bar(
+            epoch.num_batches, desc, self.progress, unit="batch", initial=epoch.first
+        )
+        return None if bar.disable else bar
+
+    def _draw_progress(self, bar, epoch: _Epoch, b: int, loss, start: float) -> None:
+        # the postfix reads the loss: only every 10th batch, on a GPU's behalf
+        if b % 10 == 0 or b == epoch.num_batches - 1:
+            trained = epoch.seen - epoch.first * epoch.batch_size
+            rate = trained / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"loss {float(loss):.4f} {rate:.0f} img/s", refresh=False)
+        bar.update(1)
+
+    def _interrupt(self, epoch: _Epoch, b: int) -> None:
+        """Save the position after batch ``b`` and raise :class:`TrainingInterrupted`."""
+        self._position = {
+            "batch": b + 1,
+            "batch_size": epoch.batch_size,
+            "rng_at_epoch_start": epoch.rng_at_start,
+            "loss_sum": float(epoch.loss_sum),
+            "correct": int(epoch.correct),
+            "seen": epoch.seen,
+        }
+        raise TrainingInterrupted(self._signal, self._save())
+
+    def _epoch_logs(self, epoch: _Epoch, elapsed: float) -> dict[str, float]:
+        seen = max(epoch.seen, 1)
         return {
-            "loss": float(loss_sum) / max(seen, 1),
-            "accuracy": int(correct) / max(seen, 1),
-            "lr": lr,
+            "loss": float(epoch.loss_sum) / seen,
+            "accuracy": int(epoch.correct) / seen,
+            "lr": self.optimizer.lr,
             "time_s": elapsed,
-            "images_per_second": (n - first * batch_size) / max(elapsed, 1e-9),
+            "images_per_second": (epoch.n - epoch.first * epoch.batch_size) / max(elapsed, 1e-9),
             "peak_rss_mib": peak_rss_mib(),  # host memory high-water mark: flat when nothing leaks
         }
 
-    def _grad_square_norm(self):
-        xp = self.model.xp
-        total = None
-        for _, layer, key in self.model.parameters():
-            g = layer.grads[key]
-            part = xp.sum(g * g)
-            total = part if total is None else total + part
-        return total
-
-    def _check_finite(
-        self, loss, grad_sq, batch: int, num_batches: int, every: int, lr: float
-    ) -> None:
+    def _check_finite(self, loss, grad_sq, batch: int, num_batches: int, every: int) -> None:
         loss_value, grad_value = float(loss), float(grad_sq)
         if math.isfinite(loss_value) and math.isfinite(grad_value):
             return
@@ -394,15 +446,8 @@ class Trainer:
         )
         raise TrainingError(
             f"training diverged at epoch {self.epoch + 1}, {where}: the {what} is {value}; "
-            f"try a smaller learning rate (now {lr:g}) or gradient clipping{kept}"
+            f"try a smaller learning rate (now {self.optimizer.lr:g}) or gradient clipping{kept}"
         )
-
-    def _clip(self, grad_sq) -> None:
-        xp = self.model.xp
-        scale = xp.minimum(self.clip_norm / (xp.sqrt(grad_sq) + 1e-12), 1.0)
-        scale = xp.astype(scale, self.model.dtype)
-        for _, layer, key in self.model.parameters():
-            layer.grads[key] = layer.grads[key] * scale
 
     # ------------------------------------------------------------------ bookkeeping
     def _save(self) -> Path | None:

@@ -12,6 +12,7 @@ from gpucnn.checkpoint import (
     load_checkpoint,
     load_model,
     restore_model,
+    restore_optimizer,
     save_checkpoint,
 )
 from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -39,7 +40,7 @@ def test_optimizer_state_is_saved(tmp_path):
     optimizer.step(model)
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, optimizer))
     assert checkpoint.meta["optimizer"]["steps"] == 1
-    assert set(checkpoint.optimizer) == {f"{name}/velocity" for name, _, _ in model.parameters()}
+    assert set(checkpoint.optimizer) == {f"{p.name}/velocity" for p in model.parameters()}
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
@@ -117,3 +118,32 @@ def test_npz_holds_only_plain_arrays(tmp_path):
         assert "meta.npy" in archive.namelist()
     with np.load(path, allow_pickle=False) as data:
         assert all(data[k].dtype != object for k in data.files)
+
+
+def test_restore_optimizer_mirrors_save(tmp_path):
+    model = net()
+    optimizer = SGD(0.1, momentum=0.9, clip_norm=3.0)
+    model.loss_and_backward(np.zeros((2, 1, 6, 6), np.float32), np.array([0, 1]))
+    optimizer.step(model)
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, optimizer))
+    again = SGD(0.1, momentum=0.9, clip_norm=3.0)
+    restore_optimizer(checkpoint, again)
+    saved, restored = optimizer.state_dict(), again.state_dict()
+    assert {k: v for k, v in saved.items() if k != "arrays"} == {
+        k: v for k, v in restored.items() if k != "arrays"
+    }
+    assert all(np.array_equal(saved["arrays"][k], restored["arrays"][k]) for k in saved["arrays"])
+    with pytest.raises(CheckpointError, match="different optimizer"):
+        restore_optimizer(checkpoint, SGD(0.1, momentum=0.5))
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        restore_optimizer(load_checkpoint(save_checkpoint(tmp_path / "m.npz", model)), again)
+
+
+def test_a_checkpoint_from_before_optimizer_clipping_still_resumes(tmp_path):
+    """Older files kept clip_norm in the trainer: an optimizer config without it still matches."""
+    model = net()
+    optimizer = SGD(0.1, momentum=0.9)
+    model.loss_and_backward(np.zeros((2, 1, 6, 6), np.float32), np.array([0, 1]))
+    optimizer.step(model)
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, optimizer))
+    restore_optimizer(checkpoint, SGD(0.1, momentum=0.9, clip_norm=5.0))

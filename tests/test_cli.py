@@ -43,6 +43,13 @@ def test_evaluate_prints_accuracy_and_confusion(trained, capsys, tmp_path):
     matrix = np.array(report["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 359  # the seeded 20 % hold-out of 1,797
     assert abs(report["accuracy"] - np.trace(matrix) / matrix.sum()) < 1e-12
+    recall = np.diag(matrix) / matrix.sum(axis=1)
+    precision = np.diag(matrix) / np.maximum(matrix.sum(axis=0), 1)
+    np.testing.assert_allclose(report["recall"], recall)
+    np.testing.assert_allclose(report["precision"], precision)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    np.testing.assert_allclose(report["f1"], f1, atol=1e-12)
+    assert "precision" in out and "f1" in out
 
 
 def write_png(path, pixels):

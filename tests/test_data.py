@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import struct
+import sys
 import threading
 from functools import partial
 
@@ -16,7 +17,9 @@ from gpucnn.data import (
     DatasetError,
     DownloadError,
     IdxError,
+    default_root,
     download_file,
+    load_dataset,
     load_digits,
     load_mnist,
     read_idx,
@@ -216,3 +219,31 @@ def test_small_network_learns_real_mnist_in_one_epoch():
     )
     _, accuracy = evaluate(model, x_test[:2000], y_test[:2000])
     assert accuracy > 0.95
+
+
+def test_validation_split_is_stratified():
+    y = np.repeat(np.arange(4), [40, 30, 20, 10])
+    x = np.arange(len(y), dtype=np.float32)[:, None]
+    (xa, ya), (xb, yb) = train_val_split(x, y, 0.2, seed=0)
+    assert np.array_equal(np.bincount(yb), [8, 6, 4, 2])
+    assert sorted(np.concatenate([xa, xb])[:, 0].tolist()) == x[:, 0].tolist()
+    (_, _), (_, y_tiny) = train_val_split(x[:5], np.arange(5), 0.4, seed=0)  # cannot stratify
+    assert len(y_tiny) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG folders are Linux's")
+def test_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPUCNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_root() == tmp_path / "gpucnn"
+    monkeypatch.setenv("GPUCNN_DATA", str(tmp_path / "data"))
+    assert default_root() == tmp_path / "data"
+
+
+def test_the_dataset_catalog_holds_digits_out_by_seed():
+    a = load_dataset("digits", seed=0)
+    b = load_dataset("digits", seed=0)
+    assert len(a.x_test) == 359 and a.num_classes == 10 and a.input_shape == (1, 8, 8)
+    assert np.array_equal(a.y_test, b.y_test)
+    with pytest.raises(ValueError, match="expected a dataset in"):
+        load_dataset("cifar")

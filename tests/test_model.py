@@ -1,11 +1,13 @@
 """Sequential: whole-network gradients, shape inference, inference helpers, input validation."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from helpers import assert_gradient, host, on
 
 from gpucnn import Sequential
-from gpucnn.functional import softmax_cross_entropy
+from gpucnn.functional import softmax, softmax_cross_entropy
 from gpucnn.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
 
@@ -44,17 +46,17 @@ def test_whole_network_gradients_match_central_differences(xp, rng):
     _, grad = softmax_cross_entropy(model.forward(on(xp, x)), on(xp, labels))
     grad_x = host(model.backward(grad))
     assert grad_x.shape == x.shape  # returned in the public (N, C, H, W) layout
-    analytic = {name: host(layer.grads[key]) for name, layer, key in model.parameters()}
+    analytic = {param.name: host(param.grad) for param in model.parameters()}
     assert_gradient(loss, x, grad_x)
-    for name, layer, key in model.parameters():
-        p = host(layer.params[key]).copy()
+    for param in model.parameters():
+        p = host(param.data).copy()
 
-        def loss_p(v, layer=layer, key=key):
-            layer.params[key] = on(xp, v)
+        def loss_p(v, param=param):
+            param.data = on(xp, v)
             return loss(x)
 
-        assert_gradient(loss_p, p, analytic[name], max_entries=30)
-        layer.params[key] = on(xp, p)
+        assert_gradient(loss_p, p, analytic[param.name], max_entries=30)
+        param.data = on(xp, p)
 
 
 def test_shape_inference_and_summary_of_the_reference_network():
@@ -193,7 +195,7 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
     g = rng.standard_normal((3, 2))
     fused_out = host(model.forward(on(xp, x)))
     fused_grad = host(model.backward(on(xp, g)))
-    fused_params = {name: host(layer.grads[key]) for name, layer, key in model.parameters()}
+    fused_params = {param.name: host(param.grad) for param in model.parameters()}
 
     h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
     for layer in model.layers:  # the layers one by one, in the order the user wrote them
@@ -205,9 +207,9 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
     np.testing.assert_allclose(
         host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=1e-13, atol=1e-13
     )
-    for name, layer, key in model.parameters():
+    for param in model.parameters():
         np.testing.assert_allclose(
-            host(layer.grads[key]), fused_params[name], rtol=1e-13, atol=1e-13
+            host(param.grad), fused_params[param.name], rtol=1e-13, atol=1e-13
         )
 
 
@@ -217,8 +219,8 @@ def test_blocked_cpu_inference_equals_one_pass(rng):
     model = deep_net("numpy", dtype="float64")
     model.layers[7].rate = 0.0  # no dropout, so the training pass is deterministic too
     x = rng.standard_normal((2 * INFERENCE_BLOCK + 5, 2, 9, 8))
-    blocked = model.forward(x, training=False)  # runs in blocks of INFERENCE_BLOCK
-    whole = model.forward(x, training=True)  # one pass over the whole batch
+    blocked = model.predict_proba(x)  # runs in blocks of INFERENCE_BLOCK
+    whole = softmax(model.forward(x, training=True))  # one pass over the whole batch
     np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-12)
 
 
@@ -227,3 +229,29 @@ def test_backward_after_an_inference_forward_is_refused():
     model.forward(np.zeros((1, 2, 9, 8)), training=False)
     with pytest.raises(RuntimeError, match=r"needs a preceding forward\(x, training=True\)"):
         model.backward(np.zeros((1, 3)))
+
+
+def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
+    from gpucnn.layers import ReLUMaxPool2D, plan
+
+    class MyReLU(ReLU):
+        pass
+
+    layers = [ReLU(), MaxPool2D(2), MyReLU(), MaxPool2D(2), ReLU(), Flatten()]
+    steps = plan(layers)
+    assert isinstance(steps[0], ReLUMaxPool2D)
+    assert steps[1:] == layers[2:]
+
+
+def test_step_hook_sees_every_step_in_both_directions():
+    model = deep_net("numpy")
+    seen = []
+
+    @contextlib.contextmanager
+    def hook(name, phase):
+        seen.append((name, phase))
+        yield
+
+    model.loss_and_backward(np.zeros((2, 2, 9, 8)), np.array([0, 1]), step_hook=hook)
+    names = [step.name for step in model.steps]
+    assert seen == [(n, "forward") for n in names] + [(n, "backward") for n in reversed(names)]

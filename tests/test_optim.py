@@ -5,7 +5,17 @@ import pytest
 from helpers import host, on
 
 from gpucnn import SGD, Adam, Sequential
-from gpucnn.layers import Dense
+from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from gpucnn.optim import (
+    ConstantLR,
+    CosineLR,
+    ExponentialLR,
+    StepLR,
+    clip_grad_norm,
+    grad_square_norm,
+    make_optimizer,
+    make_schedule,
+)
 
 
 def tiny_model(xp):
@@ -77,3 +87,97 @@ def test_adam_with_decoupled_weight_decay(xp, grads):
 def test_bad_optimizer_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_parameters_carry_names_and_the_weight_decay_flag():
+    model = Sequential(
+        [Conv2D(2, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)],
+        input_shape=(1, 6, 6),
+        backend="numpy",
+    )
+    found = {(p.name, p.decay) for p in model.parameters()}
+    assert found == {
+        ("conv2d_1.weight", True),
+        ("conv2d_1.bias", False),
+        ("dense_1.weight", True),
+        ("dense_1.bias", False),
+    }
+    conv = model.layers[0]
+    assert conv.params["weight"] is conv.weight.data  # the README's dict view
+    conv.params["bias"] = np.ones(2, np.float32)
+    assert np.array_equal(conv.bias.data, np.ones(2))
+    assert dict(conv.grads) == {}  # nothing computed yet
+
+
+def test_clipping_without_a_trainer_bounds_the_global_norm(xp, rng):
+    model = tiny_model(xp)
+    layer = model.layers[0]
+    gw, gb = rng.standard_normal((4, 3)) * 10, rng.standard_normal(3) * 10
+    layer.grads = {"weight": on(xp, gw), "bias": on(xp, gb)}
+    norm = float(np.sqrt(host(grad_square_norm(model.parameters()))))
+    assert norm == pytest.approx(np.sqrt(np.sum(gw**2) + np.sum(gb**2)))
+    w0 = host(layer.params["weight"]).copy()
+    SGD(1.0, clip_norm=0.5).step(model)  # plain SGD: the update is the clipped gradient
+    np.testing.assert_allclose(w0 - host(layer.params["weight"]), gw * 0.5 / norm, rtol=1e-9)
+    clip_grad_norm([layer.weight], 1e6)  # a norm below the bound is left alone
+    np.testing.assert_allclose(host(layer.grads["weight"]), gw * 0.5 / norm, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clip_norm=2.0),
+        lambda: Adam(0.01, weight_decay=0.1),
+    ],
+)
+def test_state_dict_and_load_state_dict_mirror_each_other(xp, grads, make):
+    first, second = make(), make()
+    w_first = run_steps(xp, first, grads[:2])[2]
+    state = first.state_dict()
+    assert state["config"] == first.get_config() and state["steps"] == 2
+    second.load_state_dict(state)  # host arrays; moved to the parameters' device at the step
+    assert second.state_dict()["steps"] == 2
+    model = tiny_model(xp)
+    model.layers[0].params = {
+        "weight": on(xp, w_first),
+        "bias": on(xp, run_steps(xp, make(), grads[:2])[3]),
+    }
+    first_model = tiny_model(xp)
+    first_model.load_state_dict(model.state_dict())
+    for opt, m in ((first, first_model), (second, model)):
+        gw, gb = grads[2]
+        m.layers[0].grads = {"weight": on(xp, gw), "bias": on(xp, gb)}
+        opt.step(m)
+    np.testing.assert_array_equal(
+        host(model.layers[0].weight.data), host(first_model.layers[0].weight.data)
+    )
+    for slots in second.state.values():
+        assert all(type(v) is type(model.layers[0].weight.data) for v in slots.values())
+
+
+def test_load_state_dict_refuses_another_optimizer():
+    with pytest.raises(ValueError, match="expected .*'momentum': 0.5.*received"):
+        SGD(0.1, momentum=0.5).load_state_dict(SGD(0.1, momentum=0.9).state_dict())
+
+
+def test_optimizers_and_schedules_rebuild_from_their_configs():
+    for optimizer in (SGD(0.1, momentum=0.9, clip_norm=1.0), Adam(weight_decay=0.1)):
+        assert make_optimizer(optimizer.get_config()).get_config() == optimizer.get_config()
+    for schedule in (ConstantLR(), StepLR(2, 0.5), ExponentialLR(0.9), CosineLR(5, 0.1)):
+        clone = make_schedule(schedule.get_config())
+        assert type(clone) is type(schedule) and clone.get_config() == schedule.get_config()
+    with pytest.raises(ValueError, match=r"expected an optimizer type in \['adam', 'sgd'\]"):
+        make_optimizer({"type": "rmsprop"})
+    with pytest.raises(ValueError, match="bad arguments for schedule step"):
+        make_schedule({"type": "step", "size": 3})
+
+
+def test_restored_state_for_other_parameters_is_refused(grads):
+    optimizer = SGD(0.1, momentum=0.9)
+    run_steps(np, optimizer, grads[:1])
+    state = optimizer.state_dict()
+    state["arrays"] = {k.replace("dense_1", "dense_9"): v for k, v in state["arrays"].items()}
+    again = SGD(0.1, momentum=0.9)
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"optimizer state for parameters \['dense_9.bias'"):
+        again.step(tiny_model(np))

@@ -1,5 +1,6 @@
-"""Datasets: the offline 8x8 digits, IDX files, MNIST and Fashion-MNIST, splits."""
+"""Datasets: the offline 8x8 digits, IDX files, MNIST and Fashion-MNIST, splits, the named catalog."""
 
+from .catalog import DATASETS, Dataset, load_dataset
 from .digits import load_digits
 from .download import DownloadError, download_file
 from .idx import IdxError, read_idx, write_idx
@@ -7,6 +8,8 @@ from .mnist import FASHION_MNIST, MNIST, DatasetError, default_root, load_fashio
 from .split import standardize, train_val_split
 
 __all__ = [
+    "DATASETS",
+    "Dataset",
     "DatasetError",
     "DownloadError",
     "FASHION_MNIST",
@@ -14,6 +17,7 @@ __all__ = [
     "MNIST",
     "default_root",
     "download_file",
+    "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",

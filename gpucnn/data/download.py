@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..progress import ProgressBar
+from ..progress import progress_bar
 
 CHUNK = 1 << 16
 
@@ -54,12 +53,13 @@ def download_file(
                 urllib.request.urlopen(url, timeout=timeout) as response,
             ):
                 total = int(response.headers.get("Content-Length") or 0) or None
-                bar = ProgressBar(total, f"{name}", unit="B", enabled=progress, stream=sys.stderr)
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-                bar.close()
+                with progress_bar(
+                    total, name, progress, unit="B", unit_scale=True, unit_divisor=1024
+                ) as bar:
+                    while chunk := response.read(CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
             got = digest.hexdigest()

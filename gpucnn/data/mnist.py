@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from platformdirs import user_cache_path
 
 from .download import DownloadError, download_file, sha256_of
 from .idx import IdxError, decompress, parse_idx
@@ -91,8 +92,10 @@ FASHION_MNIST = DatasetSpec(
 
 
 def default_root() -> Path:
-    """``$GPUCNN_DATA`` if set, else ``~/.cache/gpucnn``."""
-    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "gpucnn")
+    """``$GPUCNN_DATA`` if set, else the user cache folder of this OS (``$XDG_CACHE_HOME/gpucnn``
+    or ``~/.cache/gpucnn`` on Linux, ``~/Library/Caches/gpucnn`` on macOS, ``%LOCALAPPDATA%``
+    on Windows)."""
+    return Path(os.environ.get(DATA_ENV) or user_cache_path("gpucnn", appauthor=False))
 
 
 def _candidates(root: Path, spec: DatasetSpec, name: str) -> list[Path]:

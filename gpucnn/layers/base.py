@@ -4,8 +4,11 @@ A layer is constructed with its hyper-parameters, then *built* for a per-sample 
 (which creates its parameters), then called:
 
 * ``forward(x, training)`` returns the output and keeps only what ``backward`` needs;
-* ``backward(grad_out)`` fills ``grads`` (same keys and shapes as ``params``) and returns the
-  input gradient; it never mutates its inputs.
+* ``backward(grad_out)`` sets the ``grad`` of each of its :class:`~gpucnn.parameter.Parameter`
+  objects and returns the input gradient; it never mutates its inputs.
+
+Layers register under their class name (``LAYERS``), so ``layer_from_config(get_config())``
+rebuilds any of them; the base class supplies ``"type"`` and subclasses add their arguments.
 
 Per-sample shapes are channels-last inside the library: an image is ``(H, W, C)`` and a batch
 ``(N, H, W, C)`` (see :mod:`gpucnn.functional.im2col`). Messages show image shapes in the public
@@ -19,9 +22,12 @@ from types import ModuleType
 from typing import Any
 
 from ..backend import Array
+from ..parameter import Parameter, ParameterView
 from ..random import Random
+from ..registry import Registry
 
 Shape = tuple[int, ...]
+LAYERS = Registry("layer")
 
 
 @dataclass
@@ -39,12 +45,17 @@ def public_shape(shape: Shape) -> Shape:
 
 
 class Layer:
-    """Base class of all layers. Subclasses implement ``_build``, ``forward``, ``backward``."""
+    """Base class of all layers. Subclasses implement ``_build``, ``forward``, ``backward``.
+
+    Attributes
+    ----------
+    params : dict-like view ``{key: array}`` of the parameters' arrays (assignable).
+    grads : dict-like view ``{key: array}`` of the gradients computed so far.
+    """
 
     def __init__(self, name: str | None = None):
         self.name = name
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
+        self._parameters: dict[str, Parameter] = {}
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
 
@@ -63,6 +74,34 @@ class Layer:
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         return input_shape
 
+    def add_parameter(self, key: str, data: Array, decay: bool) -> Parameter:
+        """Create the parameter ``key`` (named ``"<layer>.<key>"``) holding ``data``."""
+        parameter = Parameter(data, f"{self.name}.{key}", decay)
+        self._parameters[key] = parameter
+        return parameter
+
+    def parameters(self) -> list[Parameter]:
+        """This layer's parameters, in creation order."""
+        return list(self._parameters.values())
+
+    @property
+    def params(self) -> ParameterView:
+        return ParameterView(self._parameters, "data")
+
+    @params.setter
+    def params(self, values: dict[str, Array]) -> None:
+        for key, value in values.items():
+            self.params[key] = value
+
+    @property
+    def grads(self) -> ParameterView:
+        return ParameterView(self._parameters, "grad")
+
+    @grads.setter
+    def grads(self, values: dict[str, Array]) -> None:
+        for key, value in values.items():
+            self.grads[key] = value
+
     def forward(self, x: Array, training: bool = True) -> Array:
         raise NotImplementedError
 
@@ -70,18 +109,13 @@ class Layer:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        """Constructor arguments as JSON-compatible data, with the class under ``"type"``."""
-        return {"type": type(self).__name__}
+        """Constructor arguments as JSON-compatible data, with the registered type under
+        ``"type"``; subclasses extend ``super().get_config()``."""
+        return {"type": getattr(type(self), "config_name", type(self).__name__)}
 
     @property
     def num_params(self) -> int:
-        total = 0
-        for p in self.params.values():
-            count = 1
-            for n in p.shape:
-                count *= n
-            total += count
-        return total
+        return sum(p.size for p in self._parameters.values())
 
     def error(self, message: str) -> ValueError:
         """A ValueError that names this layer."""
@@ -99,3 +133,11 @@ class Layer:
                 f"expected input of shape {expected} (channels-last inside the model); "
                 f"received {tuple(x.shape)}"
             )
+
+
+def layer_from_config(config: dict[str, Any]) -> Layer:
+    """Build a layer from ``{"type": "Conv2D", "filters": 32, ...}`` (see ``Layer.get_config``).
+
+    Unknown types or arguments raise ``ValueError`` naming what was expected.
+    """
+    return LAYERS.from_config(config)

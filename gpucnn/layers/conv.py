@@ -8,9 +8,10 @@ from typing import Any
 from ..backend import Array
 from ..functional.conv import conv2d_backward, conv2d_forward
 from ..functional.im2col import as_pair, output_size, resolve_padding
-from .base import BuildContext, Layer, Shape, public_shape
+from .base import LAYERS, BuildContext, Layer, Shape, public_shape
 
 
+@LAYERS.register("Conv2D")
 class Conv2D(Layer):
     """2-D convolution with F filters, any number of input channels, stride and zero padding.
 
@@ -24,8 +25,8 @@ class Conv2D(Layer):
 
     Attributes
     ----------
-    params["weight"] : array of shape (F, C, KH, KW), He-normal initialised.
-    params["bias"] : array of shape (F,), zeros.
+    weight : Parameter of shape (F, C, KH, KW), He-normal initialised, weight-decayed.
+    bias : Parameter of shape (F,), zeros.
 
     Input (N, H, W, C) -> output (N, OH, OW, F), channels-last inside a model.
     """
@@ -44,13 +45,10 @@ class Conv2D(Layer):
         self.filters = filters
         self.kernel_size = as_pair(kernel_size, "Conv2D kernel_size")
         self.stride = as_pair(stride, "Conv2D stride")
-        if isinstance(padding, str):
-            if padding.lower() not in ("same", "valid"):
-                raise ValueError(
-                    f"Conv2D: expected padding 'same', 'valid', an int or a pair; received {padding!r}"
-                )
-        else:
-            as_pair(padding, "Conv2D padding", minimum=0)
+        try:  # the functional validator, on a size any valid padding accepts
+            resolve_padding(padding, self.kernel_size, self.stride, self.kernel_size)
+        except ValueError as exc:
+            raise ValueError(f"Conv2D: {exc}") from None
         self.padding_spec = padding
         self.padding = (0, 0, 0, 0)
 
@@ -74,19 +72,19 @@ class Conv2D(Layer):
                 f"with padding {self.padding_spec!r}"
             )
         fan_in = C * KH * KW
-        self.params = {
-            "weight": context.random.normal(
-                (self.filters, C, KH, KW), math.sqrt(2.0 / fan_in), context.dtype
-            ),
-            "bias": context.xp.zeros((self.filters,), dtype=context.dtype),
-        }
+        std = math.sqrt(2.0 / fan_in)
+        shape = (self.filters, C, KH, KW)
+        self.weight = self.add_parameter(
+            "weight", context.random.normal(shape, std, context.dtype), decay=True
+        )
+        self.bias = self.add_parameter(
+            "bias", context.xp.zeros((self.filters,), dtype=context.dtype), decay=False
+        )
         return (OH, OW, self.filters)
 
     def forward(self, x: Array, training: bool = True) -> Array:
         self.check_input(x)
-        out, cols = conv2d_forward(
-            x, self.params["weight"], self.params["bias"], self.stride, self.padding
-        )
+        out, cols = conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding)
         self._cache = (cols, tuple(x.shape)) if training else None
         return out
 
@@ -95,13 +93,13 @@ class Conv2D(Layer):
         grad_x, grad_w, grad_b = conv2d_backward(
             grad_out,
             cols,
-            self.params["weight"],
+            self.weight.data,
             x_shape,
             self.stride,
             self.padding,
             need_input_grad,
         )
-        self.grads = {"weight": grad_w, "bias": grad_b}
+        self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
     def get_config(self) -> dict[str, Any]:
@@ -111,7 +109,7 @@ class Conv2D(Layer):
             else list(self.padding_spec)
         )
         return {
-            "type": "Conv2D",
+            **super().get_config(),
             "filters": self.filters,
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),

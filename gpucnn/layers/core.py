@@ -8,9 +8,10 @@ from typing import Any
 from ..backend import Array, namespace
 from ..functional.activations import dropout_backward, dropout_forward, relu_backward, relu_forward
 from ..functional.dense import dense_backward, dense_forward
-from .base import BuildContext, Layer, Shape, public_shape
+from .base import LAYERS, BuildContext, Layer, Shape, public_shape
 
 
+@LAYERS.register("Dense")
 class Dense(Layer):
     """Fully connected layer ``x @ weight + bias``.
 
@@ -20,8 +21,9 @@ class Dense(Layer):
 
     Attributes
     ----------
-    params["weight"] : array of shape (D, O) (in_features, out_features), He-normal initialised.
-    params["bias"] : array of shape (O,), zeros.
+    weight : Parameter of shape (D, O) (in_features, out_features), He-normal initialised,
+        weight-decayed.
+    bias : Parameter of shape (O,), zeros.
 
     Input (N, D) -> output (N, O).
     """
@@ -39,28 +41,30 @@ class Dense(Layer):
                 f"{public_shape(input_shape)} (add Flatten() before Dense)"
             )
         (D,) = input_shape
-        self.params = {
-            "weight": context.random.normal((D, self.units), math.sqrt(2.0 / D), context.dtype),
-            "bias": context.xp.zeros((self.units,), dtype=context.dtype),
-        }
+        weight = context.random.normal((D, self.units), math.sqrt(2.0 / D), context.dtype)
+        self.weight = self.add_parameter("weight", weight, decay=True)
+        self.bias = self.add_parameter(
+            "bias", context.xp.zeros((self.units,), dtype=context.dtype), decay=False
+        )
         return (self.units,)
 
     def forward(self, x: Array, training: bool = True) -> Array:
         self.check_input(x)
         self._cache = x if training else None
-        return dense_forward(x, self.params["weight"], self.params["bias"])
+        return dense_forward(x, self.weight.data, self.bias.data)
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         grad_x, grad_w, grad_b = dense_backward(
-            grad_out, self._cache, self.params["weight"], need_input_grad
+            grad_out, self._cache, self.weight.data, need_input_grad
         )
-        self.grads = {"weight": grad_w, "bias": grad_b}
+        self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
     def get_config(self) -> dict[str, Any]:
-        return {"type": "Dense", "units": self.units}
+        return {**super().get_config(), "units": self.units}
 
 
+@LAYERS.register("ReLU")
 class ReLU(Layer):
     """Rectified linear unit ``max(x, 0)``; any shape in, same shape out."""
 
@@ -74,6 +78,7 @@ class ReLU(Layer):
         return relu_backward(grad_out, self._cache)
 
 
+@LAYERS.register("Flatten")
 class Flatten(Layer):
     """Flatten each sample: (N, H, W, C) -> (N, H*W*C), in the internal channels-last order."""
 
@@ -88,6 +93,7 @@ class Flatten(Layer):
         return namespace(grad_out).reshape(grad_out, (grad_out.shape[0], *self.input_shape))
 
 
+@LAYERS.register("Dropout")
 class Dropout(Layer):
     """Inverted dropout: in training, zero each element with probability ``rate`` and scale the
     rest by ``1 / (1 - rate)``; identity at inference. Any shape in, same shape out.
@@ -122,4 +128,4 @@ class Dropout(Layer):
         return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
 
     def get_config(self) -> dict[str, Any]:
-        return {"type": "Dropout", "rate": self.rate}
+        return {**super().get_config(), "rate": self.rate}

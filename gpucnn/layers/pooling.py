@@ -12,7 +12,7 @@ from ..functional.pooling import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
-from .base import BuildContext, Layer, Shape, public_shape
+from .base import LAYERS, BuildContext, Layer, Shape, public_shape
 
 
 class _Pool2D(Layer):
@@ -46,12 +46,13 @@ class _Pool2D(Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "type": type(self).__name__,
+            **super().get_config(),
             "pool_size": list(self.pool_size),
             "stride": list(self.stride),
         }
 
 
+@LAYERS.register("MaxPool2D")
 class MaxPool2D(_Pool2D):
     """Max pooling with exact backprop: each output gradient goes to one input (the argmax;
     the first in row-major order on ties). Windows may overlap.
@@ -75,6 +76,7 @@ class MaxPool2D(_Pool2D):
         return max_pool2d_backward(grad_out, x, out, self.pool_size, self.stride)
 
 
+@LAYERS.register("AvgPool2D")
 class AvgPool2D(_Pool2D):
     """Average pooling; same parameters and shapes as :class:`MaxPool2D`."""
 

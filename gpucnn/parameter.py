@@ -1,0 +1,86 @@
+"""Parameter: a trainable array with its gradient, owned by a layer and updated by an optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+
+from .backend import Array
+
+
+class Parameter:
+    """One trainable array of a layer.
+
+    Parameters
+    ----------
+    data : the array (any shape), on the model's device and in its dtype.
+    name : qualified name, ``"<layer name>.<key>"`` (e.g. ``"conv2d_1.weight"``); it keys
+        saved weights and optimizer state.
+    decay : whether weight decay applies (True for weights, False for biases).
+
+    Attributes
+    ----------
+    grad : array of the same shape as ``data`` filled by the layer's ``backward``, or None
+        before the first backward pass.
+    """
+
+    __slots__ = ("data", "grad", "name", "decay")
+
+    def __init__(self, data: Array, name: str, decay: bool = True):
+        self.data = data
+        self.grad: Array | None = None
+        self.name = name
+        self.decay = bool(decay)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for n in self.data.shape:
+            count *= n
+        return count
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape}, decay={self.decay})"
+
+
+class ParameterView(MutableMapping):
+    """``layer.params`` / ``layer.grads``: a dict-like view of one attribute of a layer's
+    parameters, keyed by the local name (``"weight"``, ``"bias"``).
+
+    Reading gives the arrays; assigning ``view[key] = array`` replaces the parameter's array
+    (as gradient checks do). Keys cannot be added or removed. The ``grads`` view lists only
+    parameters whose gradient has been computed.
+    """
+
+    def __init__(self, parameters: Mapping[str, Parameter], attribute: str):
+        self._parameters = parameters
+        self._attribute = attribute
+
+    def __getitem__(self, key: str) -> Array:
+        value = getattr(self._parameters[key], self._attribute)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Array) -> None:
+        if key not in self._parameters:
+            raise KeyError(f"expected a parameter in {sorted(self._parameters)}; received {key!r}")
+        setattr(self._parameters[key], self._attribute, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("parameters cannot be removed from a layer")
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, p in self._parameters.items() if getattr(p, self._attribute) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+__all__ = ["Parameter", "ParameterView"]

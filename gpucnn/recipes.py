@@ -1,0 +1,103 @@
+"""Training recipes: the default settings per dataset and how a run's settings become objects.
+
+A *run* is a flat JSON-compatible dict (dataset, model, epochs, batch size, optimizer
+settings, schedule name...) stored in every checkpoint, so a resumed run rebuilds the same
+optimizer and schedule from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .architectures import architecture
+from .model import Sequential
+from .optim import Optimizer, Schedule, make_optimizer, make_schedule
+
+# The default recipe per dataset: model, epochs, batch size, learning rate, schedule.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
+    "mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
+    "fashion-mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
+}  # fmt: skip
+SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
+
+
+def run_config(dataset: str, **settings: Any) -> dict[str, Any]:
+    """The run for ``dataset``: its recipe with every non-None ``settings`` value applied."""
+    if dataset not in RECIPES:
+        raise ValueError(f"expected a dataset in {sorted(RECIPES)}; received {dataset!r}")
+    run = {"dataset": dataset, **RECIPES[dataset]}
+    run.update({k: v for k, v in settings.items() if v is not None or k not in run})
+    return run
+
+
+def optimizer_config(run: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer a run asks for, as ``make_optimizer`` input.
+
+    Gradient clipping belongs to the optimizer; a run stores it as ``clip_norm``.
+    """
+    config: dict[str, Any] = {"lr": run["lr"], "weight_decay": run.get("weight_decay", 0.0)}
+    if run.get("optimizer", "sgd") == "adam":
+        config["type"] = "adam"
+    else:
+        config.update(
+            type="sgd", momentum=run.get("momentum", 0.0), nesterov=run.get("nesterov", False)
+        )
+    if run.get("clip_norm") is not None:
+        config["clip_norm"] = run["clip_norm"]
+    return config
+
+
+def schedule_config(name: str, epochs: int) -> dict[str, Any]:
+    """A schedule name and the run's length as ``make_schedule`` input: step decays 10x at
+    each third of the run, exponential by 0.8 per epoch, cosine to zero over the run."""
+    configs = {
+        "constant": {"type": "constant"},
+        "step": {"type": "step", "step_size": max(epochs // 3, 1), "gamma": 0.1},
+        "exponential": {"type": "exponential", "gamma": 0.8},
+        "cosine": {"type": "cosine", "epochs": epochs},
+    }
+    if name not in configs:
+        raise ValueError(f"expected a schedule in {SCHEDULE_NAMES}; received {name!r}")
+    return configs[name]
+
+
+def build_optimizer(run: dict[str, Any]) -> Optimizer:
+    return make_optimizer(optimizer_config(run))
+
+
+def build_schedule(run: dict[str, Any]) -> Schedule:
+    return make_schedule(schedule_config(run["schedule"], run["epochs"]))
+
+
+def build_model(
+    run: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, backend: Any = "auto"
+) -> Sequential:
+    """The run's network (a built-in name or a JSON file) for the dataset's shapes.
+
+    Raises
+    ------
+    ValueError when the architecture does not produce ``num_classes`` outputs.
+    """
+    arch = architecture(run["model"], tuple(input_shape), num_classes)
+    model = Sequential.from_config(
+        arch, backend=backend, seed=run.get("seed", 0), dtype=run.get("dtype", "float32")
+    )
+    if tuple(model.output_shape) != (num_classes,):
+        raise ValueError(
+            f"model {run['model']}: expected {num_classes} outputs for {run['dataset']}; "
+            f"received {model.output_shape}"
+        )
+    return model
+
+
+__all__ = [
+    "RECIPES",
+    "SCHEDULE_NAMES",
+    "build_model",
+    "build_optimizer",
+    "build_schedule",
+    "optimizer_config",
+    "run_config",
+    "schedule_config",
+]
