@@ -275,8 +275,9 @@ class SGD(Optimizer):
     def _fused_update(self, cuda, updates):
         if self.momentum:
             for p, slots, _ in updates:
-                # a zero buffer: the kernel's first v = momentum * 0 + g is the gradient itself
-                slots.setdefault("velocity", namespace(p.data).zeros_like(p.data))
+                if "velocity" not in slots:
+                    # zeros: the kernel's first v = momentum * 0 + g is the gradient itself
+                    slots["velocity"] = namespace(p.data).zeros_like(p.data)
         return cuda.sgd_multi(
             [(p.data, p.grad, slots.get("velocity", p.data), decay) for p, slots, decay in updates],
             self.lr,
