@@ -389,7 +389,10 @@ def _write_report(
         print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
     for note in report.notes:
         print(f"  left out {note}")
-    print(f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s")
+    print(
+        f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s "
+        f"({report.predict_seconds:.1f} s of it predicting the test set)"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:

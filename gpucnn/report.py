@@ -71,12 +71,14 @@ class Report:
     files : file name -> path, in the order written (``index.html`` and ``report.json`` last).
     notes : one sentence per picture left out, saying why.
     seconds : wall time of the whole report (predictions, drawing, writing).
+    predict_seconds : the part of it spent predicting the test set.
     """
 
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    predict_seconds: float = 0.0
 
 
 def require_matplotlib() -> None:
@@ -423,7 +425,9 @@ def write_report(
     has_test = test_data is not None and len(test_data[0]) > 0 and model is not None
     if has_test:
         x_test, y_test = test_data
+        predict_start = time.perf_counter()
         probabilities = model.predict_proba(x_test)  # in the batches of gpucnn evaluate
+        report.predict_seconds = time.perf_counter() - predict_start
         predicted = np.argmax(probabilities, axis=1)
         confusion = confusion_matrix(y_test, predicted, labels=range(num_classes))
     elif metrics.get("confusion_matrix") is not None:
