@@ -414,7 +414,11 @@ def write_report(
     history = metrics.get("history") or {}
     if _finite(history.get("loss")):
         pictures["curves.png"] = draw_curves(history, folder / "curves.png")
-        data["history"] = history
+        # NaN (no validation data) as null: report.json stays strict JSON
+        data["history"] = {
+            key: [v if math.isfinite(v) else None for v in _finite(values)]
+            for key, values in history.items()
+        }
         if not _has_values(_finite(history.get("val_loss"))):
             report.notes.append("curves: no validation set, so training curves only.")
     else:
@@ -482,7 +486,11 @@ def write_report(
         else:
             report.notes.append("mistakes.png: every test image is classified correctly.")
     else:
-        report.notes.append("mistakes.png: the run has no test set.")
+        report.notes.append(
+            "mistakes.png: no model.npz to read."
+            if model is None and test_data is not None
+            else "mistakes.png: the run has no test set."
+        )
 
     report.files.update(pictures)
     title = "gpucnn run " + " / ".join(

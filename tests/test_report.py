@@ -84,10 +84,14 @@ def test_index_html_parses_and_references_nothing_outside(run_dir):
     assert f"{metrics['test_accuracy']:.4f}" in text
 
 
+def reject(constant):
+    raise AssertionError(f"report.json holds {constant}: not strict JSON")
+
+
 def test_confusion_matrix_equals_gpucnn_evaluate(run_dir, tmp_path):
     assert run("evaluate", run_dir / "model.npz", "--json", tmp_path / "e.json") == 0
     evaluated = json.loads((tmp_path / "e.json").read_text())
-    drawn = json.loads((run_dir / "report" / "report.json").read_text())
+    drawn = json.loads((run_dir / "report" / "report.json").read_text(), parse_constant=reject)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert drawn["confusion_matrix"] == evaluated["confusion_matrix"]
     assert metrics["confusion_matrix"] == evaluated["confusion_matrix"]
@@ -127,6 +131,8 @@ def test_a_model_without_convolutions_and_validation_leaves_out_filters(tmp_path
     printed = capsys.readouterr().out
     assert "filters.png: the model has no convolution" in printed
     assert "no validation set" in printed
+    drawn = json.loads((out / "report" / "report.json").read_text(), parse_constant=reject)
+    assert drawn["history"]["val_loss"] == [None]
     names = {p.name for p in (out / "report").iterdir()}
     assert names == {"curves.png", "confusion.png", "mistakes.png", "index.html", "report.json"}
     text = " ".join(parse_page(out / "report" / "index.html").text)
