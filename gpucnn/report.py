@@ -473,7 +473,9 @@ def write_report(
                 for i in shown
             ],
         }
-        if len(wrong):
+        if np.ndim(x_test) != 4:
+            report.notes.append("mistakes.png: the inputs are not (C, H, W) images.")
+        elif len(wrong):
             pictures["mistakes.png"] = draw_mistakes(
                 np.asarray(x_test)[shown],
                 y_test[shown],

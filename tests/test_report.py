@@ -175,6 +175,21 @@ def test_class_names_label_the_confusion_matrix(run_dir, tmp_path):
     assert "Ankle boot" in (tmp_path / "report" / "index.html").read_text()
 
 
+def test_inputs_that_are_not_images_have_no_mistakes_picture(tmp_path):
+    pytest.importorskip("matplotlib")
+    from gpucnn import Sequential
+    from gpucnn.layers import Dense
+
+    model = Sequential([Dense(3)], input_shape=(5,), backend="numpy", seed=0)
+    x = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    y = np.arange(40) % 3
+    history = {"loss": [1.0, 0.5], "accuracy": [0.3, 0.6], "lr": [0.1, 0.1]}
+    report = write_report(tmp_path, model, {"history": history}, (x, y), ["a", "b", "c"])
+    assert set(report.files) == {"curves.png", "confusion.png", "index.html", "report.json"}
+    assert "mistakes.png: the inputs are not (C, H, W) images." in report.notes
+    assert "filters.png: the model has no convolution." in report.notes
+
+
 def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     (tmp_path / "metrics.json").write_text("{}")
