@@ -420,7 +420,7 @@ def write_report(
             for key, values in history.items()
         }
         if not _has_values(_finite(history.get("val_loss"))):
-            report.notes.append("curves: no validation set, so training curves only.")
+            report.notes.append("validation curves: the run has no validation set.")
     else:
         report.notes.append("curves.png: metrics.json holds no per-epoch history.")
 
