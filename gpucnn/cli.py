@@ -25,6 +25,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model
 from .data import DATASETS, Dataset, DatasetError, IdxError, load_dataset, train_val_split
 from .data.download import DownloadError
 from .data.images import ImageError, fit_channels, load_images
+from .distributed import DistributedError, MPICommunicator, mpi_world_size
 from .model import Sequential
 from .recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
 from .trainer import EarlyStopping, Trainer, TrainingError, TrainingInterrupted, evaluate
@@ -38,7 +39,9 @@ USER_ERRORS = (
     BackendError,
     IdxError,
     ImageError,
+    DistributedError,
 )
+_COMMUNICATOR: MPICommunicator | None = None  # set by a distributed `train`
 
 
 class UsageError(Exception):
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="DIR", help="continue the run saved in DIR/checkpoint.npz"
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="data-parallel over MPI ranks (default: on when mpirun/mpiexec started more than "
+        "one process); --batch-size is the global batch",
+    )
 
     ev = sub.add_parser(
         "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
@@ -135,21 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_flags(args)
+    comm = _communicator(args)
     run, out, checkpoint = _resolve_run(args)
+    root = comm is None or comm.is_root
+    if comm is not None:
+        if run["batch_size"] < comm.size:
+            raise UsageError(
+                f"--batch-size is the global batch, split over {comm.size} processes: expected "
+                f">= {comm.size}; received {run['batch_size']}"
+            )
+        out = Path(comm.broadcast(str(out)))  # rank 0's folder name (its clock) for all
+        if args.backend != "numpy":
+            comm.select_gpu()
     data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
         data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
     )
     model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
     trainer = _build_trainer(run, model, out, progress=args.progress, validation=len(x_val) > 0)
+    trainer.communicator = comm
+    if not root:
+        trainer.progress, trainer.log = False, None
     if checkpoint is not None:
         trainer.restore(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
-        f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
-        flush=True,
-    )
+    processes = f", {comm.size} processes" if comm is not None else ""
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
+        print(
+            f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
+            f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}){processes}, out {out}",
+            flush=True,
+        )
     start = time.perf_counter()
     trainer.fit(
         x_fit,
@@ -159,9 +185,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=run["batch_size"],
     )
     elapsed = time.perf_counter() - start
-    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test, communicator=comm)
+    if not root:
+        return 0
     save_checkpoint(out / "model.npz", model, run=run)
     metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    metrics["world_size"] = 1 if comm is None else comm.size
+    if comm is not None:
+        metrics["distributed"] = comm.stats()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
@@ -176,6 +207,20 @@ def _check_train_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1; received {value}")
     if not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1); received {args.val_fraction}")
+
+
+def _communicator(args: argparse.Namespace) -> MPICommunicator | None:
+    """The MPI ranks of a distributed run, or None for a single process.
+
+    ``--distributed`` forces MPI, ``--no-distributed`` forbids it; by default a run is
+    distributed when an MPI launcher started more than one process (its environment says so).
+    """
+    wanted = args.distributed if args.distributed is not None else mpi_world_size() > 1
+    if not wanted:
+        return None
+    global _COMMUNICATOR
+    _COMMUNICATOR = MPICommunicator()
+    return _COMMUNICATOR
 
 
 def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkpoint | None]:
@@ -366,12 +411,21 @@ COMMANDS = {
 }
 
 
+def _error(line: str) -> None:
+    """Print an error line on stderr; in a distributed run only rank 0 prints the errors
+    that every rank meets together (same flags, all-reduced training decisions)."""
+    if _COMMUNICATOR is None or _COMMUNICATOR.is_root:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _COMMUNICATOR
+    _COMMUNICATOR = None
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _error(f"gpucnn: error: {exc}")
         return 2
     except TrainingInterrupted as exc:
         resume = (
@@ -379,13 +433,18 @@ def main(argv: list[str] | None = None) -> int:
             if exc.checkpoint
             else ""
         )
-        print(f"gpucnn: {exc}{resume}", file=sys.stderr)
+        _error(f"gpucnn: {exc}{resume}")
         return 128 + exc.signum
     except TrainingError as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _error(f"gpucnn: error: {exc}")
         return 3
     except USER_ERRORS as exc:
         message = " ".join(str(exc).split())
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            # perhaps this rank alone failed, and the others would wait for it forever
+            print(f"gpucnn: error on rank {_COMMUNICATOR.rank}: {message}", file=sys.stderr)
+            sys.stderr.flush()
+            _COMMUNICATOR.abort(2)
         print(f"gpucnn: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
