@@ -554,6 +554,7 @@ def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
     ``velocity`` is ignored (pass ``param``) when momentum is 0. Returns False, having changed
     nothing, when the kernels do not apply.
     """
+    slots = [(p, cupy.ascontiguousarray(g), v, d) for p, g, v, d in slots]
     if not _uniform_buffers([(p, g, v) for p, g, v, _ in slots]):
         return False
     t = slots[0][0].dtype.type
@@ -566,6 +567,7 @@ def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
 def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
     """Adam update of every ``(param, grad, m, v, decay_step)`` in place, SLOTS per launch;
     False, having changed nothing, when the kernels do not apply."""
+    slots = [(p, cupy.ascontiguousarray(g), m, v, d) for p, g, m, v, d in slots]
     if not _uniform_buffers([(p, g, m, v) for p, g, m, v, _ in slots]):
         return False
     t = slots[0][0].dtype.type
