@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +198,109 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     assert max_relative_difference(straight / "model.npz", split / "model.npz") == 0.0
     metrics = json.loads((split / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["world_size"] == 2
+
+
+# ---------------------------------------------------------------------- ranks as threads
+class _Group:
+    """Ranks as threads of this process: collective calls meet at a barrier."""
+
+    def __init__(self, size):
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.slots = [None] * size
+
+
+class _ThreadComm:
+    """The few mpi4py communicator calls MPICommunicator makes, for ranks that are threads
+    (buffers may be NumPy or CuPy arrays, as with a CUDA-aware MPI)."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank = group, rank
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.group.size
+
+    def Split_type(self, kind, key=0):
+        return self
+
+    def Free(self):
+        pass
+
+    def Allreduce(self, _in_place, buffer, op):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        total = group.slots[0]
+        for part in group.slots[1:]:  # rank order, as MPI's reduction of two ranks
+            total = total + part
+        group.barrier.wait()
+        buffer[...] = total
+
+    def Bcast(self, buffer, root):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        value = group.slots[root]
+        group.barrier.wait()
+        buffer[...] = value
+
+    def Abort(self, code):
+        raise SystemExit(code)
+
+
+class _FakeMPI:
+    IN_PLACE, SUM, COMM_TYPE_SHARED, COMM_WORLD = object(), object(), 0, None
+
+
+def _fit(backend, comm=None, samples=41, batch=8):
+    from gpucnn import SGD, Sequential
+    from gpucnn.layers import Conv2D, MaxPool2D
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(samples, 1, 6, 6))
+    y = rng.integers(0, 3, size=samples)
+    model = Sequential(
+        [Conv2D(3, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], (1, 6, 6), "float64", backend
+    )
+    trainer = Trainer(
+        model, SGD(lr=0.1, momentum=0.9, clip_norm=1.0), communicator=comm, log=None,
+        progress=False,
+    )  # fmt: skip
+    trainer.fit(x, y, validation_data=(x[:9], y[:9]), epochs=2, batch_size=batch)
+    return model.state_dict(), trainer.history
+
+
+@pytest.mark.parametrize(
+    "backend,cuda_aware", [("numpy", False), ("cupy", False), ("cupy", True)],
+    ids=["numpy", "cupy-host-staging", "cupy-cuda-aware"],
+)  # fmt: skip
+def test_two_thread_ranks_match_one_process(monkeypatch, backend, cuda_aware):
+    """The gradient exchange without mpirun; 41 images at batch 8 leave one rank idle in the
+    last batch. On CuPy, both the host-staging and the device-buffer paths."""
+    if backend == "cupy":
+        from gpucnn.backend import probe_cupy
+
+        if probe_cupy()[0] is None:
+            pytest.skip("no GPU")
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: _FakeMPI)
+    expected, expected_history = _fit(backend)
+    group, results = _Group(2), [None, None]
+
+    def rank_main(rank):
+        comm = MPICommunicator(_ThreadComm(group, rank), cuda_aware=cuda_aware)
+        results[rank] = _fit(backend, comm)
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results[0] is not None and results[1] is not None
+    for weights, history in results:
+        for name, value in expected.items():
+            np.testing.assert_allclose(weights[name], value, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(history["loss"], expected_history["loss"], rtol=1e-10)
+        assert history["val_accuracy"] == expected_history["val_accuracy"]
