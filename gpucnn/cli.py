@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gpucnn: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            traceback.print_exc()  # a bug on one rank: end the job rather than leave it waiting
+            sys.stderr.flush()
+            _COMMUNICATOR.abort(1)
+        raise
 
 
 if __name__ == "__main__":
