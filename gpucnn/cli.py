@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 import time
@@ -539,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         _error(f"gpucnn: {exc}{resume}")
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            # mpirun is ending the job: MPI_Finalize at exit would wait for it until SIGKILL
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + exc.signum)
         return 128 + exc.signum
     except TrainingError as exc:
         _error(f"gpucnn: error: {exc}")

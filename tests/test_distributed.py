@@ -180,24 +180,29 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused_under_mpirun(tmp_path)
 @needs_mpirun
 @pytest.mark.slow
 def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
-    flags = ["--epochs", 3, "--batch-size", 64]
+    flags = ["--epochs", 8]  # 7 epochs left when the signal comes: it lands during training
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert mpirun(*train_args(straight, *flags)).returncode == 0
     proc = mpirun(*train_args(split, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # interrupt once the first epoch is done
-        if line.startswith("epoch 1/3") or time.monotonic() > deadline:
+        if line.startswith("epoch 1/8") or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode != 0:  # interrupted (not finished first): rank 0 saved and said so
+    assert proc.returncode != 0  # mpirun reports the signal
+    # Open MPI sends SIGKILL about 1 s after SIGTERM: on a loaded machine the ranks may not
+    # finish their step in time, and then the last epoch's checkpoint is the one to resume
+    if "interrupted by" in err:
         assert "interrupted by SIGTERM" in err and "resume with" in err, err
-        assert err.count("interrupted by") == 1
-        result = mpirun("-m", "gpucnn", "train", "--resume", split, "--no-progress")
-        assert result.returncode == 0, result.stderr
+        assert err.count("interrupted by") == 1  # rank 0 alone speaks
+    assert not (split / "model.npz").exists()
+    assert load_checkpoint(split / "checkpoint.npz").meta["trainer"]["epoch"] >= 1
+    result = mpirun("-m", "gpucnn", "train", "--resume", split, "--no-progress")
+    assert result.returncode == 0, result.stderr
     assert max_relative_difference(straight / "model.npz", split / "model.npz") == 0.0
     metrics = json.loads((split / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and metrics["world_size"] == 2
+    assert metrics["epochs"] == 8 and metrics["world_size"] == 2
 
 
 # ---------------------------------------------------------------------- ranks as threads
