@@ -7,6 +7,7 @@ are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -74,6 +75,7 @@ class Sequential:
         self.seed = int(seed)
         self.random = Random(self.seed, self.xp)
         self.layers = list(layers)
+        self._claim_layers()
         context = BuildContext(self.xp, self.dtype, self.random)
         inner = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
         counts: dict[str, int] = {}
@@ -89,6 +91,26 @@ class Sequential:
         self.output_shape = public_shape(inner)
         self.steps = plan(self.layers)  # fused layer runs, see gpucnn.layers.fused
         self._backward_ready = False  # set by a training forward pass
+
+    def _claim_layers(self) -> None:
+        """Refuse a layer listed twice or already part of another (live) model: building it
+        again would replace the weights the other model trains."""
+        seen: set[int] = set()
+        for layer in self.layers:
+            if id(layer) in seen:
+                raise ValueError(
+                    f"layer {layer!r} appears twice in this model; create one layer object per position"
+                )
+            seen.add(id(layer))
+            owner = getattr(layer, "_model", None)
+            if owner is not None and owner() is not None:
+                raise ValueError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) already belongs to another "
+                    "Sequential; create a new layer (e.g. layer_from_config(layer.get_config())) "
+                    "for this model"
+                )
+        for layer in self.layers:
+            layer._model = weakref.ref(self)
 
     # ------------------------------------------------------------------ forward / backward
     def forward(
@@ -113,6 +135,7 @@ class Sequential:
         """
         x = self._prepare_input(x, check)
         self._backward_ready = training
+        self._batch = x.shape[0]
         for step in self.steps:
             if step_hook is None:
                 x = step.forward(x, training)
@@ -136,6 +159,14 @@ class Sequential:
         """
         if not self._backward_ready:
             raise RuntimeError("backward() needs a preceding forward(x, training=True)")
+        last = self.layers[-1]
+        expected = (self._batch, *last.output_shape)
+        if not hasattr(grad_out, "shape") or tuple(grad_out.shape) != expected:
+            raise ValueError(
+                f"Sequential.backward: layer '{last.name}' ({type(last).__name__}) expected "
+                f"grad_out of shape {expected} (the last forward pass's output); received "
+                f"{tuple(getattr(grad_out, 'shape', ())) or type(grad_out).__name__}"
+            )
         g = grad_out
         for index in range(len(self.steps) - 1, -1, -1):
             step, need = self.steps[index], index > 0 or need_input_grad
