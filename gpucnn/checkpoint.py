@@ -146,7 +146,10 @@ def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
     """Load weights into ``model`` after checking that the architectures are identical."""
     saved = checkpoint.meta["architecture"]
     current = model.get_config()
-    if saved.get("input_shape") != current["input_shape"] or saved.get("layers") != current["layers"]:
+    if (
+        saved.get("input_shape") != current["input_shape"]
+        or saved.get("layers") != current["layers"]
+    ):
         raise CheckpointError(
             "checkpoint architecture does not match the model: expected "
             f"{_describe(current)}; received {_describe(saved)}"

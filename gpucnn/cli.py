@@ -174,17 +174,20 @@ def _train(
     args: argparse.Namespace, run: dict[str, Any], out: Path, checkpoint: Checkpoint | None
 ) -> int:
     data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
+    _check_split(run["val_fraction"], len(data.x_train))
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
         data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
     )
-    _check_split(run, len(data.x_train), len(x_fit), len(x_val))
     if checkpoint is None:
         model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
     else:  # the checkpoint holds the architecture: no file outside the run folder is read
         model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
     trainer = _build_trainer(run, model, out, progress=args.progress, validation=len(x_val) > 0)
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        try:
+            trainer.restore(checkpoint)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{out / 'checkpoint.npz'} {exc}") from None
     remaining = run["epochs"] - trainer.epoch
     if remaining < 1:
         raise UsageError(
@@ -223,7 +226,9 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     for flag in ("lr", "clip_norm"):
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):
-            raise UsageError(f"--{flag.replace('_', '-')} must be a positive number; received {value}")
+            raise UsageError(
+                f"--{flag.replace('_', '-')} must be a positive number; received {value}"
+            )
     for flag in ("momentum", "weight_decay"):
         value = getattr(args, flag)
         if value is not None and not (value >= 0 and math.isfinite(value)):
@@ -247,9 +252,10 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         raise UsageError("--patience needs validation data; received --val-fraction 0")
 
 
-def _check_split(run: dict[str, Any], total: int, train: int, val: int) -> None:
-    fraction = run["val_fraction"]
-    if train == 0:
+def _check_split(fraction: float, total: int) -> None:
+    """Refuse a validation fraction that leaves no training (or no validation) images."""
+    val = int(round(total * fraction))  # as train_val_split holds out
+    if val >= total:
         raise UsageError(
             f"--val-fraction {fraction} leaves no training images (of {total}); use a smaller fraction"
         )
@@ -446,7 +452,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ImageError(
                 f"{path}: expected {height}x{width} images for this model; received {images.shape[2]}x{images.shape[3]}"
             )
-        probs = model.predict_proba(images)
+        try:
+            probs = model.predict_proba(images)
+        except ValueError as exc:
+            raise ImageError(f"{path}: {exc}") from None
         bad = np.flatnonzero(~np.all(np.isfinite(probs), axis=1))
         if bad.size:
             where = path if len(probs) == 1 else f"{path}[{int(bad[0])}]"

@@ -351,9 +351,7 @@ class Trainer:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
         trainer = checkpoint.meta.get("trainer")
         if trainer is None:
-            raise CheckpointError(
-                "this checkpoint holds final weights only, no training state to resume"
-            )
+            raise CheckpointError("holds final weights only, no training state to resume")
         restore_model(checkpoint, self.model)
         if checkpoint.meta.get("optimizer") is not None:
             restore_optimizer(checkpoint, self.optimizer)
@@ -365,7 +363,9 @@ class Trainer:
                     k[len(prefix) :]: v for k, v in checkpoint.state.items() if k.startswith(prefix)
                 }
                 if arrays:
-                    callback.load_state_dict({**callback.state_dict(), **trainer["callbacks"][i], "arrays": arrays})
+                    callback.load_state_dict(
+                        {**callback.state_dict(), **trainer["callbacks"][i], "arrays": arrays}
+                    )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint training state is malformed ({exc!r})") from None
 
