@@ -133,17 +133,27 @@ def locked(folder: Path, report=None) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``.
+
+    Raises
+    ------
+    RunFolderError naming ``path`` when it cannot be written (disk full, no permission); a
+    previous ``path`` is then left intact.
+    """
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         follow_umask(fd)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -464,3 +464,27 @@ def test_a_diverging_run_prints_one_line_and_no_warnings(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training diverged" in err
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    import gpucnn.checkpoint as checkpoint
+
+    calls, savez = [], np.savez
+
+    def fill_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return savez(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.np, "savez", fill_up)
+    out = tmp_path / "run"
+    assert run("train", "--epochs", 2, "--out", out, "--backend", "numpy", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot write {out / 'checkpoint.npz'}: No space left on device" in err
+    assert "the previous checkpoint.npz is intact" in err
+    assert load_checkpoint(out / "checkpoint.npz").meta["trainer"]["epoch"] == 1
+    assert not list(out.glob(".*")), "no lock or temporary file is left"
