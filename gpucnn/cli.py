@@ -1,4 +1,4 @@
-"""The ``gpucnn`` command: train | evaluate | predict | info | bench | export.
+"""The ``gpucnn`` command: train | evaluate | predict | info | bench | export | report.
 
 Exit codes: 0 success; 2 a user error (bad flag, missing or corrupt file, bad architecture
 or checkpoint), printed as one line on stderr; 3 training diverged; 130/143 interrupted by
@@ -103,9 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="DIR",
         help="continue the run saved in DIR/checkpoint.npz; only --epochs (a larger total), "
-        "--data-dir, --no-download, --backend and --progress may be given with it",
+        "--data-dir, --no-download, --backend, --progress and --report may be given with it",
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--report",
+        action="store_true",
+        help="also draw the pictures of 'gpucnn report' (needs [plot])",
+    )
 
     ev = sub.add_parser(
         "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
@@ -156,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the file in ONNX Runtime on random inputs and print the largest difference",
     )
+
+    rep = sub.add_parser("report", help="pictures of a run: curves, confusion, filters, mistakes")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'gpucnn train'")
+    rep.add_argument("--data-dir")
+    rep.add_argument("--no-download", action="store_true")
+    rep.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     return parser
 
 
@@ -174,6 +185,10 @@ TRAIN_DEFAULTS = {
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_flags(args)
     run, out, checkpoint = _resolve_run(args)
+    if args.report:  # refused before training, not after it
+        from .report import require_matplotlib
+
+        require_matplotlib()
     if checkpoint is None:
         earlier = runfolder.earlier_results(out)
         if earlier and not args.overwrite:
@@ -228,10 +243,15 @@ def _train(
     test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
     save_checkpoint(out / "model.npz", model, run=run)
     metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    # what `gpucnn report` draws without the test images: the confusion matrix, named classes
+    tested = classification_report(data, model.predict(data.x_test))
+    metrics.update(classes=tested["classes"], confusion_matrix=tested["confusion_matrix"])
     runfolder.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
     )
+    if args.report:
+        _write_report(out, model, metrics, data)
     return 0
 
 
@@ -263,7 +283,7 @@ def _check_train_flags(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--resume continues a run with its own settings; {names} would change it: "
                 "drop them, or start a new run with --out (only --epochs, --data-dir, "
-                "--no-download, --backend and --progress go with --resume)"
+                "--no-download, --backend, --progress and --report go with --resume)"
             )
     elif args.patience is not None and args.val_fraction == 0:
         raise UsageError("--patience needs validation data; received --val-fraction 0")
@@ -530,6 +550,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- report
+def _write_report(
+    out: Path, model: Sequential | None, metrics: dict[str, Any], data: Dataset | None
+) -> None:
+    from .report import write_report
+
+    test = (data.x_test, data.y_test) if data is not None else None
+    report = write_report(out, model, metrics, test, data.classes if data is not None else None)
+    for path in report.files.values():
+        print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+    for note in report.notes:
+        print(f"  left out {note}")
+    print(
+        f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s "
+        f"({report.predict_seconds:.1f} s of it predicting the test set)"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import require_matplotlib
+
+    require_matplotlib()
+    folder = Path(args.run_dir)
+    if not (folder / "metrics.json").is_file():
+        raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
+    model = None
+    if (folder / "model.npz").is_file():
+        model, _ = load_model(folder / "model.npz", backend=args.backend)
+    run = metrics.get("run") or {}
+    data = None
+    if model is not None and metrics.get("dataset") in DATASETS:
+        data = load_dataset(
+            metrics["dataset"],
+            args.data_dir or run.get("data_dir"),
+            not args.no_download,
+            run.get("seed", 0),
+        )
+    _write_report(folder, model, metrics, data)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -537,6 +602,7 @@ COMMANDS = {
     "info": cmd_info,
     "bench": cmd_bench,
     "export": cmd_export,
+    "report": cmd_report,
 }
 
 
