@@ -219,7 +219,7 @@ def _train(
         try:
             trainer.restore(checkpoint)
         except CheckpointError as exc:
-            raise CheckpointError(f"{out / 'checkpoint.npz'} {exc}") from None
+            raise CheckpointError(f"{out / 'checkpoint.npz'}: {exc}") from None
     remaining = run["epochs"] - trainer.epoch
     if remaining < 1:
         raise UsageError(

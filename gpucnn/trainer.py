@@ -355,7 +355,9 @@ class Trainer:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
         trainer = checkpoint.meta.get("trainer")
         if trainer is None:
-            raise CheckpointError("holds final weights only, no training state to resume")
+            raise CheckpointError(
+                "this checkpoint holds final weights only, no training state to resume"
+            )
         restore_model(checkpoint, self.model)
         if checkpoint.meta.get("optimizer") is not None:
             restore_optimizer(checkpoint, self.optimizer)

@@ -157,7 +157,7 @@ CASES = [
     ("train --resume {run}", 2, "already trained 1 of 1 epochs"),
     ("train --resume {run} --epochs 0", 2, "--epochs must be >= 1"),
     ("train --resume {tmp}", 2, "checkpoint.npz not found"),
-    ("train --resume {bad}/final_only", 2, "final_only/checkpoint.npz holds final weights only"),
+    ("train --resume {bad}/final_only", 2, "final_only/checkpoint.npz: this checkpoint holds final weights only"),
     # flags
     ("train --seed -1", 2, "--seed must be a non-negative integer"),
     ("train --val-fraction 0.9999 --out {tmp}/o", 2, "leaves no training images"),
