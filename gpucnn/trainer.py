@@ -71,6 +71,13 @@ class Callback:
     def on_train_end(self, trainer: Trainer) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (JSON data, NumPy arrays under ``"arrays"``); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; restore the best weights.
@@ -116,6 +123,20 @@ class EarlyStopping(Callback):
     def on_train_end(self, trainer):
         if self.restore_best and self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best value, its epoch, epochs waited and (under ``"arrays"``) the best weights."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "arrays": dict(self.best_weights or {}),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        self.wait = int(state["wait"])
+        self.best_weights = dict(state.get("arrays") or {}) or None
 
 
 def count_correct(logits, labels):
@@ -275,7 +296,10 @@ class Trainer:
         epochs: int = 1,
         batch_size: int = 128,
     ) -> dict[str, list[float]]:
-        """Train until ``epochs`` epochs are done in total (a resumed trainer continues).
+        """Train ``epochs`` more epochs (as Keras does): a second call continues from where the
+        first ended, with the optimizer state, schedule position and history kept. A trainer
+        restored from a checkpoint taken inside an epoch first finishes that epoch, which
+        counts as one of the ``epochs``.
 
         Parameters
         ----------
@@ -307,8 +331,10 @@ class Trainer:
         self.stop_training = False
         if comm is not None:  # every rank starts from rank 0's weights
             comm.broadcast_parameters(self.model.parameters())
-        with self._signals_caught():
-            while self.epoch < epochs and not self.stop_training:
+        target = self.epoch + epochs
+        # a diverging run is reported once by _check_finite, not by NumPy's overflow warnings
+        with self._signals_caught(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while self.epoch < target and not self.stop_training:
                 logs = self._run_epoch(x_dev, y_dev, batch_size)
                 if validation_data is not None:
                     logs["val_loss"], logs["val_accuracy"] = evaluate(
@@ -321,7 +347,7 @@ class Trainer:
                     callback.on_epoch_end(self, self.epoch, logs)
                 self._save()
                 if self.log:
-                    self.log(self._epoch_line(epochs, logs))
+                    self.log(self._epoch_line(target, logs))
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history
@@ -344,6 +370,9 @@ class Trainer:
             "history": self.history,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "position": self._position,
+            "callbacks": [
+                {k: v for k, v in c.state_dict().items() if k != "arrays"} for c in self.callbacks
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -352,6 +381,14 @@ class Trainer:
         self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._position = state["position"]
+        saved = state.get("callbacks") or []
+        if saved and len(saved) != len(self.callbacks):
+            raise ValueError(
+                f"expected state for {len(self.callbacks)} callbacks; received {len(saved)}"
+            )
+        for callback, callback_state in zip(self.callbacks, saved, strict=False):
+            if callback_state:
+                callback.load_state_dict(callback_state)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
@@ -363,7 +400,19 @@ class Trainer:
         restore_model(checkpoint, self.model)
         if checkpoint.meta.get("optimizer") is not None:
             restore_optimizer(checkpoint, self.optimizer)
-        self.load_state_dict(trainer)
+        try:
+            self.load_state_dict(trainer)
+            for i, callback in enumerate(self.callbacks):
+                prefix = f"callback{i}/"
+                arrays = {
+                    k[len(prefix) :]: v for k, v in checkpoint.state.items() if k.startswith(prefix)
+                }
+                if arrays:
+                    callback.load_state_dict(
+                        {**callback.state_dict(), **trainer["callbacks"][i], "arrays": arrays}
+                    )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint training state is malformed ({exc!r})") from None
 
     # ------------------------------------------------------------------ one epoch
     def _run_epoch(self, x_dev, y_dev, batch_size: int) -> dict[str, float]:
@@ -542,10 +591,16 @@ class Trainer:
             return None
         if self.communicator is not None and not self.communicator.is_root:
             return self.checkpoint_path  # rank 0 writes it
+        arrays = {
+            f"callback{i}/{k}": v
+            for i, c in enumerate(self.callbacks)
+            for k, v in (c.state_dict().get("arrays") or {}).items()
+        }
         return save_checkpoint(
             self.checkpoint_path,
             self.model,
             self.optimizer,
+            state_arrays=arrays,
             trainer=self.state_dict(),
             **self.checkpoint_meta,
         )
