@@ -29,7 +29,7 @@ from .backend import BACKEND_CHOICES, BackendError, blas_info, device_info, sele
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .data import DATASETS, Dataset, DatasetError, IdxError, load_dataset, train_val_split
 from .data.download import DownloadError
-from .data.files import load_data, resize_images
+from .data.files import load_data
 from .data.images import ImageError, fit_channels, load_images
 from .distributed import DistributedError, MPICommunicator, mpi_world_size
 from .model import Sequential
@@ -723,7 +723,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             images, inverted = _prepare_images(path, model.input_shape, prep, args.invert)
         except USER_ERRORS as exc:
             failed += 1
-            _predict_batch(model, pending, prep, args, results)  # keep the output in file order
+            failed += _predict_batch(model, pending, prep, args, results)  # keep the file order
             message = " ".join(str(exc).split())
             if not message.startswith(str(path)):
                 message = f"{path}: {message}"
@@ -732,21 +732,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         pending.append((path, images, inverted))
         if sum(len(p[1]) for p in pending) >= model.inference_batch_size:
-            _predict_batch(model, pending, prep, args, results)
-    _predict_batch(model, pending, prep, args, results)
+            failed += _predict_batch(model, pending, prep, args, results)
+    failed += _predict_batch(model, pending, prep, args, results)
     if args.json:
         print(json.dumps(results, indent=2))
     return 2 if failed else 0
 
 
-def _predict_batch(model, pending: list, prep: dict[str, Any], args, results: list) -> None:
-    """Classify the images of the ``pending`` files in one pass; print and record each."""
+def _predict_batch(model, pending: list, prep: dict[str, Any], args, results: list) -> int:
+    """Classify the images of the ``pending`` files in one pass; print and record each.
+
+    Returns the number of files whose output is not finite (each reported on one line).
+    """
     if not pending:
-        return
+        return 0
     probs = model.predict_proba(np.concatenate([images for _, images, _ in pending]))
-    start = 0
+    start, failed = 0, 0
     for path, images, inverted in pending:
-        for i, row in enumerate(probs[start : start + len(images)]):
+        rows = probs[start : start + len(images)]
+        start += len(images)
+        bad = np.flatnonzero(~np.all(np.isfinite(rows), axis=1))
+        if bad.size:
+            failed += 1
+            where = path if len(rows) == 1 else f"{path}[{int(bad[0])}]"
+            message = (
+                f"{where}: the model's output is not finite for this input (input values "
+                f"{float(images.min()):.3g}..{float(images.max()):.3g} after preprocessing; "
+                "expected images scaled to [0, 1])"
+            )
+            print(f"gpucnn: error: {message}", file=sys.stderr, flush=True)
+            results.append({"file": str(path), "error": message})
+            continue
+        for i, row in enumerate(rows):
             top = np.argsort(row)[::-1][: args.top]
             result = {
                 "file": str(path) if len(images) == 1 else f"{path}[{i}]",
@@ -770,8 +787,8 @@ def _predict_batch(model, pending: list, prep: dict[str, Any], args, results: li
                     + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"]),
                     flush=True,
                 )
-        start += len(images)
     pending.clear()
+    return failed
 
 
 def _model_preprocessing(checkpoint: Checkpoint, model: Sequential) -> dict[str, Any]:
@@ -806,12 +823,22 @@ def _prepare_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One file's images as the model's inputs, and which of them were inverted."""
     channels, height, width = input_shape
-    images = load_images(path, channels, (height, width))
+    images = load_images(path, channels, (height, width))  # image files come resized
     images = fit_channels(images, channels, str(path))
-    images = resize_images(images, (height, width))
+    if images.shape[2:] != (height, width):  # arrays are model inputs: never resized silently
+        raise ImageError(
+            f"{path}: expected {height}x{width} images for this model; received "
+            f"{images.shape[2]}x{images.shape[3]} (image files are resized, .npy and IDX arrays are not)"
+        )
+    if not np.isfinite(images).all():
+        raise ImageError(f"{path}: expected finite input values; received NaN or inf")
     if invert == "yes":
         flags = np.ones(len(images), bool)
-    elif invert == "no" or prep.get("background") not in ("dark", "light"):
+    elif (
+        invert == "no"
+        or prep.get("background") not in ("dark", "light")
+        or not ((images >= 0.0) & (images <= 1.0)).all()  # 1 - x is an inversion in [0, 1] only
+    ):
         flags = np.zeros(len(images), bool)
     else:
         light = np.array([_border_median(image[None]) > 0.5 for image in images])

@@ -15,6 +15,7 @@ Every reader returns float32 images scaled to [0, 1]. How a picture becomes a mo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,65 @@ def read_image(
     Image = _pil()
     if channels not in (None, 1, 3):
         raise ValueError(f"expected channels 1 or 3; received {channels!r}")
+    kind = _format_of(Image, path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            pixels = _to_array(Image, image, channels, size)
+        image = Image.open(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: not a readable image ({_reason(exc)})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_bomb_message(Image, path, kind, exc)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{path}: not {'a ' + kind + ' file' if kind != 'image' else 'an image file'} "
+            "(supported: any image Pillow reads, .npy, IDX)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{path}: corrupt {kind} ({_reason(exc)})") from None
+    with image:
+        kind = image.format or kind
+        try:
+            image.load()
+            pixels = _to_array(Image, image, channels, size)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(_bomb_message(Image, path, kind, exc)) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageError(f"{path}: corrupt {kind} data ({_reason(exc)})") from None
     return pixels
+
+
+def _format_of(Image, path) -> str:
+    """The format a file's suffix names (``PNG`` for ``x.png``), or ``image``."""
+    return Image.registered_extensions().get(Path(path).suffix.lower(), "image")
+
+
+def _bomb_message(Image, path, kind: str, exc: BaseException) -> str:
+    """One line naming the size a file declares beyond Pillow's decompression-bomb limit."""
+    size = _declared_size(Image, path)
+    declared = f"{size[0]}x{size[1]} pixels" if size else f"too many pixels ({_reason(exc)})"
+    return (
+        f"{path}: {kind} declares {declared}; expected at most {Image.MAX_IMAGE_PIXELS} pixels "
+        "(Pillow's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)"
+    )
+
+
+def _declared_size(Image, path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, read by the format's opener without decoding
+    pixels and without the limit check that refused it (the global limit stays untouched)."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(16)
+            for name in Image.ID:
+                factory, accept = Image.OPEN[name]
+                if accept is not None and not accept(prefix):
+                    continue
+                f.seek(0)
+                try:
+                    return tuple(factory(f, str(path)).size)
+                except Exception:  # noqa: BLE001 - not this format: try the next opener
+                    continue
+    except OSError:
+        pass
+    return None
 
 
 def _to_array(Image, image, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
@@ -135,6 +186,38 @@ def _to_array(Image, image, channels: int | None, size: tuple[int, int] | None) 
     return pixels
 
 
+def read_npy(path: str | Path) -> np.ndarray:
+    """Read a ``.npy`` array after checking that its header agrees with the file's size, so a
+    header declaring a huge shape is refused before anything is allocated.
+
+    Raises
+    ------
+    ImageError when the file is not a ``.npy`` array, holds Python objects, or its size
+    differs from what its header declares (truncated or padded).
+    """
+    path = Path(path)
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        declared = math.prod(shape) * dtype.itemsize
+        size = path.stat().st_size - offset
+        if declared != size:
+            raise ValueError(
+                f"its header declares shape {shape} ({declared} bytes); the file holds {size}"
+            )
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError, OverflowError) as exc:
+        raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
+
+
 def load_images(
     path: str | Path, channels: int | None = None, size: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -148,11 +231,7 @@ def load_images(
         raise ImageError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
-        return to_nchw(array, str(path))
+        return to_nchw(read_npy(path), str(path))
     if _is_idx(path):
         try:
             return to_nchw(read_idx(path), str(path))
