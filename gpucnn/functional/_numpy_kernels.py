@@ -98,9 +98,10 @@ def _tiled_max_pool_backward(grad_out, x, out, pool):
     return grad_x
 
 
-# Images per block of the pooled convolution: a block's im2col rows and convolution output stay
-# in the L2 cache between the GEMM and the pooling that reads them back.
-POOLED_CONV_BLOCK_BYTES = 1 << 20
+# Bytes of im2col rows and convolution output per block of images in the pooled convolution.
+# It bounds the temporaries of large batches. Blocks small enough for L2 (1-4 MiB) measured
+# slower on a shared 2-core Xeon: many small GEMMs cost more than the cache saves.
+POOLED_CONV_BLOCK_BYTES = 64 << 20
 
 
 def _pooled_conv_block(per_image_bytes: int) -> int:
@@ -147,7 +148,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool):
     for each image the outputs each window compares at its offset (di, dj) form one block
     (N, PKH*PKW, PH, PW, F), so the pooling is PKH*PKW - 1 contiguous ``maximum`` calls and
     the outputs no window covers (a trailing odd row/column) are never computed. Images go
-    in blocks whose im2col rows and convolution output stay in L2 between GEMM and pooling.
+    in blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
 
     Keeps, for the backward pass, the im2col rows (with their ones column) and one boolean
     per phase marking the window's first maximum (the element that takes the gradient).
@@ -209,8 +210,8 @@ def conv_relu_max_pool_backward_fast(
     """Gradients of :func:`conv_relu_max_pool_forward_fast` from its ``cache``.
 
     Only the elements that took a window's maximum (and were positive) receive gradient; the
-    gradient of the convolution output is formed one cache-sized block at a time, never for
-    the whole batch at once. Returns ``(grad_x or None,
+    gradient of the convolution output is formed from the pooled gradient and the saved
+    first-maximum flags with one contiguous multiply per block, not scattered. Returns ``(grad_x or None,
     grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
     """
     cols, first, out, block = cache

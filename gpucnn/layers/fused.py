@@ -55,11 +55,12 @@ class Conv2DReLUMaxPool2D:
     """Runs ``Conv2D, ReLU, MaxPool2D`` (pooling windows that do not overlap) as one step.
 
     Only one convolution output per pooling window receives a gradient, and outputs no
-    window covers receive none: the fused op (see
+    window covers receive none: on NumPy the fused op (see
     :func:`gpucnn.functional.conv.conv2d_relu_max_pool2d_forward`) computes the convolution
-    only where windows look, pools contiguous blocks and never forms the dense gradient of
-    the whole convolution output at once. Results equal the three layers' up to the order of
-    floating-point sums in the GEMMs.
+    only where windows look, pools contiguous blocks, and forms the convolution output's
+    gradient with one contiguous multiply instead of a strided scatter. Elsewhere it runs the
+    layers' own ops. Results equal the three layers' up to the order of floating-point sums
+    in the weight-gradient GEMM.
 
     Parameters
     ----------
