@@ -27,6 +27,7 @@ import numpy as np
 from gpucnn.architectures import architecture
 from gpucnn.backend import select_backend, synchronize, to_device
 from gpucnn.bench import INPUT_SHAPE, build_model
+from gpucnn.cuda_graph import training_step
 from gpucnn.optim import SGD
 
 
@@ -84,14 +85,13 @@ def time_torch(args, torch, model, x, y, optimizer) -> float:
     return args.batch_size * args.steps / (time.perf_counter() - start)
 
 
-def time_gpucnn(args, model, x, y, optimizer) -> float:
+def time_gpucnn(args, model, x, y, step) -> float:
     xp = model.xp
 
     def run():
         for _ in range(args.steps):
             if args.mode == "train":
-                model.loss_and_backward(x, y, check=False)
-                optimizer.step(model)
+                step(x, y)
             else:
                 model.forward(x, training=False, check=False)
 
@@ -116,10 +116,10 @@ def child(args) -> float:
     if args.child == "gpucnn":
         backend = select_backend(args.backend)
         model = build_model(args.model, backend)
-        optimizer = SGD(lr=0.01, momentum=0.9)
+        step = training_step(model, SGD(lr=0.01, momentum=0.9))
         x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
-        time_gpucnn(args, model, x, y, optimizer)  # warm-up
-        return time_gpucnn(args, model, x, y, optimizer)
+        time_gpucnn(args, model, x, y, step)  # warm-up (and, with CUDA graphs, recording)
+        return time_gpucnn(args, model, x, y, step)
     model = torch_model(args.model, torch).to(args.device)
     if args.mode == "infer":
         model.eval()

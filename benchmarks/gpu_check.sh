@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check (about 5 minutes on an H100/H200): the whole test suite with its CuPy tests,
-# kernel launches per training step with the CUDA kernels on and off, `gpucnn bench` on CuPy
-# (kernels on and off, per-layer profile), PyTorch CUDA comparisons, and 3 epochs of MNIST.
+# kernels per training step with the standard ops, the CUDA kernels and a CUDA graph,
+# `gpucnn bench` on CuPy in those three modes (per-layer profile), PyTorch CUDA comparisons,
+# and 3 epochs of MNIST with CUDA graphs off and on.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
 #
@@ -31,17 +32,20 @@ section "test suite (CuPy tests included)"
 $py -m pytest -q -p no:cacheprovider -rfs tests > "$results/tests.log" 2>&1 || { echo "FAILED: test suite"; status=1; }
 tail -n 30 "$results/tests.log"
 
-section "kernel launches and step time, CUDA kernels off/on"
+section "kernels and step time: standard ops, CUDA kernels, CUDA kernels + graph"
 run $py benchmarks/gpu_step_profile.py --batch-size 128 512 2048 --json "$results/step_profile.json"
 
 section "gpucnn bench on CuPy"
-for kernels in 0 1; do
-  echo "GPUCNN_CUDA_KERNELS=$kernels"
-  run env GPUCNN_CUDA_KERNELS=$kernels $py -m gpucnn bench --backend cupy --model reference \
-    --batch-size 128 512 2048 --infer-batch-size 1000 --json "$scratch/bench-$kernels.json"
+for mode in "0 0" "1 0" "1 1"; do
+  read -r kernels graphs <<<"$mode"
+  echo "GPUCNN_CUDA_KERNELS=$kernels GPUCNN_CUDA_GRAPHS=$graphs"
+  run env GPUCNN_CUDA_KERNELS=$kernels GPUCNN_CUDA_GRAPHS=$graphs $py -m gpucnn bench \
+    --backend cupy --model reference --batch-size 128 512 2048 --infer-batch-size 1000 \
+    --json "$scratch/bench-kernels$kernels-graphs$graphs.json"
 done
 
-section "PyTorch CUDA comparisons"
+section "PyTorch CUDA comparisons (CUDA kernels and graphs on)"
+export GPUCNN_CUDA_GRAPHS=1
 for batch in 128 512 2048; do
   run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size "$batch" \
     --pairs 3 --json "$scratch/torch-train-$batch.json"
@@ -49,10 +53,13 @@ done
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
   --steps 20 --pairs 3 --json "$scratch/torch-infer-1000.json"
 
-section "MNIST, reference, 3 epochs"
+section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()
 [ -d "$mnist" ] && data_args=(--data-dir "$mnist" --no-download)
-run $py -m gpucnn train --dataset mnist "${data_args[@]}" --backend cupy --out "$scratch/mnist"
+for graphs in 0 1; do
+  run env GPUCNN_CUDA_GRAPHS=$graphs $py -m gpucnn train --dataset mnist "${data_args[@]}" \
+    --backend cupy --out "$scratch/mnist-graphs$graphs"
+done
 
 $py - "$scratch" "$results" <<'EOF'
 import glob, json, os, sys
@@ -60,9 +67,10 @@ scratch, results = sys.argv[1:]
 merged = {}
 for path in sorted(glob.glob(os.path.join(scratch, "*.json"))):
     merged[os.path.basename(path)[:-5]] = json.load(open(path))
-metrics = os.path.join(scratch, "mnist", "metrics.json")
-if os.path.exists(metrics):
-    merged["mnist_metrics"] = json.load(open(metrics))
+for graphs in ("0", "1"):
+    metrics = os.path.join(scratch, f"mnist-graphs{graphs}", "metrics.json")
+    if os.path.exists(metrics):
+        merged[f"mnist_metrics_graphs{graphs}"] = json.load(open(metrics))
 json.dump(merged, open(os.path.join(results, "results.json"), "w"), indent=2)
 print("wrote", os.path.join(results, "results.json"), "with", sorted(merged))
 EOF

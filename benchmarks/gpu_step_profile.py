@@ -1,9 +1,10 @@
-"""Kernel launches and time of one training step on the GPU, CUDA kernels on and off.
+"""Kernels and time of one training step on the GPU: standard ops, CUDA kernels, CUDA graph.
 
 Needs CuPy with a GPU, and PyTorch for its profiler: CUPTI records every kernel the process
 launches, CuPy's included. For each batch size and each setting of ``GPUCNN_CUDA_KERNELS``
 it warms up, records one step (forward, loss, backward, SGD-momentum update) and counts the
 kernels and memory operations by name, then times ``--steps`` steps (median of ``--repeats``).
+In the graph mode the count is of the kernels the replayed graph runs, launched at once.
 Also times the dropout mask draw of :class:`gpucnn.random.Random` on the device.
 
     python benchmarks/gpu_step_profile.py --model reference --batch-size 128 512 --json out.json
@@ -20,14 +21,10 @@ import time
 
 from gpucnn.backend import select_backend, synchronize
 from gpucnn.bench import build_model, synthetic_batch
+from gpucnn.cuda_graph import GRAPHS_ENV, training_step
 from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
 from gpucnn.optim import SGD
 from gpucnn.random import Random
-
-
-def training_step(model, optimizer, x, y) -> None:
-    model.loss_and_backward(x, y, check=False)
-    optimizer.step(model)
 
 
 def count_launches(step, xp) -> dict:
@@ -93,15 +90,20 @@ def main() -> None:
     backend = select_backend("cupy")
     xp = backend.xp
     report = {"model": args.model, "runs": []}
+    modes = {  # name: (GPUCNN_CUDA_KERNELS, GPUCNN_CUDA_GRAPHS)
+        "standard ops": ("0", "0"),
+        "CUDA kernels": ("1", "0"),
+        "CUDA kernels + graph": ("1", "1"),
+    }
     for batch_size in args.batch_size:
-        for kernels in ("0", "1"):
-            os.environ[CUDA_KERNELS_ENV] = kernels
+        for mode, (kernels, graphs) in modes.items():
+            os.environ[CUDA_KERNELS_ENV], os.environ[GRAPHS_ENV] = kernels, graphs
             model = build_model(args.model, backend)
-            optimizer = SGD(lr=0.01, momentum=0.9)
             x, y = synthetic_batch(model, batch_size, seed=0)
+            step_function = training_step(model, SGD(lr=0.01, momentum=0.9))
 
-            def step(model=model, optimizer=optimizer, x=x, y=y):
-                training_step(model, optimizer, x, y)
+            def step(step_function=step_function, x=x, y=y):
+                step_function(x, y)
 
             for _ in range(3):
                 step()
@@ -112,19 +114,22 @@ def main() -> None:
             seconds = median_seconds(step, xp, args.steps, args.repeats)
             run = {
                 "batch_size": batch_size,
-                "cuda_kernels": kernels == "1",
+                "mode": mode,
                 "step_ms": 1e3 * seconds,
                 "train_images_per_second": batch_size / seconds,
+                **getattr(step_function, "describe", dict)(),
                 **launches,
             }
             report["runs"].append(run)
             print(
-                f"batch {batch_size:>5} kernels {'on ' if kernels == '1' else 'off'}: "
-                f"{run.get('launches', '?')} launches, GPU {run.get('gpu_time_us', 0):.0f} us, "
-                f"step {run['step_ms']:.3f} ms, {run['train_images_per_second']:.0f} img/s",
+                f"batch {batch_size:>5} {mode:<21}: {run.get('launches', '?')} kernels, "
+                f"GPU {run.get('gpu_time_us', 0):.0f} us, step {run['step_ms']:.3f} ms, "
+                f"{run['train_images_per_second']:.0f} img/s"
+                + (f" [{run['disabled_because']}]" if run.get("disabled_because") else ""),
                 flush=True,
             )
     os.environ.pop(CUDA_KERNELS_ENV, None)
+    os.environ.pop(GRAPHS_ENV, None)
     report["random"] = random_draw_cost(xp)
     print("dropout draw:", json.dumps(report["random"]))
     if args.json:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .architectures import architecture
 from .backend import blas_info, device_info, select_backend, synchronize, to_device
+from .cuda_graph import training_step
 from .model import Sequential
 from .optim import SGD
 from .resources import peak_rss_mib
@@ -55,11 +56,11 @@ def train_throughput(model: Sequential, batch_size: int, steps: int, repeats: in
     xp = model.xp
     x, y = synthetic_batch(model, batch_size, seed=0)
     optimizer = SGD(lr=0.01, momentum=0.9)
+    step = training_step(model, optimizer)
 
     def run():
         for _ in range(steps):
-            model.loss_and_backward(x, y, check=False)
-            optimizer.step(model)
+            step(x, y)
 
     _median_time(run, 1, xp)  # warm-up: allocator, BLAS threads, kernels
     return batch_size * steps / _median_time(run, repeats, xp)

@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend
+from .layers import Dense, Flatten
 from .model import Sequential
 
 FORMAT = "gpucnn-checkpoint"
-VERSION = 1
+# Version 2: the rows of a Dense weight that follows Flatten are in the public (C, H, W)
+# feature order. Version 1 stored them in the internal (H, W, C) order; such files are
+# converted on load (weights and optimizer buffers), so they predict exactly as before.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -90,13 +95,46 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(
             f"{path}: expected format {FORMAT!r}; received {meta.get('format')!r}"
         )
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: expected checkpoint version {VERSION}; received {meta.get('version')!r}"
+            f"{path}: expected checkpoint version {' or '.join(map(str, READABLE_VERSIONS))} "
+            f"(a newer gpucnn may have written it); received {meta.get('version')!r}"
         )
     params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+    if meta["version"] == 1:
+        _upgrade_version_1(path, meta, params, optim)
     return Checkpoint(meta, params, optim)
+
+
+def _upgrade_version_1(
+    path: Path, meta: dict[str, Any], params: dict[str, np.ndarray], optim: dict[str, np.ndarray]
+) -> None:
+    """Reorder, in place, the rows of each Dense weight after an image Flatten from the
+    version-1 (H, W, C) order to the (C, H, W) order, with the optimizer buffers of the same
+    weight (e.g. ``dense_1.weight/velocity``); then mark ``meta`` as the current version."""
+    try:
+        model = Sequential.from_config(meta["architecture"], backend="numpy")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
+    image = None  # the internal (H, W, C) shape a Flatten received, until the next Dense
+    for layer in model.layers:
+        if isinstance(layer, Flatten):
+            image = layer.input_shape if len(layer.input_shape) == 3 else None
+        elif isinstance(layer, Dense) and image is not None:
+            H, W, C = image
+            name = f"{layer.name}.weight"
+            buffers = [(optim, key) for key in optim if key.startswith(name + "/")]
+            for store, key in [(params, name), *buffers]:
+                rows = store.get(key)
+                if rows is not None and rows.ndim == 2 and rows.shape[0] == H * W * C:
+                    hwc = rows.reshape(H, W, C, rows.shape[1])
+                    store[key] = np.ascontiguousarray(
+                        hwc.transpose(2, 0, 1, 3).reshape(C * H * W, rows.shape[1])
+                    )
+            image = None
+    meta["upgraded_from_version"] = meta["version"]
+    meta["version"] = VERSION
 
 
 def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:

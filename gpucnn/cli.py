@@ -1,4 +1,4 @@
-"""The ``gpucnn`` command: train | evaluate | predict | info | bench.
+"""The ``gpucnn`` command: train | evaluate | predict | info | bench | export | report.
 
 Exit codes: 0 success; 2 a user error (bad flag, missing or corrupt file, bad architecture
 or checkpoint), printed as one line on stderr; 3 training diverged; 130/143 interrupted by
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="DIR", help="continue the run saved in DIR/checkpoint.npz"
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--report",
+        action="store_true",
+        help="also draw the pictures of 'gpucnn report' (needs [plot])",
+    )
 
     ev = sub.add_parser(
         "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
@@ -129,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-layer breakdown")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+
+    export = sub.add_parser("export", help="write a model as ONNX (opset 17) for ONNX Runtime")
+    export.add_argument("model_path", metavar="MODEL.npz")
+    export.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="the .onnx file (default: MODEL.onnx beside MODEL.npz)",
+    )
+    export.add_argument(
+        "--probabilities", action="store_true", help="add a softmax output 'probabilities'"
+    )
+    export.add_argument(
+        "--check",
+        action="store_true",
+        help="run the file in ONNX Runtime on random inputs and print the largest difference",
+    )
+
+    rep = sub.add_parser("report", help="pictures of a run: curves, confusion, filters, mistakes")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'gpucnn train'")
+    rep.add_argument("--data-dir")
+    rep.add_argument("--no-download", action="store_true")
+    rep.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     return parser
 
 
@@ -136,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_flags(args)
     run, out, checkpoint = _resolve_run(args)
+    if args.report:  # refused before training, not after it
+        from .report import require_matplotlib
+
+        require_matplotlib()
     data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
         data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
@@ -162,10 +194,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
     save_checkpoint(out / "model.npz", model, run=run)
     metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    # what `gpucnn report` draws without the test images: the confusion matrix, named classes
+    tested = classification_report(data, model.predict(data.x_test))
+    metrics.update(classes=tested["classes"], confusion_matrix=tested["confusion_matrix"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
     )
+    if args.report:
+        _write_report(out, model, metrics, data)
     return 0
 
 
@@ -357,12 +394,79 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import OPSET, compare_with_onnxruntime, export_onnx, require_onnx
+
+    require_onnx()  # before loading the model: a missing extra is the likelier mistake
+    model, _ = load_model(args.model_path, backend="numpy")
+    output = Path(args.output) if args.output else Path(args.model_path).with_suffix(".onnx")
+    export_onnx(model, output, probabilities=args.probabilities)
+    outputs = "logits, probabilities" if args.probabilities else "logits"
+    print(
+        f"wrote {output} ({output.stat().st_size:,} bytes, ONNX opset {OPSET}): input "
+        f"{('N', *model.input_shape)} float32 -> {outputs} {('N', *model.output_shape)}".replace(
+            "'", ""
+        )
+    )
+    if args.check:
+        largest = compare_with_onnxruntime(model, output)
+        print(f"ONNX Runtime vs gpucnn at batch 1 and 7: largest difference {largest:.2e}")
+    return 0
+
+
+# ---------------------------------------------------------------------- report
+def _write_report(
+    out: Path, model: Sequential | None, metrics: dict[str, Any], data: Dataset | None
+) -> None:
+    from .report import write_report
+
+    test = (data.x_test, data.y_test) if data is not None else None
+    report = write_report(out, model, metrics, test, data.classes if data is not None else None)
+    for path in report.files.values():
+        print(f"  {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+    for note in report.notes:
+        print(f"  left out {note}")
+    print(
+        f"report written to {report.folder / 'index.html'} in {report.seconds:.1f} s "
+        f"({report.predict_seconds:.1f} s of it predicting the test set)"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import require_matplotlib
+
+    require_matplotlib()
+    folder = Path(args.run_dir)
+    if not (folder / "metrics.json").is_file():
+        raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
+    model = None
+    if (folder / "model.npz").is_file():
+        model, _ = load_model(folder / "model.npz", backend=args.backend)
+    run = metrics.get("run") or {}
+    data = None
+    if model is not None and metrics.get("dataset") in DATASETS:
+        data = load_dataset(
+            metrics["dataset"],
+            args.data_dir or run.get("data_dir"),
+            not args.no_download,
+            run.get("seed", 0),
+        )
+    _write_report(folder, model, metrics, data)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "info": cmd_info,
     "bench": cmd_bench,
+    "export": cmd_export,
+    "report": cmd_report,
 }
 
 

@@ -7,7 +7,9 @@ are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -89,6 +91,7 @@ class Sequential:
         self.output_shape = public_shape(inner)
         self.steps = plan(self.layers)  # fused layer runs, see gpucnn.layers.fused
         self._backward_ready = False  # set by a training forward pass
+        self._batch_size = 0  # N of the last forward pass, which backward must match
 
     # ------------------------------------------------------------------ forward / backward
     def forward(
@@ -109,17 +112,22 @@ class Sequential:
         Returns
         -------
         out : array of shape (N, *output_shape) in the model's namespace (logits for a
-            classifier).
+            classifier); a model whose output is an image returns it as (N, C, H, W).
         """
         x = self._prepare_input(x, check)
         self._backward_ready = training
+        self._batch_size = x.shape[0]
         for step in self.steps:
             if step_hook is None:
                 x = step.forward(x, training)
             else:
                 with step_hook(step.name, "forward"):
                     x = step.forward(x, training)
-        return x
+        return self._to_public(x)
+
+    def _to_public(self, out: Array) -> Array:
+        """An internal (N, OH, OW, F) image output as (N, F, OH, OW); flat outputs unchanged."""
+        return self.xp.permute_dims(out, (0, 3, 1, 2)) if out.ndim == 4 else out
 
     def backward(
         self,
@@ -131,12 +139,26 @@ class Sequential:
 
         Sets each parameter's ``grad`` and returns the gradient with respect to the input, of
         shape (N, *input_shape), or None when ``need_input_grad`` is False (which spares the
-        first layer's input-gradient GEMM, as training does). ``step_hook`` as in
-        :meth:`forward`, called with ``"backward"``.
+        first layer's input-gradient GEMM, as training does). Both are in the public layout:
+        (N, C, H, W) for images. ``step_hook`` as in :meth:`forward`, called with
+        ``"backward"``.
+
+        Raises
+        ------
+        ValueError : ``grad_out`` is not of shape (N, *output_shape) for the N of the last
+            forward pass; the message names the output layer.
         """
         if not self._backward_ready:
             raise RuntimeError("backward() needs a preceding forward(x, training=True)")
-        g = grad_out
+        expected = (self._batch_size, *self.output_shape)
+        received = tuple(grad_out.shape) if hasattr(grad_out, "shape") else None
+        if received != expected:
+            raise self.layers[-1].error(
+                f"expected a gradient of the model output's shape {expected} (public layout, "
+                f"N of the last forward pass); received "
+                f"{received if received is not None else type(grad_out).__name__}"
+            )
+        g = self.xp.permute_dims(grad_out, (0, 2, 3, 1)) if grad_out.ndim == 4 else grad_out
         for index in range(len(self.steps) - 1, -1, -1):
             step, need = self.steps[index], index > 0 or need_input_grad
             if step_hook is None:
@@ -263,6 +285,18 @@ class Sequential:
             backend=backend,
             seed=seed,
         )
+
+    def to_onnx(self, path: str | os.PathLike, probabilities: bool = False) -> Path:
+        """Write this model as an ONNX file (opset 17) for ONNX Runtime and other consumers.
+
+        Input ``images`` (N, C, H, W) float32, output ``logits`` (and ``probabilities`` if
+        asked). Needs the ``onnx`` package (``pip install "gpucnn[onnx]"``); see
+        :mod:`gpucnn.export` for the graph. Raises ``ExportError`` (a ``ValueError``) for a
+        layer that has no ONNX counterpart.
+        """
+        from .export import export_onnx
+
+        return export_onnx(self, path, probabilities=probabilities)
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) a table of each layer's output shape and parameter count."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .backend import Array, namespace, to_device, to_numpy
+from .functional._dispatch import cuda_kernels
 from .parameter import Parameter
 from .registry import Registry
 
@@ -97,9 +98,15 @@ class Optimizer:
         if self.clip_norm is not None:
             clip_grad_norm(parameters, self.clip_norm, square_norm)
         self.steps += 1
-        for p in parameters:
-            slots = self.state.setdefault(p.name, {})
-            self._update(p, slots, self.weight_decay if p.decay else 0.0)
+        updates = [
+            (p, self.state.setdefault(p.name, {}), self.weight_decay if p.decay else 0.0)
+            for p in parameters
+        ]
+        cuda = cuda_kernels(namespace(updates[0][0].data)) if updates else None
+        if cuda is not None and self._fused_update(cuda, updates):
+            return
+        for p, slots, decay in updates:
+            self._update(p, slots, decay)
 
     def _adopt_restored_state(self, parameters: list[Parameter]) -> None:
         """Move host buffers from :meth:`load_state_dict` to each parameter's device and dtype."""
@@ -123,6 +130,11 @@ class Optimizer:
 
     def _update(self, p: Parameter, slots: dict[str, Array], decay: float) -> None:
         raise NotImplementedError
+
+    def _fused_update(self, cuda: Any, updates: list[tuple[Parameter, dict, float]]) -> bool:
+        """Update every parameter with the CUDA kernels (a few launches for the whole model);
+        False, having changed nothing, where they do not apply."""
+        return False
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments with the registered name under ``"type"``."""
@@ -260,6 +272,19 @@ class SGD(Optimizer):
         if velocity is not None:
             slots["velocity"] = velocity
 
+    def _fused_update(self, cuda, updates):
+        if self.momentum:
+            for p, slots, _ in updates:
+                if "velocity" not in slots:
+                    # zeros: the kernel's first v = momentum * 0 + g is the gradient itself
+                    slots["velocity"] = namespace(p.data).zeros_like(p.data)
+        return cuda.sgd_multi(
+            [(p.data, p.grad, slots.get("velocity", p.data), decay) for p, slots, decay in updates],
+            self.lr,
+            self.momentum,
+            self.nesterov,
+        )
+
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
@@ -298,6 +323,20 @@ class Adam(Optimizer):
             p.data, p.grad, slots["m"], slots["v"], self.lr, self.beta1, self.beta2, self.eps,
             decay, self.steps,
         )  # fmt: skip
+
+    def _fused_update(self, cuda, updates):
+        for p, slots, _ in updates:
+            if "m" not in slots:
+                slots["m"] = namespace(p.data).zeros_like(p.data)
+                slots["v"] = namespace(p.data).zeros_like(p.data)
+        return cuda.adam_multi(
+            [(p.data, p.grad, s["m"], s["v"], self.lr * decay) for p, s, decay in updates],
+            self.lr / (1.0 - self.beta1**self.steps),
+            self.beta1,
+            self.beta2,
+            self.eps,
+            math.sqrt(1.0 - self.beta2**self.steps),
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

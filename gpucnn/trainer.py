@@ -33,6 +33,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from .cuda_graph import GraphedStep, training_step
 from .functional.losses import check_labels, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
@@ -228,6 +229,9 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.epoch = 0  # completed epochs
+        step = training_step(self.model, self.optimizer)
+        # a CUDA-graph step (GPUCNN_CUDA_GRAPHS=1 on CuPy), else None: the loop runs eagerly
+        self._graphed_step = step if isinstance(step, GraphedStep) else None
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False
         self._position: dict[str, Any] | None = None  # inside an interrupted epoch
@@ -376,12 +380,18 @@ class Trainer:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
         model, xp = self.model, self.model.xp
         xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
-        loss, logits = model.loss_and_backward(xb, yb, check=False)
         check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
-        if check_now:  # a host read: on a GPU only every GPU_CHECK_EVERY batches
-            grad_sq = grad_square_norm(model.parameters())
-            self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
-        self.optimizer.step(model)
+        if self._graphed_step is not None:  # the update is part of the replayed graph
+            loss, logits = self._graphed_step(xb, yb)
+            if check_now:
+                grad_sq = grad_square_norm(model.parameters())
+                self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+        else:
+            loss, logits = model.loss_and_backward(xb, yb, check=False)
+            if check_now:  # a host read: on a GPU only every GPU_CHECK_EVERY batches
+                grad_sq = grad_square_norm(model.parameters())
+                self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+            self.optimizer.step(model)
         count = index.shape[0]
         epoch.loss_sum = epoch.loss_sum + xp.astype(loss, xp.float64) * count
         epoch.correct = epoch.correct + count_correct(logits, yb)

@@ -27,6 +27,8 @@ from gpucnn.functional import (
 )
 from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
 from gpucnn.functional._numpy_kernels import fill_windows_fast, max_pool_backward_fast
+from gpucnn.optim import SGD, Adam
+from gpucnn.parameter import Parameter
 
 # ------------------------------------------------------------------------------- NumPy
 
@@ -263,3 +265,35 @@ def test_cuda_dropout_draw_equals_the_host_draw(cupy, dtype, monkeypatch):
 
     fast, standard = run_both(monkeypatch, compute)
     np.testing.assert_array_equal(fast[0], standard[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+        lambda: SGD(lr=0.1),
+        lambda: Adam(lr=0.01, weight_decay=0.1),
+    ],
+    ids=["sgd-momentum-decay", "nesterov", "plain-sgd", "adam-decay"],
+)
+def test_cuda_optimizer_updates_equal_the_standard_code(cupy, dtype, monkeypatch, make):
+    rng = np.random.default_rng(5)
+    shapes = [(6, 4), (4,), (3, 2, 3, 3)] * 4  # 12 parameters: two launches of 8 slots
+    starts = [rng.standard_normal(shape) for shape in shapes]
+    grads = [[rng.standard_normal(shape) for shape in shapes] for _ in range(3)]
+
+    def compute():
+        parameters = [
+            Parameter(cupy.asarray(start, dtype=dtype), f"p{i}", decay=i % 2 == 0)
+            for i, start in enumerate(starts)
+        ]
+        optimizer = make()
+        for step in grads:
+            for p, grad in zip(parameters, step, strict=True):
+                g = cupy.asarray(grad, dtype=dtype)
+                p.grad = g.T.copy().T if g.ndim == 2 else g  # a non-contiguous gradient too
+            optimizer.step(parameters)
+        return [p.data for p in parameters]
+
+    assert_close(*run_both(monkeypatch, compute), dtype)

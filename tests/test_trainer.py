@@ -185,7 +185,10 @@ def test_learning_rate_schedules():
 def test_adam_trains():
     x, y, xv, yv = digits(600)
     history = Trainer(net(), Adam(1e-2), log=None).fit(x, y, (xv, yv), epochs=4, batch_size=32)
-    assert history["val_accuracy"][-1] > 0.8
+    # a bar every seed clears: over seeds 0-5 the loss falls from ~2.0 to 0.26-0.41 and the
+    # accuracy on these 100 validation images reaches 0.70-0.89
+    assert history["loss"][-1] < history["loss"][0] / 3
+    assert history["val_accuracy"][-1] > 0.65
 
 
 @pytest.mark.parametrize(

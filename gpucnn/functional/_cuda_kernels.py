@@ -554,6 +554,7 @@ def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
     ``velocity`` is ignored (pass ``param``) when momentum is 0. Returns False, having changed
     nothing, when the kernels do not apply.
     """
+    slots = [(p, cupy.ascontiguousarray(g), v, d) for p, g, v, d in slots]
     if not _uniform_buffers([(p, g, v) for p, g, v, _ in slots]):
         return False
     t = slots[0][0].dtype.type
@@ -566,6 +567,7 @@ def sgd_multi(slots, lr: float, momentum: float, nesterov: bool) -> bool:
 def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
     """Adam update of every ``(param, grad, m, v, decay_step)`` in place, SLOTS per launch;
     False, having changed nothing, when the kernels do not apply."""
+    slots = [(p, cupy.ascontiguousarray(g), m, v, d) for p, g, m, v, d in slots]
     if not _uniform_buffers([(p, g, m, v) for p, g, m, v, _ in slots]):
         return False
     t = slots[0][0].dtype.type
@@ -578,3 +580,112 @@ def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
         (t(step), t(beta1), t(beta2), t(eps), t(root_correction2)),
     )
     return True
+
+
+# ------------------------------------------------------------------ GEMM for CUDA graphs
+# CuPy refuses any cuBLAS call while a stream is captured into a CUDA graph (its binding
+# raises before cublasSetStream), although cuBLAS itself supports capture given a workspace
+# of its own. So a captured training step calls cublasSgemm/cublasDgemm through ctypes on a
+# handle of ours, whose stream is set before the capture begins.
+
+
+class _Cublas:
+    """A cuBLAS handle with its own workspace, called through ctypes."""
+
+    WORKSPACE_BYTES = 32 * 2**20
+
+    def __init__(self):
+        import ctypes
+
+        self.ctypes = ctypes
+        self.lib = ctypes.CDLL(_cublas_path())
+        handle = ctypes.c_void_p()
+        self._check(self.lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        self.handle = handle
+        self.workspace = cupy.empty(self.WORKSPACE_BYTES, dtype=cupy.uint8)
+        self._check(
+            self.lib.cublasSetWorkspace_v2(
+                handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(self.WORKSPACE_BYTES)
+            ),
+            "cublasSetWorkspace",
+        )  # fmt: skip
+        self.stream = None
+        self.one = {t: np.ones(1, dtype=t) for t in (np.float32, np.float64)}
+        self.zero = {t: np.zeros(1, dtype=t) for t in (np.float32, np.float64)}
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+    def use_stream(self, stream_ptr: int) -> None:
+        if stream_ptr != self.stream:
+            self._check(
+                self.lib.cublasSetStream_v2(self.handle, self.ctypes.c_void_p(stream_ptr)),
+                "cublasSetStream",
+            )
+            self.stream = stream_ptr
+
+    def gemm(self, a, b, out) -> None:
+        """out (M, N) = a (M, K) @ b (K, N); row-major operands, each C- or F-contiguous.
+
+        cuBLAS is column-major: it computes out^T = b^T a^T, and a C-contiguous row-major
+        matrix is its own transpose in column-major order (an F-contiguous one is not).
+        """
+        c = self.ctypes
+        M, K = a.shape
+        N = b.shape[1]
+        op_b, ld_b = (0, N) if b.flags.c_contiguous else (1, K)
+        op_a, ld_a = (0, K) if a.flags.c_contiguous else (1, M)
+        t = np.float32 if out.dtype == np.float32 else np.float64
+        function = self.lib.cublasSgemm_v2 if t is np.float32 else self.lib.cublasDgemm_v2
+        self.use_stream(cupy.cuda.get_current_stream().ptr)
+        status = function(
+            self.handle, c.c_int(op_b), c.c_int(op_a), c.c_int(N), c.c_int(M), c.c_int(K),
+            c.c_void_p(self.one[t].ctypes.data), c.c_void_p(b.data.ptr), c.c_int(max(ld_b, 1)),
+            c.c_void_p(a.data.ptr), c.c_int(max(ld_a, 1)), c.c_void_p(self.zero[t].ctypes.data),
+            c.c_void_p(out.data.ptr), c.c_int(max(N, 1)),
+        )  # fmt: skip
+        self._check(status, "cublasGemm")
+
+
+def _cublas_path() -> str:
+    """The cuBLAS library this process uses (loaded by CuPy's first GEMM)."""
+    cupy.matmul(cupy.ones((2, 2), dtype=cupy.float32), cupy.ones((2, 2), dtype=cupy.float32))
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("libcublas.so"):
+                return path
+    raise RuntimeError(
+        "expected CuPy to have loaded libcublas; found no libcublas.so in this process"
+    )
+
+
+@cache
+def cublas() -> _Cublas:
+    """The process's :class:`_Cublas` (created on first use)."""
+    return _Cublas()
+
+
+def gemm(a, b):
+    """``a @ b`` for 2-D float CuPy arrays, each C- or F-contiguous, through :func:`cublas`;
+    None for any other operands."""
+    if (
+        a.ndim != 2
+        or b.ndim != 2
+        or a.shape[1] != b.shape[0]
+        or a.dtype != b.dtype
+        or a.dtype.name not in PRELUDE
+        or not (a.flags.c_contiguous or a.flags.f_contiguous)
+        or not (b.flags.c_contiguous or b.flags.f_contiguous)
+        or max(a.size, b.size, a.shape[0] * b.shape[1]) > INT_LIMIT
+    ):
+        return None
+    out = cupy.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    if out.size and a.shape[1]:
+        cublas().gemm(a, b, out)
+    else:
+        out.fill(0)
+    return out

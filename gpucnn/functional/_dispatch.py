@@ -7,6 +7,7 @@ code on CuPy too), for comparison and as an escape hatch.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from types import ModuleType
 
 from ..backend import is_cupy
@@ -21,3 +22,34 @@ def cuda_kernels(xp: ModuleType) -> ModuleType | None:
     from . import _cuda_kernels  # imports CuPy: only reached with CuPy arrays
 
     return _cuda_kernels
+
+
+_capturing = False  # set while a CUDA graph records a training step
+
+
+@contextmanager
+def graph_capture():
+    """While active, every GEMM of the ops goes through :func:`_cuda_kernels.gemm`: CuPy
+    refuses to call cuBLAS while a stream is being captured into a CUDA graph."""
+    global _capturing
+    _capturing = True
+    try:
+        yield
+    finally:
+        _capturing = False
+
+
+def matmul(xp: ModuleType, a, b):
+    """``xp.matmul(a, b)`` for 2-D operands; inside :func:`graph_capture`, cuBLAS called
+    directly (a layout it does not handle raises, which abandons the capture)."""
+    if _capturing:
+        from . import _cuda_kernels
+
+        out = _cuda_kernels.gemm(a, b)
+        if out is None:
+            raise NotImplementedError(
+                f"expected C- or F-contiguous float operands for a captured GEMM; received "
+                f"shapes {a.shape} and {b.shape}"
+            )
+        return out
+    return xp.matmul(a, b)

@@ -8,7 +8,7 @@ The weight keeps the public layout (F, C, KH, KW); it is rearranged to the GEMM'
 from __future__ import annotations
 
 from ..backend import Array, namespace
-from ._dispatch import cuda_kernels
+from ._dispatch import cuda_kernels, matmul
 from ._numpy_kernels import conv_relu_max_pool_backward_fast, conv_relu_max_pool_forward_fast
 from .im2col import Padding, Pair, col2im, im2col, pad2d, unpad2d
 from .pooling import max_pool2d_backward, max_pool2d_forward
@@ -50,7 +50,7 @@ def conv2d_forward(
         cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
         w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
     N, OH, OW, L = cols.shape
-    out = xp.matmul(xp.reshape(cols, (N * OH * OW, L)), w_and_b)
+    out = matmul(xp, xp.reshape(cols, (N * OH * OW, L)), w_and_b)
     return xp.reshape(out, (N, OH, OW, F)), cols
 
 
@@ -86,7 +86,7 @@ def conv2d_backward(
     K = KH * KW * C
     g = xp.reshape(grad_out, (N * OH * OW, F))
     # one GEMM gives both: the ones column of cols turns row K into sum(g, axis=0)
-    grad_wb = xp.matmul(xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, L))), g)
+    grad_wb = matmul(xp, xp.matrix_transpose(xp.reshape(cols, (N * OH * OW, L))), g)
     grad_weight = xp.permute_dims(xp.reshape(grad_wb[:K, :], (KH, KW, C, F)), (3, 2, 0, 1))
     grad_bias = grad_wb[K, :]
     if not need_input_grad:
@@ -96,7 +96,7 @@ def conv2d_backward(
     if w_matrix is not None:
         # one GEMM to pixel-major columns, then one kernel in which each input element
         # gathers its own contributions (no padded intermediate, no atomics)
-        grad_cols = xp.matmul(g, xp.matrix_transpose(w_matrix))
+        grad_cols = matmul(xp, g, xp.matrix_transpose(w_matrix))
         grad_x = cuda.col2im(grad_cols, x_shape, (KH, KW), stride, padding)
         if grad_x is not None:
             return grad_x, grad_weight, grad_bias

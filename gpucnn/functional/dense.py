@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._dispatch import matmul
 
 
 def dense_forward(x: Array, weight: Array, bias: Array) -> Array:
@@ -19,7 +20,7 @@ def dense_forward(x: Array, weight: Array, bias: Array) -> Array:
     out : array of shape (N, O)
     """
     xp = namespace(x, weight, bias)
-    out = xp.matmul(x, weight)
+    out = matmul(xp, x, weight)
     out += bias
     return out
 
@@ -36,7 +37,7 @@ def dense_backward(
     grad_bias : array of shape (O,)
     """
     xp = namespace(grad_out, x, weight)
-    grad_weight = xp.matmul(xp.matrix_transpose(x), grad_out)
+    grad_weight = matmul(xp, xp.matrix_transpose(x), grad_out)
     grad_bias = xp.sum(grad_out, axis=0)
-    grad_x = xp.matmul(grad_out, xp.matrix_transpose(weight)) if need_input_grad else None
+    grad_x = matmul(xp, grad_out, xp.matrix_transpose(weight)) if need_input_grad else None
     return grad_x, grad_weight, grad_bias

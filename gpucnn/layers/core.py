@@ -80,17 +80,30 @@ class ReLU(Layer):
 
 @LAYERS.register("Flatten")
 class Flatten(Layer):
-    """Flatten each sample: (N, H, W, C) -> (N, H*W*C), in the internal channels-last order."""
+    """Flatten each sample into features in the public ``(C, H, W)`` order.
+
+    Input (N, H, W, C) (channels-last inside a model) -> output (N, C*H*W), ordered as an NCHW
+    network (PyTorch, ONNX) orders them, so the weight of a following Dense loads unchanged
+    there. Costs one small copy of the activations each way; a flat (N, D) input passes through.
+    """
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         return (math.prod(input_shape),)
 
     def forward(self, x: Array, training: bool = True) -> Array:
         self.check_input(x)
-        return namespace(x).reshape(x, (x.shape[0], *self.output_shape))
+        xp = namespace(x)
+        if x.ndim == 4:
+            x = xp.permute_dims(x, (0, 3, 1, 2))
+        return xp.reshape(x, (x.shape[0], *self.output_shape))
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        return namespace(grad_out).reshape(grad_out, (grad_out.shape[0], *self.input_shape))
+        xp = namespace(grad_out)
+        if len(self.input_shape) != 3:
+            return xp.reshape(grad_out, (grad_out.shape[0], *self.input_shape))
+        H, W, C = self.input_shape
+        grad = xp.reshape(grad_out, (grad_out.shape[0], C, H, W))
+        return xp.permute_dims(grad, (0, 2, 3, 1))
 
 
 @LAYERS.register("Dropout")

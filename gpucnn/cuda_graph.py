@@ -1,0 +1,178 @@
+"""One training step as a function, replayed as a CUDA graph on a GPU where that applies.
+
+On a GPU a small-batch step is bound by the host: each of its ~40 kernel launches costs
+Python and driver time while the GPU idles. A CUDA graph records the whole step (forward,
+loss, backward, optimizer update) once and replays it with one launch. It applies when:
+
+* the backend is CuPy and ``GPUCNN_CUDA_GRAPHS`` is ``1`` (switched on by default only where
+  a GPU run has shown it correct and faster; ``0`` forces it off);
+* the optimizer is :class:`~gpucnn.optim.SGD` (Adam's bias corrections change every step
+  and would be frozen into the graph) and the model draws no dropout masks (the draw number
+  would be frozen too);
+* the batch has the shape the graph was recorded with (an epoch's last, smaller batch runs
+  eagerly).
+
+The learning rate and the addresses of the weights and optimizer buffers are frozen into the
+recording, so when one changes (a schedule's next epoch, a restored checkpoint) the next
+batch runs eagerly and the one after records the step again. Everything the step allocates while recording is kept alive
+with the graph, so no later allocation can reuse memory the graph writes to. A step that
+cannot be recorded (for instance a GEMM with an operand layout the captured path does not
+handle) falls back to eager steps for good, with the reason kept in ``disabled_because``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .backend import Array, is_cupy
+from .functional._dispatch import graph_capture
+
+GRAPHS_ENV = "GPUCNN_CUDA_GRAPHS"
+
+StepFunction = Callable[[Array, Array], tuple[Array, Array]]
+
+
+def training_step(model, optimizer) -> StepFunction:
+    """A function ``step(x, labels) -> (loss, logits)`` that trains ``model`` on one batch.
+
+    It runs forward, softmax cross-entropy, backward and ``optimizer.step``; ``x`` and
+    ``labels`` are arrays on the model's device, the results stay there. Where CUDA graphs
+    apply (see the module docstring) the step is a :class:`GraphedStep`.
+    """
+    if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "0").strip() == "1":
+        return GraphedStep(model, optimizer)
+    return lambda x, labels: eager_step(model, optimizer, x, labels)
+
+
+def eager_step(model, optimizer, x: Array, labels: Array) -> tuple[Array, Array]:
+    """One training step, launched kernel by kernel."""
+    loss, logits = model.loss_and_backward(x, labels, check=False)
+    optimizer.step(model)
+    return loss, logits
+
+
+class GraphedStep:
+    """A training step recorded as a CUDA graph and replayed for every batch of its shape.
+
+    Parameters
+    ----------
+    model : a :class:`~gpucnn.Sequential` on the CuPy backend.
+    optimizer : the optimizer whose ``step`` is part of the recording.
+    """
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.xp = model.xp
+        self.graph = None
+        self.disabled_because = self._unsupported_reason()
+        self.recorded_for: tuple | None = None  # shapes, dtypes and learning rate recorded
+        self._warmed: tuple | None = None  # the key after the last eager step
+        self.replays = 0
+
+    def _unsupported_reason(self) -> str | None:
+        from .layers import Dropout
+        from .optim import SGD
+
+        if type(self.optimizer) is not SGD:
+            return f"the optimizer is {type(self.optimizer).__name__}, not SGD"
+        if any(isinstance(layer, Dropout) for layer in self.model.layers):
+            return "the model draws dropout masks"
+        return None
+
+    def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
+        if self.disabled_because is not None:
+            return eager_step(self.model, self.optimizer, x, labels)
+        key = self._key(x, labels)
+        if key == self.recorded_for:
+            return self._replay(x, labels)
+        if key == self._warmed:
+            return self._record_and_replay(x, labels, key)
+        # Something the graph would freeze changed (batch shape, learning rate, the arrays of
+        # the weights or the optimizer state, e.g. after a restore): one eager step first,
+        # which also compiles every kernel and fills the memory pool; record on the next.
+        result = eager_step(self.model, self.optimizer, x, labels)
+        self._warmed = self._key(x, labels)
+        return result
+
+    def _key(self, x: Array, labels: Array) -> tuple:
+        """What a recorded graph depends on: shapes, dtypes, learning rate, and the device
+        addresses of the weights and optimizer buffers it reads and writes."""
+        buffers = []
+        for p in self.model.parameters():
+            buffers.append(p.data.data.ptr)
+            slots = self.optimizer.state.get(p.name, {})
+            buffers.extend(
+                slots[name].data.ptr for name in sorted(slots) if hasattr(slots[name], "data")
+            )
+        return (
+            tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype,
+            self.optimizer.lr, tuple(buffers),
+        )  # fmt: skip
+
+    def _replay(self, x: Array, labels: Array) -> tuple[Array, Array]:
+        xp = self.xp
+        xp.copyto(self.static_x, x)
+        xp.copyto(self.static_labels, labels)
+        self.graph.launch(stream=xp.cuda.get_current_stream())
+        self.optimizer.steps += 1  # the Python side of optimizer.step
+        for p, grad in zip(self.parameters, self.grads, strict=True):
+            p.grad = grad  # the arrays the graph writes the gradients to
+        self.replays += 1
+        return self.loss, self.logits
+
+    def _record_and_replay(self, x: Array, labels: Array, key: tuple) -> tuple[Array, Array]:
+        try:
+            self._record(x, labels)
+        except Exception as exc:  # noqa: BLE001 - any failure to record means eager steps
+            self.disabled_because = f"recording failed ({type(exc).__name__}: {exc})"
+            self.graph = None
+            return eager_step(self.model, self.optimizer, x, labels)
+        self.recorded_for = key
+        return self._replay(x, labels)
+
+    def _record(self, x: Array, labels: Array) -> None:
+        xp = self.xp
+        pool = xp.get_default_memory_pool()
+        kept: list = []
+
+        def keep_alive(size: int):
+            pointer = pool.malloc(size)
+            kept.append(pointer)
+            return pointer
+
+        self.static_x = xp.empty_like(x)
+        self.static_labels = xp.empty_like(labels)
+        xp.copyto(self.static_x, x)
+        xp.copyto(self.static_labels, labels)
+        xp.cuda.get_current_stream().synchronize()
+        stream = xp.cuda.Stream(non_blocking=True)
+        steps_before = self.optimizer.steps
+        with stream:
+            from .functional import _cuda_kernels
+
+            _cuda_kernels.cublas().use_stream(stream.ptr)  # before capture: CuPy refuses during
+            xp.cuda.set_allocator(keep_alive)
+            stream.begin_capture()
+            try:
+                with graph_capture():
+                    loss, logits = self.model.loss_and_backward(
+                        self.static_x, self.static_labels, check=False
+                    )
+                    self.optimizer.step(self.model)
+            finally:
+                xp.cuda.set_allocator(pool.malloc)
+                self.optimizer.steps = steps_before  # recording ran no update
+                graph = stream.end_capture()
+        self.graph, self.kept, self.loss, self.logits = graph, kept, loss, logits
+        self.parameters = list(self.model.parameters())
+        self.grads = [p.grad for p in self.parameters]
+
+    def describe(self) -> dict[str, Any]:
+        """Whether the step is replayed as a graph, and why not."""
+        return {
+            "cuda_graph": self.disabled_because is None and self.graph is not None,
+            "disabled_because": self.disabled_because,
+            "replays": self.replays,
+        }

@@ -1,0 +1,129 @@
+"""Training steps as functions; CUDA-graph replay equals eager training (GPU tests skip without one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_namespace
+
+from gpucnn import Sequential
+from gpucnn.backend import to_numpy
+from gpucnn.cuda_graph import GRAPHS_ENV, GraphedStep, training_step
+from gpucnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from gpucnn.optim import SGD, Adam
+
+
+def small_net(backend, dropout: bool = False) -> Sequential:
+    layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten()]
+    layers += [Dropout(0.2)] if dropout else []
+    layers += [Dense(16), ReLU(), Dense(3)]
+    return Sequential(layers, input_shape=(1, 8, 8), backend=backend, seed=3)
+
+
+def batches(xp, count: int, size: int = 6, last: int = 4):
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        n = last if index == count - 1 else size
+        yield (
+            xp.asarray(rng.random((n, 1, 8, 8), dtype=np.float32)),
+            xp.asarray(rng.integers(0, 3, n)),
+        )
+
+
+def test_the_step_function_is_one_eager_training_step_off_the_gpu(monkeypatch):
+    monkeypatch.setenv(GRAPHS_ENV, "1")  # asked for, but NumPy has no graphs
+    model, reference = small_net("numpy"), small_net("numpy")
+    step = training_step(model, SGD(0.1, momentum=0.9))
+    assert not isinstance(step, GraphedStep)
+    optimizer = SGD(0.1, momentum=0.9)
+    for x, y in batches(np, 3):
+        loss, logits = step(x, y)
+        expected_loss, expected_logits = reference.loss_and_backward(x, y, check=False)
+        optimizer.step(reference)
+        np.testing.assert_array_equal(loss, expected_loss)
+        np.testing.assert_array_equal(logits, expected_logits)
+    for key, value in reference.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize(
+    "dropout,optimizer,reason",
+    [(False, lambda: Adam(0.01), "not SGD"), (True, lambda: SGD(0.1), "dropout masks")],
+)
+def test_graphs_refuse_what_a_replay_would_freeze(dropout, optimizer, reason):
+    step = GraphedStep(small_net("numpy", dropout=dropout), optimizer())
+    assert reason in step.disabled_because
+    x, y = next(batches(np, 1))
+    loss, _ = step(x, y)  # runs eagerly
+    assert np.isfinite(float(loss)) and not step.describe()["cuda_graph"]
+
+
+# ------------------------------------------------------------------------------- GPU
+
+
+@pytest.fixture
+def cupy():
+    return load_namespace("cupy")
+
+
+def test_cublas_gemm_equals_matmul_for_every_operand_layout(cupy):
+    from gpucnn.functional._cuda_kernels import gemm
+
+    rng = np.random.default_rng(1)
+    for dtype in ("float32", "float64"):
+        a = cupy.asarray(rng.standard_normal((37, 19)), dtype=dtype)
+        b = cupy.asarray(rng.standard_normal((19, 23)), dtype=dtype)
+        for left in (a, cupy.asfortranarray(a)):
+            for right in (b, cupy.asfortranarray(b)):
+                out = gemm(left, right)
+                assert out.flags.c_contiguous and out.dtype == a.dtype
+                tol = 1e-5 if dtype == "float32" else 1e-12
+                np.testing.assert_allclose(
+                    to_numpy(out), to_numpy(a) @ to_numpy(b), rtol=tol, atol=tol
+                )
+        assert gemm(a[:, ::2], b[::2]) is None  # strided: not a layout cuBLAS takes as is
+
+
+def test_graph_replay_trains_as_eager_steps_do(cupy, monkeypatch):
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    graphed, eager = small_net("cupy"), small_net("cupy")
+    graphed_optimizer, eager_optimizer = SGD(0.1, momentum=0.9), SGD(0.1, momentum=0.9)
+    step = training_step(graphed, graphed_optimizer)
+    assert isinstance(step, GraphedStep)
+    data = list(batches(cupy, 8))  # the last batch is smaller: it runs eagerly
+    for index, (x, y) in enumerate(data):
+        if index == 5:  # a new learning rate records the step again
+            graphed_optimizer.lr = eager_optimizer.lr = 0.05
+        loss, logits = step(x, y)
+        expected_loss, expected_logits = eager.loss_and_backward(x, y, check=False)
+        eager_optimizer.step(eager)
+        np.testing.assert_allclose(to_numpy(loss), to_numpy(expected_loss), rtol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(logits), to_numpy(expected_logits), rtol=1e-4, atol=1e-5
+        )
+    assert step.describe()["cuda_graph"], step.describe()
+    assert step.replays >= 5 and graphed_optimizer.steps == eager_optimizer.steps == len(data)
+    for key, value in eager.state_dict().items():
+        np.testing.assert_allclose(graphed.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    for p, q in zip(graphed.parameters(), eager.parameters(), strict=True):
+        np.testing.assert_allclose(to_numpy(p.grad), to_numpy(q.grad), rtol=1e-4, atol=1e-5)
+
+
+def test_a_trainer_with_graphs_fits_as_without(cupy, monkeypatch):
+    from gpucnn.trainer import Trainer
+
+    rng = np.random.default_rng(2)
+    x = rng.random((70, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 3, 70)
+    states = []
+    for graphs in ("0", "1"):
+        monkeypatch.setenv(GRAPHS_ENV, graphs)
+        model = small_net("cupy")
+        trainer = Trainer(model, SGD(0.1, momentum=0.9), log=None)
+        history = trainer.fit(x, y, (x[:20], y[:20]), epochs=2, batch_size=16)
+        assert (trainer._graphed_step is not None) == (graphs == "1")
+        states.append((model.state_dict(), history))
+    (eager, eager_history), (graphed, graphed_history) = states
+    for key, value in eager.items():
+        np.testing.assert_allclose(graphed[key], value, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(graphed_history["loss"], eager_history["loss"], rtol=1e-4)
