@@ -104,6 +104,11 @@ def test_numpy_pooled_conv_equals_the_standard_code(
     bias = rng.standard_normal(filters, dtype=np.float32)
     out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool)
     assert cache[0] == "phases"  # the NumPy path
+    inferred, no_cache = conv2d_relu_max_pool2d_forward(
+        x, weight, bias, stride, padding, pool, training=False
+    )
+    assert no_cache is None
+    np.testing.assert_array_equal(inferred, out)
     g = rng.standard_normal(out.shape, dtype=np.float32)
     fast = [out]
     for need_input_grad in (True, False):

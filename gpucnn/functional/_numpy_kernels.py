@@ -141,7 +141,7 @@ def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
                     cols[:, di * PKW + dj, :, :, first : first + C] = xpad[:, rows, columns, :]
 
 
-def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool):
+def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training=True):
     """NumPy only: ``relu(max_pool(conv2d(x)))`` for pooling windows that do not overlap.
 
     The convolution is evaluated only where a pooling window looks, in *phase-major* order:
@@ -150,10 +150,12 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool):
     the outputs no window covers (a trailing odd row/column) are never computed. Images go
     in blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
 
-    Keeps, for the backward pass, the im2col rows (with their ones column) and one boolean
-    per phase marking the window's first maximum (the element that takes the gradient).
+    With ``training`` it keeps, for the backward pass, the im2col rows (with their ones
+    column) and one boolean per phase marking the window's first maximum (the element that
+    takes the gradient); without, one block's rows are reused and no flags are computed.
 
-    Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F), or None if not NumPy.
+    Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F) (``cache`` None without
+    ``training``), or None if not NumPy.
     """
     if not isinstance(x, np.ndarray):
         return None
@@ -174,23 +176,27 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool):
     w_and_b = np.empty((L, F), dtype=x.dtype)
     w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
     w_and_b[K] = bias
-    cols = np.empty((N, D, PH, PW, L), dtype=x.dtype)
-    cols[..., K] = 1.0
-    first = np.empty((N, D, PH, PW, F), dtype=bool)
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     block = _pooled_conv_block(D * PH * PW * (L + F) * x.itemsize)
+    cols = np.empty((N if training else min(block, N), D, PH, PW, L), dtype=x.dtype)
+    cols[..., K] = 1.0
+    first = np.empty((N, D, PH, PW, F), dtype=bool) if training else None
     conv = np.empty((min(block, N), D, PH, PW, F), dtype=x.dtype)
     taken = np.empty((min(block, N), PH, PW, F), dtype=bool)
     for n0 in range(0, N, block):
         n1 = min(n0 + block, N)
         b = n1 - n0
-        _fill_phase_windows(xpad[n0:n1], (KH, KW), (SH, SW), (PKH, PKW), cols[n0:n1])
+        cols_b = cols[n0:n1] if training else cols[:b]
+        _fill_phase_windows(xpad[n0:n1], (KH, KW), (SH, SW), (PKH, PKW), cols_b)
         conv_b = conv[:b]
-        np.matmul(cols[n0:n1].reshape(-1, L), w_and_b, out=conv_b.reshape(-1, F))
+        np.matmul(cols_b.reshape(-1, L), w_and_b, out=conv_b.reshape(-1, F))
         top = out[n0:n1]
         np.copyto(top, conv_b[:, 0])
         for d in range(1, D):
             np.maximum(top, conv_b[:, d], out=top)
+        if not training:
+            np.maximum(top, 0.0, out=top)
+            continue
         # the first phase holding the maximum takes the gradient, as in row-major window order
         taken_b = taken[:b]
         np.equal(conv_b[:, 0], top, out=taken_b)
@@ -201,7 +207,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool):
             np.greater(hit, taken_b, out=hit)
             np.logical_or(taken_b, hit, out=taken_b)
         np.maximum(top, 0.0, out=top)
-    return out, (cols, first, out, block)
+    return out, ((cols, first, out, block) if training else None)
 
 
 def conv_relu_max_pool_backward_fast(
@@ -211,8 +217,8 @@ def conv_relu_max_pool_backward_fast(
 
     Only the elements that took a window's maximum (and were positive) receive gradient; the
     gradient of the convolution output is formed from the pooled gradient and the saved
-    first-maximum flags with one contiguous multiply per block, not scattered. Returns ``(grad_x or None,
-    grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
+    first-maximum flags with one contiguous multiply per block, not scattered. Returns
+    ``(grad_x or None, grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
     """
     cols, first, out, block = cache
     F, C, KH, KW = weight.shape

@@ -112,14 +112,21 @@ def conv2d_backward(
 
 
 def conv2d_relu_max_pool2d_forward(
-    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding, pool: Pair
-) -> tuple[Array, tuple]:
+    x: Array,
+    weight: Array,
+    bias: Array,
+    stride: Pair,
+    padding: Padding,
+    pool: Pair,
+    training: bool = True,
+) -> tuple[Array, tuple | None]:
     """``relu(max_pool2d(conv2d(x)))`` with non-overlapping pooling windows (stride = window).
 
     Parameters
     ----------
     x, weight, bias, stride, padding : as in :func:`conv2d_forward`
     pool : (PKH, PKW), the pooling window and its stride
+    training : keep what the backward pass needs (False: inference, the cache is None)
 
     Returns
     -------
@@ -128,13 +135,13 @@ def conv2d_relu_max_pool2d_forward(
         path taken (on NumPy a pool-aware path that evaluates the convolution only where a
         window looks, see :func:`gpucnn.functional._numpy_kernels.conv_relu_max_pool_forward_fast`).
     """
-    fast = conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool)
+    fast = conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training)
     if fast is not None:
         out, cache = fast
-        return out, ("phases", cache)
+        return out, (("phases", cache) if training else None)
     conv_out, cols = conv2d_forward(x, weight, bias, stride, padding)
     out = max_pool2d_forward(conv_out, pool, pool, relu=True)
-    return out, ("layers", (cols, conv_out, out))
+    return out, (("layers", (cols, conv_out, out)) if training else None)
 
 
 def conv2d_relu_max_pool2d_backward(

@@ -83,8 +83,9 @@ class Conv2DReLUMaxPool2D:
         conv = self.conv
         conv.check_input(x)
         out, cache = conv2d_relu_max_pool2d_forward(
-            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding, self.pool.pool_size
-        )
+            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding,
+            self.pool.pool_size, training,
+        )  # fmt: skip
         self._cache = (cache, tuple(x.shape)) if training else None
         return out
 
