@@ -28,6 +28,24 @@ THREADS = 256
 INT_LIMIT = 2**31 - 1
 
 SOURCE = r"""
+// Every kernel gives one thread each output element, striding over the grid when the grid is
+// smaller than the output.
+#define FOR_EACH(idx, total) \
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < (total); \
+         idx += blockDim.x * gridDim.x)
+
+// The coordinates (a, b, c, d) of a row-major index into an array of shape (., B, C, D).
+__device__ __forceinline__ void unravel4(int idx, const int B, const int C, const int D,
+                                         int& a, int& b, int& c, int& d)
+{
+    d = idx % D;
+    idx /= D;
+    c = idx % C;
+    idx /= C;
+    b = idx % B;
+    a = idx / B;
+}
+
 // ---- im2col: one thread per element of the (N*OH*OW, ld) matrix: K window columns, the
 // bias column of ones (if bias), zeros up to ld; image padding read as 0.
 extern "C" __global__ void im2col_nhwc(
@@ -36,14 +54,9 @@ extern "C" __global__ void im2col_nhwc(
     const int PT, const int PL, const int OH, const int OW, const int K, const int K1,
     const int bias)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
-        const int k = idx % K1;
-        int row = idx / K1;
-        const int ow = row % OW;
-        row /= OW;
-        const int oh = row % OH;
-        const int n = row / OH;
+    FOR_EACH(idx, total) {
+        int n, oh, ow, k;
+        unravel4(idx, OH, OW, K1, n, oh, ow, k);
         T value = (T)(k == K && bias);  // the bias column, or alignment padding
         if (k < K) {
             const int c = k % C;
@@ -64,8 +77,7 @@ extern "C" __global__ void conv_weight_matrix(
     const int total, const int F, const int C, const int KH, const int KW, const int has_bias)
 {
     const int K = KH * KW * C;
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+    FOR_EACH(idx, total) {
         const int f = idx % F;
         const int k = idx / F;
         T value = (T)0;
@@ -88,14 +100,9 @@ extern "C" __global__ void col2im_nhwc(
     const int H, const int W, const int C, const int KH, const int KW, const int SH,
     const int SW, const int PT, const int PL, const int OH, const int OW, const int ld)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
-        const int c = idx % C;
-        int rest = idx / C;
-        const int w = rest % W;
-        rest /= W;
-        const int h = rest % H;
-        const int n = rest / H;
+    FOR_EACH(idx, total) {
+        int n, h, w, c;
+        unravel4(idx, H, W, C, n, h, w, c);
         T sum = (T)0;
         for (int i = 0; i < KH; ++i) {
             const int t = h + PT - i;
@@ -118,14 +125,9 @@ extern "C" __global__ void max_pool_nhwc(
     const int C, const int KH, const int KW, const int SH, const int SW, const int OH,
     const int OW, const int relu)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
-        const int c = idx % C;
-        int rest = idx / C;
-        const int ow = rest % OW;
-        rest /= OW;
-        const int oh = rest % OH;
-        const int n = rest / OH;
+    FOR_EACH(idx, total) {
+        int n, oh, ow, c;
+        unravel4(idx, OH, OW, C, n, oh, ow, c);
         const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
         T best = corner[0];
         for (int i = 0; i < KH; ++i) {
@@ -148,14 +150,9 @@ extern "C" __global__ void max_pool_backward_nhwc(
     const int KH, const int KW, const int SH, const int SW, const int OH, const int OW,
     const int relu)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
-        const int c = idx % C;
-        int rest = idx / C;
-        const int w = rest % W;
-        rest /= W;
-        const int h = rest % H;
-        const int n = rest / H;
+    FOR_EACH(idx, total) {
+        int n, h, w, c;
+        unravel4(idx, H, W, C, n, h, w, c);
         const T value = x[idx];
         const int oh_first = h >= KH ? (h - KH) / SH + 1 : 0;
         const int ow_first = w >= KW ? (w - KW) / SW + 1 : 0;
@@ -188,8 +185,7 @@ extern "C" __global__ void relu_backward(
     const T* __restrict__ grad_out, const T* __restrict__ out, T* __restrict__ grad_x,
     const int total)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+    FOR_EACH(idx, total) {
         grad_x[idx] = grad_out[idx] * (T)(out[idx] > (T)0);
     }
 }
@@ -246,8 +242,7 @@ extern "C" __global__ void softmax_cross_entropy(
 extern "C" __global__ void hashed_uniform(
     T* __restrict__ out, const unsigned long long key, const int total)
 {
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += blockDim.x * gridDim.x) {
+    FOR_EACH(idx, total) {
         unsigned long long z = key + (unsigned long long)(idx + 1) * 0x9E3779B97F4A7C15ULL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -289,8 +284,7 @@ extern "C" __global__ void sgd_multi(
     const T* grad = gs[s];
     T* velocity = vs[s];
     const T decay = ds[s];
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
-         idx += blockDim.x * gridDim.x) {{
+    FOR_EACH(idx, ns[s]) {{
         const T g = grad[idx] + decay * param[idx];
         if (momentum == (T)0) {{
             param[idx] -= lr * g;
@@ -320,8 +314,7 @@ extern "C" __global__ void adam_multi(
     T* first = ms[s];
     T* second = vs[s];
     const T decay_step = ds[s];
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < ns[s];
-         idx += blockDim.x * gridDim.x) {{
+    FOR_EACH(idx, ns[s]) {{
         const T g = grad[idx];
         const T m = first[idx] * beta1 + ((T)1 - beta1) * g;
         const T v = second[idx] * beta2 + ((T)1 - beta2) * (g * g);
