@@ -78,8 +78,10 @@ def architecture(spec: str, input_shape: tuple[int, ...], num_classes: int) -> d
         data = json.loads(path.read_text())
     except OSError as exc:
         raise ValueError(f"cannot read architecture file {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"architecture file {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"architecture file {path}: JSON nested too deeply to read") from None
     if isinstance(data, list):
         data = {"input_shape": list(input_shape), "layers": data}
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
@@ -87,9 +89,9 @@ def architecture(spec: str, input_shape: tuple[int, ...], num_classes: int) -> d
             f"architecture file {path}: expected a list of layers or an object with a 'layers' list"
         )
     data.setdefault("input_shape", list(input_shape))
-    if tuple(data["input_shape"]) != tuple(input_shape):
+    if not isinstance(data["input_shape"], list) or tuple(data["input_shape"]) != tuple(input_shape):
         raise ValueError(
-            f"architecture file {path}: input_shape {tuple(data['input_shape'])} does not match the "
+            f"architecture file {path}: input_shape {data['input_shape']!r} does not match the "
             f"dataset's {tuple(input_shape)}"
         )
     return data

@@ -175,6 +175,22 @@ def synchronize(xp: ModuleType) -> None:
         xp.cuda.get_current_stream().synchronize()
 
 
+def use_gpu(index: int) -> int | None:
+    """Make CUDA device ``index % device_count`` current for CuPy (one GPU per process of a
+    distributed run); returns its id, or None when CuPy or a device is missing."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver or no device: the CPU is used
+        return None
+    if count < 1:
+        return None
+    device = int(index) % count
+    cupy.cuda.Device(device).use()
+    return device
+
+
 def device_info(backend: Backend) -> dict:
     """Name and memory of the device behind ``backend`` (for ``gpucnn info``)."""
     info: dict[str, Any] = {"backend": backend.name, "reason": backend.reason}

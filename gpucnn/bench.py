@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from .backend import blas_info, device_info, select_backend, synchronize, to_dev
 from .cuda_graph import training_step
 from .model import Sequential
 from .optim import SGD
-from .resources import peak_rss_mib
+from .resources import check_allocation, peak_rss_mib
 
 INPUT_SHAPE = (1, 28, 28)
 CLASSES = 10
@@ -45,6 +46,9 @@ def build_model(name: str, backend, seed: int = 0) -> Sequential:
 
 def synthetic_batch(model: Sequential, batch_size: int, seed: int):
     """Random images (batch_size, *INPUT_SHAPE) in [0, 1) and labels, on the model's device."""
+    check_allocation(
+        4 * batch_size * math.prod(INPUT_SHAPE), f"a synthetic batch of {batch_size} images"
+    )
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)
     y = rng.integers(0, CLASSES, batch_size)

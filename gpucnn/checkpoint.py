@@ -21,6 +21,10 @@ import numpy as np
 from .backend import Backend
 from .layers import Dense, Flatten
 from .model import Sequential
+from .runfolder import follow_umask
+
+NPZ_MAGIC = b"PK\x03\x04"
+MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError)
 
 FORMAT = "gpucnn-checkpoint"
 # Version 2: the rows of a Dense weight that follows Flatten are in the public (C, H, W)
@@ -41,14 +45,27 @@ class Checkpoint:
     meta: dict[str, Any]
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: Sequential, optimizer=None, **meta: Any
+    path: str | os.PathLike,
+    model: Sequential,
+    optimizer=None,
+    state_arrays: dict[str, np.ndarray] | None = None,
+    **meta: Any,
 ) -> Path:
-    """Atomically write ``model`` (and ``optimizer``) to ``path``; extra keywords go to meta."""
+    """Atomically write ``model`` (and ``optimizer``) to ``path``; extra keywords go to meta.
+
+    ``state_arrays`` are further arrays (e.g. a callback's best weights), read back as
+    ``Checkpoint.state``. The file gets the mode of any new file (0666 less the umask).
+
+    Raises
+    ------
+    CheckpointError when the file cannot be written (disk full, no permission); the message
+    says whether a previous ``path`` is intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -61,16 +78,23 @@ def save_checkpoint(
         state = optimizer.state_dict()  # JSON parts to meta, buffers to arrays
         info["optimizer"] = {k: v for k, v in state.items() if k != "arrays"}
         arrays.update({f"optim/{k}": v for k, v in state["arrays"].items()})
+    arrays.update({f"state/{k}": v for k, v in (state_arrays or {}).items()})
     arrays["meta"] = np.array(json.dumps(info))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        follow_umask(fd)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
@@ -81,17 +105,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head.startswith(NPZ_MAGIC):
+        raise CheckpointError(
+            f"{path} is not a gpucnn checkpoint: expected a .npz archive; received {_describe_bytes(head)}"
+        )
+    try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, MemoryError, *MALFORMED) as exc:
         raise CheckpointError(f"{path} is not a readable gpucnn checkpoint ({exc})") from None
     try:
         meta = json.loads(str(arrays.pop("meta")))
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(
             f"{path} is not a gpucnn checkpoint (no readable 'meta' entry)"
         ) from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise CheckpointError(
             f"{path}: expected format {FORMAT!r}; received {meta.get('format')!r}"
         )
@@ -102,9 +136,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         )
     params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+    state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+    if not isinstance(meta.get("architecture"), dict):
+        raise CheckpointError(f"{path}: malformed checkpoint: no architecture description")
+    for name, value in params.items():
+        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+            raise CheckpointError(
+                f"{path}: parameter {name} holds NaN/inf or non-float values (dtype {value.dtype}); "
+                "the file is corrupt or comes from a diverged run"
+            )
     if meta["version"] == 1:
         _upgrade_version_1(path, meta, params, optim)
-    return Checkpoint(meta, params, optim)
+    return Checkpoint(meta, params, optim, state)
 
 
 def _upgrade_version_1(
@@ -115,7 +158,7 @@ def _upgrade_version_1(
     weight (e.g. ``dense_1.weight/velocity``); then mark ``meta`` as the current version."""
     try:
         model = Sequential.from_config(meta["architecture"], backend="numpy")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (*MALFORMED, MemoryError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
     image = None  # the internal (H, W, C) shape a Flatten received, until the next Dense
     for layer in model.layers:
@@ -141,7 +184,10 @@ def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
     """Load weights into ``model`` after checking that the architectures are identical."""
     saved = checkpoint.meta["architecture"]
     current = model.get_config()
-    if saved["input_shape"] != current["input_shape"] or saved["layers"] != current["layers"]:
+    if (
+        saved.get("input_shape") != current["input_shape"]
+        or saved.get("layers") != current["layers"]
+    ):
         raise CheckpointError(
             "checkpoint architecture does not match the model: expected "
             f"{_describe(current)}; received {_describe(saved)}"
@@ -150,7 +196,10 @@ def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
         model.load_state_dict(checkpoint.params)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
-    model.random.set_state(checkpoint.meta["model_random"])
+    try:
+        model.random.set_state(checkpoint.meta["model_random"])
+    except MALFORMED as exc:
+        raise CheckpointError(f"checkpoint random state is malformed ({exc!r})") from None
 
 
 def restore_optimizer(checkpoint: Checkpoint, optimizer) -> None:
@@ -176,10 +225,30 @@ def load_model(
     checkpoint = load_checkpoint(path)
     try:
         model = Sequential.from_config(checkpoint.meta["architecture"], backend=backend)
-    except (KeyError, ValueError) as exc:
+    except (*MALFORMED, MemoryError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
-    restore_model(checkpoint, model)
+    try:
+        restore_model(checkpoint, model)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return model, checkpoint
+
+
+def _describe_bytes(head: bytes) -> str:
+    """What a file's first bytes look like, for messages."""
+    if head.startswith(b"\x93NUMPY"):
+        return "a .npy array (a single array, not a saved model)"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip data"
+    if not head:
+        return "an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data starting with {head[:8].hex()}"
+    return f"a text file starting with {text[:20]!r}"
 
 
 def _describe(config: dict[str, Any]) -> str:

@@ -8,23 +8,28 @@ SIGINT/SIGTERM after saving a resumable checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
+import math
+import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, runfolder
 from .architectures import BUILTIN
 from .backend import BACKEND_CHOICES, BackendError, blas_info, device_info, select_backend
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .data import DATASETS, Dataset, DatasetError, IdxError, load_dataset, train_val_split
 from .data.download import DownloadError
 from .data.images import ImageError, fit_channels, load_images
+from .distributed import DistributedError, MPICommunicator, mpi_world_size
 from .model import Sequential
 from .recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
 from .trainer import EarlyStopping, Trainer, TrainingError, TrainingInterrupted, evaluate
@@ -38,7 +43,9 @@ USER_ERRORS = (
     BackendError,
     IdxError,
     ImageError,
+    DistributedError,
 )
+_COMMUNICATOR: MPICommunicator | None = None  # set by a distributed `train`
 
 
 class UsageError(Exception):
@@ -74,28 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
+    train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    train.add_argument("--nesterov", action="store_true", default=None)
     train.add_argument(
-        "--weight-decay", type=float, default=0.0, help="applied to weights, not biases"
+        "--weight-decay", type=float, help="applied to weights, not biases (default 0)"
     )
     train.add_argument("--schedule", choices=SCHEDULE_NAMES, help="default: cosine")
     train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     train.add_argument(
-        "--val-fraction", type=float, default=0.1, help="held out from the training split"
+        "--val-fraction", type=float, help="held out from the training split (default 0.1)"
     )
     train.add_argument(
         "--patience", type=int, help="early stopping on val_accuracy after N flat epochs"
     )
     train.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
+    train.add_argument("--seed", type=int, help="default: 0")
     train.add_argument("--out", help="output folder (default: a new folder under runs/)")
     train.add_argument(
-        "--resume", metavar="DIR", help="continue the run saved in DIR/checkpoint.npz"
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (refused otherwise)",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run saved in DIR/checkpoint.npz; only --epochs (a larger total), "
+        "--data-dir, --no-download, --backend, --progress and --report may be given with it",
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="data-parallel over MPI ranks (default: on when mpirun/mpiexec started more than "
+        "one process); --batch-size is the global batch",
+    )
     train.add_argument(
         "--report",
         action="store_true",
@@ -161,43 +183,126 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- train
+# Flags that describe a run: given with --resume they would change it, so they are refused.
+RUN_FLAGS = (
+    "dataset", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
+    "schedule", "clip_norm", "val_fraction", "patience", "dtype", "seed", "out", "overwrite",
+)  # fmt: skip
+TRAIN_DEFAULTS = {
+    "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+    "val_fraction": 0.1, "dtype": "float32", "seed": 0,
+}  # fmt: skip
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_flags(args)
+    comm = _communicator(args)
     run, out, checkpoint = _resolve_run(args)
+    root = comm is None or comm.is_root
+    if comm is not None:
+        if run["batch_size"] < comm.size:
+            raise UsageError(
+                f"--batch-size is the global batch, split over {comm.size} processes: expected "
+                f">= {comm.size}; received {run['batch_size']}"
+            )
+        out = Path(comm.broadcast(str(out)))  # rank 0's folder name (its clock) for all
+        if args.backend != "numpy":
+            comm.select_gpu()
     if args.report:  # refused before training, not after it
         from .report import require_matplotlib
 
         require_matplotlib()
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if root:  # rank 0 alone checks, locks and writes the run folder
+            try:
+                _claim_run_folder(args, out, checkpoint, stack)
+            except Exception as exc:
+                if comm is None:
+                    raise
+                failure = exc
+        if comm is not None and comm.broadcast(failure is not None):
+            message = " ".join(str(failure).split()) if failure is not None else "run folder refused"
+            raise UsageError(message)  # on every rank: printed by rank 0 only
+        return _train(args, run, out, checkpoint, comm)
+
+
+def _claim_run_folder(
+    args: argparse.Namespace, out: Path, checkpoint: Checkpoint | None, stack: contextlib.ExitStack
+) -> None:
+    """Refuse to overwrite an earlier run, create the folder and hold its lock (via ``stack``)."""
+    if checkpoint is None:
+        earlier = runfolder.earlier_results(out)
+        if earlier and not args.overwrite:
+            raise UsageError(
+                f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to "
+                f"replace it, --resume {out} to continue it, or choose another --out"
+            )
+    runfolder.prepare(out, "--resume" if checkpoint is not None else "--out")
+    stack.enter_context(runfolder.locked(out, report=lambda line: print(line, flush=True)))
+    runfolder.remove_stale_temporaries(out)
+
+
+def _train(
+    args: argparse.Namespace,
+    run: dict[str, Any],
+    out: Path,
+    checkpoint: Checkpoint | None,
+    comm: MPICommunicator | None = None,
+) -> int:
+    root = comm is None or comm.is_root
     data = load_dataset(run["dataset"], run["data_dir"], not args.no_download, run["seed"])
+    _check_split(run["val_fraction"], len(data.x_train))
     (x_fit, y_fit), (x_val, y_val) = train_val_split(
         data.x_train, data.y_train, run["val_fraction"], run["seed"] + 1
     )
-    model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
+    if checkpoint is None:
+        model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
+    else:  # the checkpoint holds the architecture: no file outside the run folder is read
+        model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
     trainer = _build_trainer(run, model, out, progress=args.progress, validation=len(x_val) > 0)
+    trainer.communicator = comm
+    if not root:
+        trainer.progress, trainer.log = False, None
     if checkpoint is not None:
-        trainer.restore(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
-        f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}), out {out}",
-        flush=True,
-    )
+        try:
+            trainer.restore(checkpoint)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{out / 'checkpoint.npz'}: {exc}") from None
+    remaining = run["epochs"] - trainer.epoch
+    if remaining < 1:
+        raise UsageError(
+            f"the run in {out} has already trained {trainer.epoch} of {run['epochs']} epochs; "
+            f"pass --epochs N with N > {trainer.epoch} to train more"
+        )
+    processes = f", {comm.size} processes" if comm is not None else ""
+    if root:
+        print(
+            f"gpucnn {__version__}: {run['dataset']} ({len(x_fit)} train / {len(x_val)} val / {len(data.x_test)} test), "
+            f"model {run['model']} ({model.num_params:,} params), backend {model.backend.name} ({model.backend.reason}){processes}, out {out}",
+            flush=True,
+        )
     start = time.perf_counter()
     trainer.fit(
         x_fit,
         y_fit,
         validation_data=(x_val, y_val) if len(x_val) else None,
-        epochs=run["epochs"],
+        epochs=remaining,
         batch_size=run["batch_size"],
     )
     elapsed = time.perf_counter() - start
-    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+    test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test, communicator=comm)
+    if not root:
+        return 0
     save_checkpoint(out / "model.npz", model, run=run)
     metrics = _train_metrics(run, trainer, len(x_fit), test_loss, test_accuracy, elapsed)
+    metrics["world_size"] = 1 if comm is None else comm.size
+    if comm is not None:
+        metrics["distributed"] = comm.stats()
     # what `gpucnn report` draws without the test images: the confusion matrix, named classes
     tested = classification_report(data, model.predict(data.x_test))
     metrics.update(classes=tested["classes"], confusion_matrix=tested["confusion_matrix"])
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    runfolder.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     print(
         f"test accuracy {test_accuracy:.4f} (loss {test_loss:.4f}); saved {out / 'model.npz'} and {out / 'metrics.json'}"
     )
@@ -211,38 +316,123 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1; received {value}")
-    if not 0 <= args.val_fraction < 1:
+    for flag in ("lr", "clip_norm"):
+        value = getattr(args, flag)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UsageError(
+                f"--{flag.replace('_', '-')} must be a positive number; received {value}"
+            )
+    for flag in ("momentum", "weight_decay"):
+        value = getattr(args, flag)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0; received {value}")
+    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1); received {args.val_fraction}")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer; received {args.seed}")
+    if args.patience is not None and args.patience < 1:
+        raise UsageError(f"--patience must be >= 1; received {args.patience}")
+    if args.resume:
+        given = [f for f in RUN_FLAGS if getattr(args, f) not in (None, False)]
+        if given:
+            names = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise UsageError(
+                f"--resume continues a run with its own settings; {names} would change it: "
+                "drop them, or start a new run with --out (only --epochs, --data-dir, "
+                "--no-download, --backend, --progress and --report go with --resume)"
+            )
+    elif args.patience is not None and args.val_fraction == 0:
+        raise UsageError("--patience needs validation data; received --val-fraction 0")
+
+
+def _check_split(fraction: float, total: int) -> None:
+    """Refuse a validation fraction that leaves no training (or no validation) images."""
+    val = int(round(total * fraction))  # as train_val_split holds out
+    if val >= total:
+        raise UsageError(
+            f"--val-fraction {fraction} leaves no training images (of {total}); use a smaller fraction"
+        )
+    if fraction > 0 and val == 0:
+        raise UsageError(
+            f"--val-fraction {fraction} leaves no validation images (of {total}); use 0 for none "
+            "or a larger fraction"
+        )
+
+
+def _model_from_checkpoint(
+    checkpoint: Checkpoint, run: dict[str, Any], data: Dataset, backend: str, out: Path
+) -> Sequential:
+    try:
+        model = Sequential.from_config(
+            checkpoint.meta["architecture"],
+            backend=backend,
+            seed=run.get("seed", 0),
+            dtype=run.get("dtype", "float32"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{out / 'checkpoint.npz'}: cannot rebuild the saved architecture ({exc})"
+        ) from None
+    if model.input_shape != data.input_shape or model.output_shape != (data.num_classes,):
+        raise CheckpointError(
+            f"{out / 'checkpoint.npz'}: expected a model for {data.name} images "
+            f"{data.input_shape} and {data.num_classes} classes; the checkpoint's takes "
+            f"{model.input_shape} to {model.output_shape}"
+        )
+    return model
+
+
+def _communicator(args: argparse.Namespace) -> MPICommunicator | None:
+    """The MPI ranks of a distributed run, or None for a single process.
+
+    ``--distributed`` forces MPI, ``--no-distributed`` forbids it; by default a run is
+    distributed when an MPI launcher started more than one process (its environment says so).
+    """
+    wanted = args.distributed if args.distributed is not None else mpi_world_size() > 1
+    if not wanted:
+        return None
+    global _COMMUNICATOR
+    _COMMUNICATOR = MPICommunicator()
+    return _COMMUNICATOR
 
 
 def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkpoint | None]:
-    """The run settings, output folder and (with --resume) the checkpoint to continue."""
+    """The run settings, output folder and (with --resume) the checkpoint to continue.
+
+    Stored paths are absolute, so a run folder keeps working from any working directory;
+    ``--data-dir`` given with ``--resume`` replaces the stored one (the data moved).
+    """
     if args.resume:
         out = Path(args.resume)
+        if not (out / "checkpoint.npz").exists() and out.name == "checkpoint.npz":
+            out = out.parent
         checkpoint = load_checkpoint(out / "checkpoint.npz")
-        run = dict(checkpoint.meta.get("run") or {})
-        if not run:
+        run = checkpoint.meta.get("run")
+        required = ("dataset", "epochs", "batch_size", "val_fraction", "seed")
+        if not isinstance(run, dict) or not all(k in run for k in required):
             raise CheckpointError(f"{out / 'checkpoint.npz'} holds no run configuration to resume")
+        run = dict(run)
         if args.epochs is not None:
             run["epochs"] = args.epochs
+        if args.data_dir is not None:
+            run["data_dir"] = str(Path(args.data_dir).resolve())
         return run, out, checkpoint
+    settings = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+    settings = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in settings.items()}
+    model = args.model
+    if model is not None and model not in BUILTIN:
+        model = str(Path(model).resolve())
     run = run_config(
         args.dataset or "digits",
-        data_dir=args.data_dir,
-        model=args.model,
+        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        model=model,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
         schedule=args.schedule,
         clip_norm=args.clip_norm,
-        val_fraction=args.val_fraction,
         patience=args.patience,
-        dtype=args.dtype,
-        seed=args.seed,
+        **settings,
     )
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     default_out = Path("runs") / f"{run['dataset']}-{Path(run['model']).stem}-{stamp}"
@@ -302,6 +492,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     name = args.dataset or run.get("dataset") or "digits"
     seed = run.get("seed", 0) if name == run.get("dataset") else 0
     data = load_dataset(name, args.data_dir or run.get("data_dir"), not args.no_download, seed)
+    if model.input_shape != data.input_shape or model.output_shape != (data.num_classes,):
+        raise UsageError(
+            f"{args.model_path}: the model takes {model.input_shape} to {model.output_shape}; "
+            f"{data.name} has images {data.input_shape} and {data.num_classes} classes "
+            "(choose the matching --dataset)"
+        )
     report = classification_report(data, model.predict(data.x_test))
     _print_classification_report(report)
     if args.json:
@@ -363,7 +559,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ImageError(
                 f"{path}: expected {height}x{width} images for this model; received {images.shape[2]}x{images.shape[3]}"
             )
-        probs = model.predict_proba(images)
+        try:
+            probs = model.predict_proba(images)
+        except ValueError as exc:
+            raise ImageError(f"{path}: {exc}") from None
+        bad = np.flatnonzero(~np.all(np.isfinite(probs), axis=1))
+        if bad.size:
+            where = path if len(probs) == 1 else f"{path}[{int(bad[0])}]"
+            raise ImageError(
+                f"{where}: the model's output is not finite for this input (pixel values "
+                f"{float(images.min()):.3g}..{float(images.max()):.3g}; expected images scaled to [0, 1])"
+            )
         for i, row in enumerate(probs):
             top = np.argsort(row)[::-1][: max(args.top, 1)]
             name = path if len(probs) == 1 else f"{path}[{i}]"
@@ -470,12 +676,27 @@ COMMANDS = {
 }
 
 
+def _error(line: str) -> None:
+    """Print an error line on stderr; in a distributed run only rank 0 prints the errors
+    that every rank meets together (same flags, all-reduced training decisions)."""
+    if _COMMUNICATOR is None or _COMMUNICATOR.is_root:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _COMMUNICATOR
+    _COMMUNICATOR = None
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            code = COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (`gpucnn evaluate ... | head -1`)
+        _silence_stdout()
+        return 128 + 13  # as a tool killed by SIGPIPE
     except UsageError as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _error(f"gpucnn: error: {exc}")
         return 2
     except TrainingInterrupted as exc:
         resume = (
@@ -483,18 +704,53 @@ def main(argv: list[str] | None = None) -> int:
             if exc.checkpoint
             else ""
         )
-        print(f"gpucnn: {exc}{resume}", file=sys.stderr)
+        _error(f"gpucnn: {exc}{resume}")
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            # mpirun is ending the job: MPI_Finalize at exit would wait for it until SIGKILL
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + exc.signum)
         return 128 + exc.signum
     except TrainingError as exc:
-        print(f"gpucnn: error: {exc}", file=sys.stderr)
+        _error(f"gpucnn: error: {exc}")
         return 3
     except USER_ERRORS as exc:
         message = " ".join(str(exc).split())
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            # perhaps this rank alone failed, and the others would wait for it forever
+            print(f"gpucnn: error on rank {_COMMUNICATOR.rank}: {message}", file=sys.stderr)
+            sys.stderr.flush()
+            _COMMUNICATOR.abort(2)
         print(f"gpucnn: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        detail = " ".join(str(exc).split()) or "an allocation failed"
+        print(
+            f"gpucnn: error: out of memory: {detail}; use a smaller --batch-size or a smaller model",
+            file=sys.stderr,
+        )
+        return 2
+    except RecursionError:
+        print("gpucnn: error: input nested too deeply to read", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gpucnn: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if _COMMUNICATOR is not None and _COMMUNICATOR.size > 1:
+            traceback.print_exc()  # a bug on one rank: end the job rather than leave it waiting
+            sys.stderr.flush()
+            _COMMUNICATOR.abort(1)
+        raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

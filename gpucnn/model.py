@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +77,7 @@ class Sequential:
         self.seed = int(seed)
         self.random = Random(self.seed, self.xp)
         self.layers = list(layers)
+        self._claim_layers()
         context = BuildContext(self.xp, self.dtype, self.random)
         inner = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
         counts: dict[str, int] = {}
@@ -92,6 +94,26 @@ class Sequential:
         self.steps = plan(self.layers)  # fused layer runs, see gpucnn.layers.fused
         self._backward_ready = False  # set by a training forward pass
         self._batch_size = 0  # N of the last forward pass, which backward must match
+
+    def _claim_layers(self) -> None:
+        """Refuse a layer listed twice or already part of another (live) model: building it
+        again would replace the weights the other model trains."""
+        seen: set[int] = set()
+        for layer in self.layers:
+            if id(layer) in seen:
+                raise ValueError(
+                    f"layer {layer!r} appears twice in this model; create one layer object per position"
+                )
+            seen.add(id(layer))
+            owner = getattr(layer, "_model", None)
+            if owner is not None and owner() is not None:
+                raise ValueError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) already belongs to another "
+                    "Sequential; create a new layer (e.g. layer_from_config(layer.get_config())) "
+                    "for this model"
+                )
+        for layer in self.layers:
+            layer._model = weakref.ref(self)
 
     # ------------------------------------------------------------------ forward / backward
     def forward(

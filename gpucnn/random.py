@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from .backend import Array, to_device
+from .resources import check_allocation
 
 MASK64 = 2**64 - 1
 GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: the splitmix64 increment
@@ -67,6 +69,7 @@ class Random:
 
     def normal(self, shape: tuple[int, ...], std: float, dtype: Any) -> Array:
         """Normal(0, std) samples of ``shape`` in namespace ``xp``."""
+        check_allocation(8 * math.prod(shape), f"an array of shape {tuple(shape)}")
         return to_device(self.host.normal(0.0, std, size=shape), self.xp, dtype)
 
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -75,7 +78,8 @@ class Random:
 
         self.draws += 1
         key = draw_key(self.seed, self.draws)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
+        check_allocation(8 * size, f"an array of shape {tuple(shape)}")
         cuda = cuda_kernels(self.xp)
         drawn = cuda.hashed_uniform(key, shape, dtype) if cuda else None
         if drawn is not None:

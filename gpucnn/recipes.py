@@ -80,9 +80,13 @@ def build_model(
     ValueError when the architecture does not produce ``num_classes`` outputs.
     """
     arch = architecture(run["model"], tuple(input_shape), num_classes)
-    model = Sequential.from_config(
-        arch, backend=backend, seed=run.get("seed", 0), dtype=run.get("dtype", "float32")
-    )
+    try:
+        model = Sequential.from_config(
+            arch, backend=backend, seed=run.get("seed", 0), dtype=run.get("dtype", "float32")
+        )
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # a JSON value of the wrong kind (e.g. "filters": "32") reaching a layer's arithmetic
+        raise ValueError(f"model {run['model']}: malformed architecture ({exc})") from None
     if tuple(model.output_shape) != (num_classes,):
         raise ValueError(
             f"model {run['model']}: expected {num_classes} outputs for {run['dataset']}; "

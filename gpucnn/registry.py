@@ -47,11 +47,13 @@ class Registry:
             )
         kwargs = dict(config)
         name = kwargs.pop("type")
-        cls = self.classes.get(name)
+        cls = self.classes.get(name) if isinstance(name, str) else None
         if cls is None:
             raise ValueError(
                 f"expected {self.article} {self.kind} type in {sorted(self.classes)}; received {name!r}"
             )
+        if not all(isinstance(key, str) for key in kwargs):
+            raise ValueError(f"expected argument names as strings for {self.kind} {name}")
         try:
             return cls(**kwargs)
         except TypeError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 import sys
 
+LARGE = 1 << 28  # allocations below 256 MiB are not checked (reading /proc costs time)
+
 
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
@@ -12,4 +14,31 @@ def peak_rss_mib() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-__all__ = ["peak_rss_mib"]
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_allocation(nbytes: int, what: str) -> None:
+    """Raise ``MemoryError`` saying what was asked when ``nbytes`` exceeds available memory.
+
+    An allocation that cannot fit would otherwise succeed lazily and get the process killed
+    by the operating system when touched, with no message at all.
+    """
+    if nbytes < LARGE:
+        return
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise MemoryError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB; {available / 2**30:.1f} GiB of memory is available"
+        )
+
+
+__all__ = ["available_memory", "check_allocation", "peak_rss_mib"]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
 from .resources import peak_rss_mib
+
+if TYPE_CHECKING:
+    from .distributed import MPICommunicator
 
 GPU_CHECK_EVERY = 20
 HISTORY_KEYS = (
@@ -67,6 +70,13 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (JSON data, NumPy arrays under ``"arrays"``); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
 
 
 class EarlyStopping(Callback):
@@ -114,6 +124,20 @@ class EarlyStopping(Callback):
         if self.restore_best and self.best_weights is not None:
             trainer.model.load_state_dict(self.best_weights)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Best value, its epoch, epochs waited and (under ``"arrays"``) the best weights."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "arrays": dict(self.best_weights or {}),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        self.wait = int(state["wait"])
+        self.best_weights = dict(state.get("arrays") or {}) or None
+
 
 def count_correct(logits, labels):
     """Number of rows of (N, K) ``logits`` whose argmax equals ``labels`` (an int64 0-d array)."""
@@ -122,12 +146,30 @@ def count_correct(logits, labels):
 
 
 def evaluate(
-    model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int | None = None
+    model: Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int | None = None,
+    communicator: MPICommunicator | None = None,
 ) -> tuple[float, float]:
     """Mean softmax cross-entropy and accuracy of ``model`` on ``(x, y)``, in inference mode.
 
-    ``batch_size`` defaults to the model's ``inference_batch_size``.
+    ``batch_size`` defaults to the model's ``inference_batch_size``. With a ``communicator``
+    each rank evaluates its share of ``(x, y)`` and the sums are reduced: every rank returns
+    the figures of the whole set.
     """
+    if communicator is not None:
+        count = len(x)
+        share = communicator.shard(count)
+        loss_sum, correct = _evaluate_sums(model, x[share], y[share], batch_size)
+        loss_sum, correct = communicator.sum([loss_sum, correct])
+        return loss_sum / max(count, 1), int(correct) / max(count, 1)
+    loss_sum, correct = _evaluate_sums(model, x, y, batch_size)
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+
+
+def _evaluate_sums(model: Sequential, x, y, batch_size: int | None) -> tuple[float, int]:
+    """The summed loss and the number of correct predictions on ``(x, y)``."""
     xp = model.xp
     batch_size = batch_size or model.inference_batch_size
     total_loss = xp.asarray(0.0, dtype=xp.float64)
@@ -138,8 +180,7 @@ def evaluate(
         loss, _ = softmax_cross_entropy(logits, labels, check_range=False)
         total_loss = total_loss + xp.astype(loss, xp.float64) * labels.shape[0]
         correct = correct + count_correct(logits, labels)
-    n = max(len(x), 1)
-    return float(total_loss) / n, int(correct) / n
+    return float(total_loss), int(correct)
 
 
 def validate_dataset(model: Sequential, x: np.ndarray, y: np.ndarray, what: str) -> None:
@@ -195,6 +236,11 @@ class Trainer:
     seed : seeds the shuffle order.
     progress : draw a progress bar (None: only on a terminal or in a notebook).
     log : called with one line per epoch; None for silence.
+    communicator : an :class:`~gpucnn.distributed.MPICommunicator` for data-parallel
+        training: ``batch_size`` is then the global batch, split over the ranks; gradients
+        are averaged over ranks before the optimizer step (so clipping sees the averaged
+        gradient); rank 0's weights are broadcast when ``fit`` starts; only rank 0 logs,
+        draws progress and writes checkpoints.
 
     Example
     -------
@@ -214,6 +260,7 @@ class Trainer:
         seed: int = 0,
         progress: bool | None = None,
         log=print,
+        communicator: MPICommunicator | None = None,
     ):
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
@@ -226,8 +273,10 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.shuffle_rng = np.random.default_rng(seed)
-        self.progress = progress
-        self.log = log
+        self.communicator = communicator
+        quiet = communicator is not None and not communicator.is_root
+        self.progress = False if quiet else progress
+        self.log = None if quiet else log
         self.epoch = 0  # completed epochs
         step = training_step(self.model, self.optimizer)
         # a CUDA-graph step (GPUCNN_CUDA_GRAPHS=1 on CuPy), else None: the loop runs eagerly
@@ -236,6 +285,7 @@ class Trainer:
         self.stop_training = False
         self._position: dict[str, Any] | None = None  # inside an interrupted epoch
         self._signal: int | None = None
+        self._agreed_signal: int | None = None
 
     # ------------------------------------------------------------------ public API
     def fit(
@@ -246,7 +296,10 @@ class Trainer:
         epochs: int = 1,
         batch_size: int = 128,
     ) -> dict[str, list[float]]:
-        """Train until ``epochs`` epochs are done in total (a resumed trainer continues).
+        """Train ``epochs`` more epochs (as Keras does): a second call continues from where the
+        first ended, with the optimizer state, schedule position and history kept. A trainer
+        restored from a checkpoint taken inside an epoch first finishes that epoch, which
+        counts as one of the ``epochs``.
 
         Parameters
         ----------
@@ -263,6 +316,12 @@ class Trainer:
             raise ValueError(f"expected batch_size >= 1; received {batch_size!r}")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"expected epochs >= 1; received {epochs!r}")
+        comm = self.communicator
+        if comm is not None and batch_size < comm.size:
+            raise ValueError(
+                f"expected a global batch_size >= the number of processes ({comm.size}); "
+                f"received {batch_size}"
+            )
         validate_dataset(self.model, x, y, "training data")
         if validation_data is not None:
             validate_dataset(self.model, *validation_data, "validation data")
@@ -270,11 +329,17 @@ class Trainer:
         x_dev = to_device(x, xp, self.model.dtype)
         y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
         self.stop_training = False
-        with self._signals_caught():
-            while self.epoch < epochs and not self.stop_training:
+        if comm is not None:  # every rank starts from rank 0's weights
+            comm.broadcast_parameters(self.model.parameters())
+        target = self.epoch + epochs
+        # a diverging run is reported once by _check_finite, not by NumPy's overflow warnings
+        with self._signals_caught(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while self.epoch < target and not self.stop_training:
                 logs = self._run_epoch(x_dev, y_dev, batch_size)
                 if validation_data is not None:
-                    logs["val_loss"], logs["val_accuracy"] = evaluate(self.model, *validation_data)
+                    logs["val_loss"], logs["val_accuracy"] = evaluate(
+                        self.model, *validation_data, communicator=comm
+                    )
                 self.epoch += 1
                 for key in HISTORY_KEYS:
                     self.history[key].append(logs.get(key, float("nan")))
@@ -282,7 +347,7 @@ class Trainer:
                     callback.on_epoch_end(self, self.epoch, logs)
                 self._save()
                 if self.log:
-                    self.log(self._epoch_line(epochs, logs))
+                    self.log(self._epoch_line(target, logs))
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history
@@ -305,6 +370,9 @@ class Trainer:
             "history": self.history,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "position": self._position,
+            "callbacks": [
+                {k: v for k, v in c.state_dict().items() if k != "arrays"} for c in self.callbacks
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -313,6 +381,14 @@ class Trainer:
         self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._position = state["position"]
+        saved = state.get("callbacks") or []
+        if saved and len(saved) != len(self.callbacks):
+            raise ValueError(
+                f"expected state for {len(self.callbacks)} callbacks; received {len(saved)}"
+            )
+        for callback, callback_state in zip(self.callbacks, saved, strict=False):
+            if callback_state:
+                callback.load_state_dict(callback_state)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: model weights, optimizer state and trainer state."""
@@ -324,7 +400,19 @@ class Trainer:
         restore_model(checkpoint, self.model)
         if checkpoint.meta.get("optimizer") is not None:
             restore_optimizer(checkpoint, self.optimizer)
-        self.load_state_dict(trainer)
+        try:
+            self.load_state_dict(trainer)
+            for i, callback in enumerate(self.callbacks):
+                prefix = f"callback{i}/"
+                arrays = {
+                    k[len(prefix) :]: v for k, v in checkpoint.state.items() if k.startswith(prefix)
+                }
+                if arrays:
+                    callback.load_state_dict(
+                        {**callback.state_dict(), **trainer["callbacks"][i], "arrays": arrays}
+                    )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint training state is malformed ({exc!r})") from None
 
     # ------------------------------------------------------------------ one epoch
     def _run_epoch(self, x_dev, y_dev, batch_size: int) -> dict[str, float]:
@@ -339,7 +427,7 @@ class Trainer:
             loss = self._train_batch(epoch, b, x_dev, y_dev, index)
             if bar is not None:
                 self._draw_progress(bar, epoch, b, loss, start)
-            if self._signal is not None:
+            if self._stop_signal() is not None:
                 if bar is not None:
                     bar.close()
                 self._interrupt(epoch, b)
@@ -378,6 +466,8 @@ class Trainer:
 
     def _train_batch(self, epoch: _Epoch, b: int, x_dev, y_dev, index) -> Array:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
+        if self.communicator is not None:  # eager: the all-reduce sits before the update
+            return self._train_batch_distributed(epoch, b, x_dev, y_dev, index)
         model, xp = self.model, self.model.xp
         xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
         check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
@@ -397,6 +487,42 @@ class Trainer:
         epoch.correct = epoch.correct + count_correct(logits, yb)
         epoch.seen += count
         return loss
+
+    def _train_batch_distributed(self, epoch: _Epoch, b: int, x_dev, y_dev, index) -> float:
+        """This rank's share of global batch ``index``, then one all-reduce that averages
+        the gradients and sums the loss, correct count and signal flag over ranks."""
+        model, xp, comm = self.model, self.model.xp, self.communicator
+        total = index.shape[0]
+        index = index[comm.shard(total)]
+        count = index.shape[0]
+        if count:
+            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
+            loss, logits = model.loss_and_backward(xb, yb, check=False)
+            loss_sum, correct = loss * count, count_correct(logits, yb)
+        else:  # a last global batch smaller than the number of ranks leaves this one idle
+            for p in model.parameters():
+                p.grad = xp.zeros_like(p.data)
+            loss_sum, correct = 0.0, 0
+        flag = float(self._signal or 0)
+        loss_sum, correct, flag = comm.allreduce_gradients(
+            model.parameters(), count / total, [loss_sum, correct, flag]
+        )
+        # every rank now holds the same numbers, so all take the same decisions
+        self._agreed_signal = (self._signal or signal.SIGTERM) if flag else None
+        loss = loss_sum / total
+        check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
+        if check_now:
+            grad_sq = grad_square_norm(model.parameters())
+            self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+        self.optimizer.step(model)
+        epoch.loss_sum = epoch.loss_sum + loss_sum
+        epoch.correct = epoch.correct + round(correct)
+        epoch.seen += total
+        return loss
+
+    def _stop_signal(self) -> int | None:
+        """The signal to stop for: in a distributed run the one all ranks agreed on."""
+        return self._signal if self.communicator is None else self._agreed_signal
 
     def _progress_bar(self, epoch: _Epoch):
         if self.progress is False:
@@ -425,7 +551,7 @@ class Trainer:
             "correct": int(epoch.correct),
             "seen": epoch.seen,
         }
-        raise TrainingInterrupted(self._signal, self._save())
+        raise TrainingInterrupted(self._stop_signal(), self._save())
 
     def _epoch_logs(self, epoch: _Epoch, elapsed: float) -> dict[str, float]:
         seen = max(epoch.seen, 1)
@@ -463,10 +589,18 @@ class Trainer:
     def _save(self) -> Path | None:
         if self.checkpoint_path is None:
             return None
+        if self.communicator is not None and not self.communicator.is_root:
+            return self.checkpoint_path  # rank 0 writes it
+        arrays = {
+            f"callback{i}/{k}": v
+            for i, c in enumerate(self.callbacks)
+            for k, v in (c.state_dict().get("arrays") or {}).items()
+        }
         return save_checkpoint(
             self.checkpoint_path,
             self.model,
             self.optimizer,
+            state_arrays=arrays,
             trainer=self.state_dict(),
             **self.checkpoint_meta,
         )
@@ -496,4 +630,4 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._signal = None
+            self._signal = self._agreed_signal = None

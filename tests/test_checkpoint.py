@@ -52,7 +52,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full; the previous c.npz is intact"):
         save_checkpoint(path, net(seed=5))
     assert path.read_bytes() == before  # the previous checkpoint survived intact
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
@@ -68,7 +68,7 @@ def test_loading_never_unpickles(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"not a zip at all", "not a readable gpucnn checkpoint"),
+        (b"not a zip at all", "not a gpucnn checkpoint: expected a .npz archive; received a text file"),
         (None, "no readable 'meta' entry"),
     ],
 )

@@ -7,6 +7,8 @@ sizes, then the values in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import struct
 import zlib
@@ -23,18 +25,45 @@ TYPE_CODES = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_IDX_BYTES = 1 << 31  # 2 GiB: forty times MNIST's training images
 
 
 class IdxError(ValueError):
     """An IDX file is truncated, corrupt or not an IDX file; the message says which."""
 
 
+def declared_size(header: bytes) -> int | None:
+    """Total bytes (header included) an IDX file with this header must have, or None when
+    ``header`` is not the start of an IDX file."""
+    if len(header) < 4 or header[:2] != b"\0\0" or header[2] not in TYPE_CODES:
+        return None
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return None
+    dims = struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim])
+    return 4 + 4 * ndim + math.prod(dims) * TYPE_CODES[header[2]].itemsize
+
+
 def decompress(data: bytes, source: str) -> bytes:
-    """Gunzip ``data`` if it is gzip, else return it unchanged."""
+    """Gunzip ``data`` if it is gzip, else return it unchanged.
+
+    Decompression stops one byte past the size the IDX header declares (at most
+    ``MAX_IDX_BYTES``), so a small file cannot inflate into gigabytes of memory.
+    """
     if not data.startswith(GZIP_MAGIC):
         return data
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            head = f.read(4)
+            if len(head) == 4:
+                head += f.read(4 * head[3])
+            expected = declared_size(head)
+            limit = MAX_IDX_BYTES if expected is None else expected
+            if limit > MAX_IDX_BYTES:
+                raise IdxError(
+                    f"{source}: the IDX header declares {limit} bytes; expected at most {MAX_IDX_BYTES}"
+                )
+            return head + f.read(max(limit - len(head), 0) + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise IdxError(f"{source}: corrupt or truncated gzip data ({exc})") from None
 
@@ -58,7 +87,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise IdxError(f"{source}: truncated header: expected {header} bytes; received {len(data)}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = TYPE_CODES[code]
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize
     received = len(data) - header
     if received != expected:
         kind = "truncated" if received < expected else "has trailing bytes"

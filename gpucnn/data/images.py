@@ -5,6 +5,7 @@ Every reader returns float32 images of shape (N, C, H, W) scaled to [0, 1].
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ from .idx import IdxError, read_idx
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
+MAX_PNG_BYTES = 1 << 28  # decoded pixel data accepted from one PNG (e.g. 8192x8192 RGBA)
 
 
 class ImageError(ValueError):
@@ -43,6 +45,15 @@ def read_png(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if not data.startswith(PNG_SIGNATURE):
         raise ImageError(f"{path}: not a PNG file")
+    try:
+        return _decode_png(path, data)
+    except (struct.error, ValueError, IndexError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"{path}: corrupt PNG ({exc})") from None
+
+
+def _decode_png(path: Path, data: bytes) -> np.ndarray:
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
@@ -63,12 +74,20 @@ def read_png(path: Path) -> np.ndarray:
         )
     channels = PNG_CHANNELS[colour]
     stride = width * channels
-    try:
-        raw = zlib.decompress(b"".join(idat))
+    expected = height * (stride + 1)
+    if expected > MAX_PNG_BYTES:
+        raise ImageError(
+            f"{path}: PNG declares {width}x{height} pixels; expected at most {MAX_PNG_BYTES} bytes of pixel data"
+        )
+    try:  # never inflate more than the header declares (a small file may expand to gigabytes)
+        raw = zlib.decompressobj().decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise ImageError(f"{path}: corrupt PNG data ({exc})") from None
     if len(raw) != height * (stride + 1):
-        raise ImageError(f"{path}: truncated PNG data")
+        raise ImageError(
+            f"{path}: PNG pixel data does not match the declared {width}x{height}: expected "
+            f"{expected} bytes; received {len(raw) if len(raw) <= expected else 'more'}"
+        )
     rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
     out = np.zeros((height, stride), np.int32)
     for y in range(height):  # PNG filters chain row to row: decode them in order
@@ -99,6 +118,31 @@ def read_png(path: Path) -> np.ndarray:
     return pixels.transpose(2, 0, 1)[None]
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """Read a ``.npy`` array after checking that its header agrees with the file's size, so a
+    header declaring a huge shape is refused before anything is allocated."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            offset = f.tell()
+        declared = math.prod(shape) * dtype.itemsize
+        size = path.stat().st_size - offset
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        if declared != size:
+            raise ValueError(
+                f"its header declares shape {shape} ({declared} bytes); the file holds {size}"
+            )
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError, OverflowError) as exc:
+        raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
+
+
 def load_images(path: str | Path) -> np.ndarray:
     """Read ``.npy``, ``.png`` or IDX (optionally ``.gz``) images as float32 (N, C, H, W)."""
     path = Path(path)
@@ -106,10 +150,7 @@ def load_images(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
+        array = read_npy(path)
     elif suffix == ".png":
         array = read_png(path)
     else:

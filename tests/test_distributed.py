@@ -1,0 +1,311 @@
+"""Data-parallel training over MPI: equivalence with one process, resume, errors.
+
+The tests that start processes run ``mpirun --allow-run-as-root --oversubscribe -n 2`` and
+skip when ``mpirun`` or mpi4py is missing.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucnn.checkpoint import load_checkpoint
+from gpucnn.cli import main
+from gpucnn.distributed import DistributedError, MPICommunicator, import_mpi, mpi_world_size
+from gpucnn.layers import Dense, Flatten, ReLU
+from gpucnn.model import Sequential
+from gpucnn.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_MPI = shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None
+needs_mpirun = pytest.mark.skipif(not HAVE_MPI, reason="mpirun or mpi4py is not installed")
+
+
+def mpirun(*args, ranks=2, timeout=300, **popen):
+    """Run ``python -m gpucnn ARGS`` (or a script) on ``ranks`` processes."""
+    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
+    command += ["-x", "PYTHONPATH", "-x", "PYTHONUNBUFFERED", sys.executable, *map(str, args)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.pop("GPUCNN_BACKEND", None)
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def train_args(out, *extra):
+    return ["-m", "gpucnn", "train", "--out", out, "--backend", "numpy", "--no-progress", *extra]
+
+
+def max_relative_difference(a_path, b_path):
+    a, b = load_checkpoint(a_path).params, load_checkpoint(b_path).params
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(a[k]))) for k in a)
+
+
+# ---------------------------------------------------------------------- without MPI
+def test_world_size_from_the_launcher_environment(monkeypatch):
+    for variable in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert mpi_world_size() == 1
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert mpi_world_size() == 4
+
+
+def test_missing_mpi4py_is_one_clear_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
+    with pytest.raises(DistributedError, match=r'pip install "gpucnn\[mpi\]"'):
+        import_mpi()
+    assert main(["train", "--distributed", "--out", str(tmp_path), "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("gpucnn: error: distributed training needs mpi4py")
+
+
+class TwoRanks:
+    """Stands in for rank 0 of two (enough for checks made before any message)."""
+
+    size, rank, is_root = 2, 0, True
+
+
+def test_a_global_batch_smaller_than_the_ranks_is_refused():
+    model = Sequential([Flatten(), Dense(4), ReLU(), Dense(3)], (2,), backend="numpy")
+    trainer = Trainer(model, communicator=TwoRanks(), log=None, progress=False)
+    x, y = np.zeros((8, 2)), np.zeros(8, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"batch_size >= the number of processes \(2\)"):
+        trainer.fit(x, y, batch_size=1)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 32, 33])
+def test_shards_cover_the_batch_once_and_differ_by_at_most_one(count):
+    shards = []
+    for rank in range(3):
+        comm = object.__new__(MPICommunicator)  # shard needs only rank and size
+        comm.rank, comm.size = rank, 3
+        shards.append(comm.shard(count))
+    sizes = [s.stop - s.start for s in shards]
+    assert shards[0].start == 0 and shards[-1].stop == count and sum(sizes) == count
+    assert all(a.stop == b.start for a, b in zip(shards, shards[1:], strict=False))
+    assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------------- under mpirun
+@needs_mpirun
+@pytest.mark.parametrize(
+    "dtype,batch,tolerance",
+    [
+        ("float64", 32, 1e-10),
+        pytest.param("float32", 32, 1e-5, marks=pytest.mark.slow),
+        pytest.param("float64", 33, 1e-10, marks=pytest.mark.slow),
+    ],
+    ids=["float64", "float32", "float64-indivisible-batch"],
+)
+def test_two_processes_give_the_weights_of_one(tmp_path, dtype, batch, tolerance):
+    """One epoch on digits (no dropout) with global batch B: P=2 ends where P=1 does."""
+    flags = ["--epochs", 1, "--batch-size", batch, "--dtype", dtype]
+    single, double = tmp_path / "p1", tmp_path / "p2"
+    assert main([str(a) for a in train_args(single, *flags)[2:]]) == 0
+    result = mpirun(*train_args(double, *flags))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("test accuracy") == 1  # only rank 0 prints
+    assert max_relative_difference(single / "model.npz", double / "model.npz") < tolerance
+    metrics = json.loads((double / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert metrics["distributed"]["allreduce_calls"] == -(-1294 // batch)  # one per step
+    single_metrics = json.loads((single / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and single_metrics["world_size"] == 1
+    assert abs(metrics["test_accuracy"] - single_metrics["test_accuracy"]) < 1e-12
+
+
+API_SCRIPT = """
+import sys
+import numpy as np
+from gpucnn import SGD, Sequential
+from gpucnn.checkpoint import save_checkpoint
+from gpucnn.distributed import MPICommunicator
+from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from gpucnn.trainer import Trainer
+
+comm = MPICommunicator() if sys.argv[2] == "mpi" else None
+rng = np.random.default_rng(0)
+x = rng.normal(size=(203, 1, 8, 8))
+y = rng.integers(0, 3, size=203)
+model = Sequential(
+    [Conv2D(4, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], (1, 8, 8), "float64", "numpy",
+    seed=1 + (comm.rank if comm else 0),  # differing starts: rank 0's weights must win
+)
+optimizer = SGD(lr=0.1, momentum=0.9, clip_norm=0.5)  # clipping after the averaging
+trainer = Trainer(model, optimizer, communicator=comm, log=None, progress=False)
+trainer.fit(x, y, validation_data=(x[:50], y[:50]), epochs=2, batch_size=20)
+if comm is None or comm.is_root:
+    save_checkpoint(sys.argv[1], model, history=trainer.history)
+"""
+
+
+@needs_mpirun
+def test_python_api_with_clipping_matches_one_process(tmp_path):
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, script, tmp_path / "one.npz", "single"], env=env, check=True, timeout=120
+    )
+    result = mpirun(script, tmp_path / "two.npz", "mpi")
+    assert result.returncode == 0, result.stderr
+    assert max_relative_difference(tmp_path / "one.npz", tmp_path / "two.npz") < 1e-10
+    one = load_checkpoint(tmp_path / "one.npz").meta["history"]
+    two = load_checkpoint(tmp_path / "two.npz").meta["history"]
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-10)
+    np.testing.assert_allclose(two["val_accuracy"], one["val_accuracy"], rtol=1e-12)
+
+
+@needs_mpirun
+def test_a_global_batch_smaller_than_the_ranks_is_refused_under_mpirun(tmp_path):
+    result = mpirun(*train_args(tmp_path / "run", "--batch-size", 1, "--epochs", 1))
+    assert result.returncode == 2
+    # one line from gpucnn (rank 0); mpirun adds its own note about the non-zero exit
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gpucnn")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--batch-size is the global batch, split over 2 processes" in lines[0]
+
+
+@needs_mpirun
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
+    flags = ["--epochs", 8]  # 7 epochs left when the signal comes: it lands during training
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert mpirun(*train_args(straight, *flags)).returncode == 0
+    proc = mpirun(*train_args(split, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # interrupt once the first epoch is done
+        if line.startswith("epoch 1/8") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # mpirun reports the signal
+    # Open MPI sends SIGKILL about 1 s after SIGTERM: on a loaded machine the ranks may not
+    # finish their step in time, and then the last epoch's checkpoint is the one to resume
+    if "interrupted by" in err:
+        assert "interrupted by SIGTERM" in err and "resume with" in err, err
+        assert err.count("interrupted by") == 1  # rank 0 alone speaks
+    assert not (split / "model.npz").exists()
+    assert load_checkpoint(split / "checkpoint.npz").meta["trainer"]["epoch"] >= 1
+    result = mpirun("-m", "gpucnn", "train", "--resume", split, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert max_relative_difference(straight / "model.npz", split / "model.npz") == 0.0
+    metrics = json.loads((split / "metrics.json").read_text())
+    assert metrics["epochs"] == 8 and metrics["world_size"] == 2
+
+
+# ---------------------------------------------------------------------- ranks as threads
+class _Group:
+    """Ranks as threads of this process: collective calls meet at a barrier."""
+
+    def __init__(self, size):
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.slots = [None] * size
+
+
+class _ThreadComm:
+    """The few mpi4py communicator calls MPICommunicator makes, for ranks that are threads
+    (buffers may be NumPy or CuPy arrays, as with a CUDA-aware MPI)."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank = group, rank
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.group.size
+
+    def Split_type(self, kind, key=0):
+        return self
+
+    def Free(self):
+        pass
+
+    def Allreduce(self, _in_place, buffer, op):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        total = group.slots[0]
+        for part in group.slots[1:]:  # rank order, as MPI's reduction of two ranks
+            total = total + part
+        group.barrier.wait()
+        buffer[...] = total
+
+    def Bcast(self, buffer, root):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        value = group.slots[root]
+        group.barrier.wait()
+        buffer[...] = value
+
+    def Abort(self, code):
+        raise SystemExit(code)
+
+
+class _FakeMPI:
+    IN_PLACE, SUM, COMM_TYPE_SHARED, COMM_WORLD = object(), object(), 0, None
+
+
+def _fit(backend, comm=None, samples=41, batch=8):
+    from gpucnn import SGD, Sequential
+    from gpucnn.layers import Conv2D, MaxPool2D
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(samples, 1, 6, 6))
+    y = rng.integers(0, 3, size=samples)
+    model = Sequential(
+        [Conv2D(3, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], (1, 6, 6), "float64", backend
+    )
+    trainer = Trainer(
+        model, SGD(lr=0.1, momentum=0.9, clip_norm=1.0), communicator=comm, log=None,
+        progress=False,
+    )  # fmt: skip
+    trainer.fit(x, y, validation_data=(x[:9], y[:9]), epochs=2, batch_size=batch)
+    return model.state_dict(), trainer.history
+
+
+@pytest.mark.parametrize(
+    "backend,cuda_aware", [("numpy", False), ("cupy", False), ("cupy", True)],
+    ids=["numpy", "cupy-host-staging", "cupy-cuda-aware"],
+)  # fmt: skip
+def test_two_thread_ranks_match_one_process(monkeypatch, backend, cuda_aware):
+    """The gradient exchange without mpirun; 41 images at batch 8 leave one rank idle in the
+    last batch. On CuPy, both the host-staging and the device-buffer paths."""
+    if backend == "cupy":
+        from gpucnn.backend import probe_cupy
+
+        if probe_cupy()[0] is None:
+            pytest.skip("no GPU")
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: _FakeMPI)
+    expected, expected_history = _fit(backend)
+    group, results = _Group(2), [None, None]
+
+    def rank_main(rank):
+        comm = MPICommunicator(_ThreadComm(group, rank), cuda_aware=cuda_aware)
+        results[rank] = _fit(backend, comm)
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results[0] is not None and results[1] is not None
+    for weights, history in results:
+        for name, value in expected.items():
+            np.testing.assert_allclose(weights[name], value, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(history["loss"], expected_history["loss"], rtol=1e-10)
+        assert history["val_accuracy"] == expected_history["val_accuracy"]
