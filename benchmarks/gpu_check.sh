@@ -48,10 +48,10 @@ section "PyTorch CUDA comparisons (CUDA kernels and graphs on)"
 export GPUCNN_CUDA_GRAPHS=1
 for batch in 128 512 2048; do
   run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size "$batch" \
-    --pairs 3 --json "$scratch/torch-train-$batch.json"
+    --pairs 2 --json "$scratch/torch-train-$batch.json"
 done
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
-  --steps 20 --pairs 3 --json "$scratch/torch-infer-1000.json"
+  --steps 20 --pairs 2 --json "$scratch/torch-infer-1000.json"
 
 section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()

@@ -141,8 +141,8 @@ def test_bench_writes_json(tmp_path, capsys):
     ):
         assert key in report
     assert (
-        report["backend"] == "numpy" and len(report["layers"]) == 8
-    )  # two ReLU+MaxPool pairs run fused
+        report["backend"] == "numpy" and len(report["layers"]) == 6
+    )  # two Conv2D+ReLU+MaxPool runs fused
 
 
 def test_resume_continues_to_the_same_weights(tmp_path):

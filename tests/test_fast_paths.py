@@ -17,6 +17,8 @@ from gpucnn.backend import to_numpy
 from gpucnn.functional import (
     conv2d_backward,
     conv2d_forward,
+    conv2d_relu_max_pool2d_backward,
+    conv2d_relu_max_pool2d_forward,
     im2col,
     max_pool2d_backward,
     max_pool2d_forward,
@@ -69,6 +71,65 @@ def test_numpy_max_pool_backward_equals_the_standard_code(pool, stride, ties):
         xs, outs, gs = (array_api_strict.asarray(a) for a in (x, out, g))
         standard = to_numpy(max_pool2d_backward(gs, xs, outs, pool, stride))
         np.testing.assert_array_equal(fast, standard)
+
+
+POOLED_CONV_GEOMETRIES = [
+    # x shape (N, H, W, C), filters, kernel, stride, padding, pool
+    ((3, 10, 10, 1), 4, (3, 3), (1, 1), (0, 0, 0, 0), (2, 2)),  # C < 4: the slice-loop fill
+    ((2, 11, 9, 6), 5, (3, 3), (1, 1), (1, 1, 0, 1), (2, 2)),  # ragged edges, padding
+    ((2, 12, 13, 4), 3, (2, 3), (2, 1), (0, 0, 0, 0), (3, 2)),
+    ((1, 4, 4, 2), 2, (1, 1), (1, 1), (0, 0, 0, 0), (4, 4)),  # one window
+]
+
+
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding,pool", POOLED_CONV_GEOMETRIES)
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 1 << 30])  # one image per block; one block
+def test_numpy_pooled_conv_equals_the_standard_code(
+    monkeypatch, shape, filters, kernel, stride, padding, pool, ties, block_bytes
+):
+    import array_api_strict
+
+    from gpucnn.functional import _numpy_kernels
+
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(2)
+    C = shape[3]
+    if ties:  # small integers: equal maxima and zero outputs in many windows
+        x = rng.integers(-1, 2, shape).astype(np.float32)
+        weight = rng.integers(-1, 2, (filters, C, *kernel)).astype(np.float32)
+    else:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        weight = rng.standard_normal((filters, C, *kernel), dtype=np.float32)
+    bias = rng.standard_normal(filters, dtype=np.float32)
+    out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool)
+    assert cache[0] == "phases"  # the NumPy path
+    inferred, no_cache = conv2d_relu_max_pool2d_forward(
+        x, weight, bias, stride, padding, pool, training=False
+    )
+    assert no_cache is None
+    np.testing.assert_array_equal(inferred, out)
+    g = rng.standard_normal(out.shape, dtype=np.float32)
+    fast = [out]
+    for need_input_grad in (True, False):
+        fast += conv2d_relu_max_pool2d_backward(
+            g, cache, weight, shape, stride, padding, pool, need_input_grad
+        )
+    xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, weight, bias, g))
+    out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, stride, padding, pool)
+    assert cache_s[0] == "layers"
+    standard = [to_numpy(out_s)]
+    for need_input_grad in (True, False):
+        grads = conv2d_relu_max_pool2d_backward(
+            gs, cache_s, ws, shape, stride, padding, pool, need_input_grad
+        )
+        standard += [None if a is None else to_numpy(a) for a in grads]
+    assert fast[4] is None and standard[4] is None
+    for a, b in zip(fast, standard, strict=True):
+        if a is not None:  # the GEMMs sum in another order: float32 rounding
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    # the routing is exact: the same elements receive gradient
+    np.testing.assert_array_equal(fast[1] == 0, standard[1] == 0)
 
 
 # -------------------------------------------------------------------------------- CUDA

@@ -31,9 +31,23 @@ def reference_net(**kwargs):
     )  # fmt: skip
 
 
-def test_whole_network_gradients_match_central_differences(xp, rng):
-    model = deep_net(xp)
-    x = rng.standard_normal((3, 2, 9, 8))
+def pooled_conv_net(xp, dtype="float64", seed=5):
+    """Both convolutions fuse with ReLU and a non-overlapping max-pool (ragged edges, padding,
+    stride, a 3x2 pooling window)."""
+    return Sequential(
+        [
+            Conv2D(3, 3, padding=1), ReLU(), MaxPool2D(2),
+            Conv2D(5, (2, 3), stride=(1, 2), padding=(1, 0)), ReLU(), MaxPool2D((3, 2)),
+            Flatten(), Dense(3),
+        ],
+        input_shape=(2, 11, 10), dtype=dtype, backend=xp, seed=seed,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("net", [deep_net, pooled_conv_net])
+def test_whole_network_gradients_match_central_differences(xp, rng, net):
+    model = net(xp)
+    x = rng.standard_normal((3, *model.input_shape))
     labels = np.array([0, 2, 1])
     state = model.random.get_state()
 
@@ -189,7 +203,7 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
         [Conv2D(3, 3), ReLU(), MaxPool2D(2), Conv2D(4, 2), ReLU(), MaxPool2D(3, stride=1), Flatten(), Dense(2)],
         input_shape=(1, 11, 11), dtype="float64", backend=xp, seed=4,
     )  # fmt: skip
-    assert len(model.steps) == len(model.layers) - 2
+    assert len(model.steps) == len(model.layers) - 3  # conv+relu+pool, then relu+pool
     x = rng.standard_normal((3, 1, 11, 11))
     x[0, 0, :4, :4] = -1.0  # a region whose windows are all <= 0 after the first conv too
     g = rng.standard_normal((3, 2))
@@ -232,7 +246,7 @@ def test_backward_after_an_inference_forward_is_refused():
 
 
 def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
-    from gpucnn.layers import ReLUMaxPool2D, plan
+    from gpucnn.layers import Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
 
     class MyReLU(ReLU):
         pass
@@ -241,6 +255,35 @@ def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
     steps = plan(layers)
     assert isinstance(steps[0], ReLUMaxPool2D)
     assert steps[1:] == layers[2:]
+    # a convolution joins only a pooling whose windows do not overlap
+    layers = [Conv2D(2, 3), ReLU(), MaxPool2D(2), Conv2D(2, 3), ReLU(), MaxPool2D(3, stride=2)]
+    steps = plan(layers)
+    assert isinstance(steps[0], Conv2DReLUMaxPool2D) and steps[1] is layers[3]
+    assert isinstance(steps[2], ReLUMaxPool2D) and len(steps) == 3
+
+
+def test_fused_conv_relu_pool_training_equals_the_layers_one_by_one(xp, rng):
+    model = pooled_conv_net(xp)
+    assert [type(step).__name__ for step in model.steps[:2]] == ["Conv2DReLUMaxPool2D"] * 2
+    x = rng.standard_normal((4, *model.input_shape))
+    x[0, :, :5, :5] = -3.0  # windows whose maximum is not positive: no gradient
+    g = rng.standard_normal((4, 3))
+    fused_out = host(model.forward(on(xp, x)))
+    fused_grad = host(model.backward(on(xp, g)))
+    fused_params = {param.name: host(param.grad) for param in model.parameters()}
+    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
+    for layer in model.layers:
+        h = layer.forward(h)
+    np.testing.assert_allclose(host(h), fused_out, rtol=1e-13, atol=1e-13)
+    grad = on(xp, g)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    grad = host(xp.permute_dims(grad, (0, 3, 1, 2)))
+    np.testing.assert_allclose(grad, fused_grad, rtol=1e-13, atol=1e-13)
+    for param in model.parameters():
+        np.testing.assert_allclose(
+            host(param.grad), fused_params[param.name], rtol=1e-13, atol=1e-13
+        )
 
 
 def test_step_hook_sees_every_step_in_both_directions():

@@ -5,7 +5,12 @@ shape symbols.
 """
 
 from .activations import dropout_backward, dropout_forward, relu_backward, relu_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_relu_max_pool2d_backward,
+    conv2d_relu_max_pool2d_forward,
+)
 from .dense import dense_backward, dense_forward
 from .im2col import col2im, im2col, output_size, pad2d, resolve_padding, unpad2d
 from .losses import check_labels, log_softmax, softmax, softmax_cross_entropy
@@ -23,6 +28,8 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "conv2d_relu_max_pool2d_backward",
+    "conv2d_relu_max_pool2d_forward",
     "dense_backward",
     "dense_forward",
     "dropout_backward",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from ..backend import Array, namespace
 from ._dispatch import cuda_kernels, matmul
+from ._numpy_kernels import conv_relu_max_pool_backward_fast, conv_relu_max_pool_forward_fast
 from .im2col import Padding, Pair, col2im, im2col, pad2d, unpad2d
+from .pooling import max_pool2d_backward, max_pool2d_forward
 
 
 def _weight_matrix(weight: Array) -> Array:
@@ -107,3 +109,61 @@ def conv2d_backward(
     padded_shape = (N, PT + H + PB, PL + W + PR, C)
     grad_padded = col2im(xp.reshape(grad_cols, (KH, KW, N, OH, OW, C)), padded_shape, stride)
     return unpad2d(grad_padded, padding), grad_weight, grad_bias
+
+
+def conv2d_relu_max_pool2d_forward(
+    x: Array,
+    weight: Array,
+    bias: Array,
+    stride: Pair,
+    padding: Padding,
+    pool: Pair,
+    training: bool = True,
+) -> tuple[Array, tuple | None]:
+    """``relu(max_pool2d(conv2d(x)))`` with non-overlapping pooling windows (stride = window).
+
+    Parameters
+    ----------
+    x, weight, bias, stride, padding : as in :func:`conv2d_forward`
+    pool : (PKH, PKW), the pooling window and its stride
+    training : keep what the backward pass needs (False: inference, the cache is None)
+
+    Returns
+    -------
+    out : array of shape (N, PH, PW, F) with PH = OH // PKH, PW = OW // PKW
+    cache : what :func:`conv2d_relu_max_pool2d_backward` needs; its content depends on the
+        path taken (on NumPy a pool-aware path that evaluates the convolution only where a
+        window looks, see :func:`gpucnn.functional._numpy_kernels.conv_relu_max_pool_forward_fast`).
+    """
+    fast = conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training)
+    if fast is not None:
+        out, cache = fast
+        return out, (("phases", cache) if training else None)
+    conv_out, cols = conv2d_forward(x, weight, bias, stride, padding)
+    out = max_pool2d_forward(conv_out, pool, pool, relu=True)
+    return out, (("layers", (cols, conv_out, out)) if training else None)
+
+
+def conv2d_relu_max_pool2d_backward(
+    grad_out: Array,
+    cache: tuple,
+    weight: Array,
+    x_shape: tuple[int, int, int, int],
+    stride: Pair,
+    padding: Padding,
+    pool: Pair,
+    need_input_grad: bool = True,
+) -> tuple[Array | None, Array, Array]:
+    """Gradients of :func:`conv2d_relu_max_pool2d_forward`.
+
+    ``grad_out`` has shape (N, PH, PW, F); the other arguments are those of the forward pass
+    and its ``cache``. Returns ``(grad_x, grad_weight, grad_bias)`` as :func:`conv2d_backward`.
+    """
+    kind, saved = cache
+    if kind == "phases":
+        return conv_relu_max_pool_backward_fast(
+            grad_out, saved, weight, x_shape, stride, padding, pool, need_input_grad
+        )
+    cols, conv_out, out = saved
+    grad_conv = max_pool2d_backward(grad_out, conv_out, out, pool, pool, relu=True)
+    return conv2d_backward(grad_conv, cols, weight, x_shape, stride, padding, need_input_grad)

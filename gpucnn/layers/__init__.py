@@ -6,7 +6,7 @@ from ..parameter import Parameter
 from .base import LAYERS, BuildContext, Layer, layer_from_config, public_shape
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, ReLU
-from .fused import ReLUMaxPool2D, plan
+from .fused import Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
 from .pooling import AvgPool2D, MaxPool2D
 
 LAYER_TYPES: dict[str, type[Layer]] = LAYERS.classes
@@ -15,6 +15,7 @@ __all__ = [
     "AvgPool2D",
     "BuildContext",
     "Conv2D",
+    "Conv2DReLUMaxPool2D",
     "Dense",
     "Dropout",
     "Flatten",

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..backend import Array
+from ..functional.conv import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .base import Layer
+from .conv import Conv2D
 from .core import ReLU
 from .pooling import MaxPool2D
 
@@ -49,8 +51,61 @@ class ReLUMaxPool2D:
         return max_pool2d_backward(grad_out, x, out, pool, stride, relu=True)
 
 
-# (layer types in order, the step that runs them); the first match at each position wins
-FUSIONS: list[tuple[tuple[type[Layer], ...], type]] = [((ReLU, MaxPool2D), ReLUMaxPool2D)]
+class Conv2DReLUMaxPool2D:
+    """Runs ``Conv2D, ReLU, MaxPool2D`` (pooling windows that do not overlap) as one step.
+
+    Only one convolution output per pooling window receives a gradient, and outputs no
+    window covers receive none: on NumPy the fused op (see
+    :func:`gpucnn.functional.conv.conv2d_relu_max_pool2d_forward`) computes the convolution
+    only where windows look, pools contiguous blocks, and forms the convolution output's
+    gradient with one contiguous multiply instead of a strided scatter. Elsewhere it runs the
+    layers' own ops. Results equal the three layers' up to the order of floating-point sums
+    in the weight-gradient GEMM.
+
+    Parameters
+    ----------
+    conv, relu, pool : the three layers, built; ``pool.stride == pool.pool_size``.
+
+    Input (N, H, W, C) -> output (N, PH, PW, F), as ``pool``. Sets ``conv``'s gradients.
+    """
+
+    def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D):
+        self.conv, self.pool = conv, pool
+        self.name = f"{conv.name}+{relu.name}+{pool.name}"
+        self._cache = None
+
+    @staticmethod
+    def accepts(conv: Conv2D, relu: ReLU, pool: MaxPool2D) -> bool:
+        """Whether the layers fit the fused op: pooling windows that tile without overlap."""
+        return tuple(pool.stride) == tuple(pool.pool_size)
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        conv = self.conv
+        conv.check_input(x)
+        out, cache = conv2d_relu_max_pool2d_forward(
+            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding,
+            self.pool.pool_size, training,
+        )  # fmt: skip
+        self._cache = (cache, tuple(x.shape)) if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        cache, x_shape = self._cache
+        conv = self.conv
+        grad_x, grad_w, grad_b = conv2d_relu_max_pool2d_backward(
+            grad_out, cache, conv.weight.data, x_shape, conv.stride, conv.padding,
+            self.pool.pool_size, need_input_grad,
+        )  # fmt: skip
+        conv.weight.grad, conv.bias.grad = grad_w, grad_b
+        return grad_x
+
+
+# (layer types in order, the step that runs them); the first match at each position wins,
+# among those whose step's ``accepts(*layers)`` (where it has one) agrees
+FUSIONS: list[tuple[tuple[type[Layer], ...], type]] = [
+    ((Conv2D, ReLU, MaxPool2D), Conv2DReLUMaxPool2D),
+    ((ReLU, MaxPool2D), ReLUMaxPool2D),
+]
 
 
 def plan(layers: Sequence[Layer]) -> list:
@@ -62,8 +117,10 @@ def plan(layers: Sequence[Layer]) -> list:
     while index < len(layers):
         for types, fused in FUSIONS:
             run = layers[index : index + len(types)]
-            if len(run) == len(types) and all(
-                type(a) is t for a, t in zip(run, types, strict=True)
+            if (
+                len(run) == len(types)
+                and all(type(a) is t for a, t in zip(run, types, strict=True))
+                and getattr(fused, "accepts", lambda *_: True)(*run)
             ):
                 steps.append(fused(*run))
                 index += len(types)
