@@ -116,8 +116,8 @@ def _bomb_message(Image, path, kind: str, exc: BaseException) -> str:
     size = _declared_size(Image, path)
     declared = f"{size[0]}x{size[1]} pixels" if size else f"too many pixels ({_reason(exc)})"
     return (
-        f"{path}: {kind} declares {declared}; expected at most {Image.MAX_IMAGE_PIXELS} pixels "
-        "(Pillow's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)"
+        f"{path}: {kind} declares {declared}; expected at most {2 * Image.MAX_IMAGE_PIXELS} "
+        "pixels (Pillow's decompression-bomb limit, twice PIL.Image.MAX_IMAGE_PIXELS)"
     )
 
 
