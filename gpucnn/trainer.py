@@ -293,7 +293,7 @@ class Trainer:
         self.augment = augment
         self.epoch = 0  # completed epochs
         step = training_step(self.model, self.optimizer)
-        # a CUDA-graph step (GPUCNN_CUDA_GRAPHS=1 on CuPy), else None: the loop runs eagerly
+        # a CUDA-graph step (on CuPy unless GPUCNN_CUDA_GRAPHS=0), else None: the loop runs eagerly
         self._graphed_step = step if isinstance(step, GraphedStep) else None
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False

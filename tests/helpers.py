@@ -120,3 +120,12 @@ def on(xp, a):
 
 def host(a) -> np.ndarray:
     return to_numpy(a)
+
+
+def python_path(root) -> str:
+    """``root`` first, then the caller's own PYTHONPATH: a child process imports this checkout
+    and still finds packages the caller found through PYTHONPATH."""
+    import os
+
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(root), inherited] if inherited else [str(root)])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import python_path
 
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.cli import main
@@ -34,7 +35,7 @@ def mpirun(*args, ranks=2, timeout=300, **popen):
     """Run ``python -m gpucnn ARGS`` (or a script) on ``ranks`` processes."""
     command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
     command += ["-x", "PYTHONPATH", "-x", "PYTHONUNBUFFERED", sys.executable, *map(str, args)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=python_path(ROOT), PYTHONUNBUFFERED="1")
     env.pop("GPUCNN_BACKEND", None)
     if popen:
         return subprocess.Popen(command, env=env, text=True, **popen)
@@ -154,7 +155,7 @@ if comm is None or comm.is_root:
 def test_python_api_with_clipping_matches_one_process(tmp_path):
     script = tmp_path / "api.py"
     script.write_text(API_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=python_path(ROOT))
     subprocess.run(
         [sys.executable, script, tmp_path / "one.npz", "single"], env=env, check=True, timeout=120
     )

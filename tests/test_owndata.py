@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import python_path
 from PIL import Image
 
 from gpucnn import Sequential
@@ -207,7 +208,7 @@ def test_disk_backed_training_keeps_memory_bounded(tmp_path):
         text=True,
         check=True,
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        env={"PYTHONPATH": python_path(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
     before, after = map(float, out.stdout.split())
     full = n * np.prod(shape) * 4 / 2**20

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import python_path
 
 from gpucnn import SGD, Sequential
 from gpucnn.checkpoint import load_checkpoint, save_checkpoint
@@ -449,7 +450,7 @@ def test_the_readme_python_example_runs(monkeypatch, tmp_path):
 def test_a_closed_pipe_exits_quietly(trained):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": python_path(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "gpucnn", "info", "--backend", "numpy"],
         stdout=write,
