@@ -302,3 +302,19 @@ def test_cuda_optimizer_updates_equal_the_standard_code(cupy, dtype, monkeypatch
         return [p.data for p in parameters]
 
     assert_close(*run_both(monkeypatch, compute), dtype)
+
+
+def test_cuda_kernels_take_strided_inputs(cupy, dtype, monkeypatch):
+    """A strided gradient (as Flatten's backward gives) is copied, not sent to the slow path."""
+    rng = np.random.default_rng(6)
+    x = cupy.asarray(rng.standard_normal((2, 6, 6, 3)), dtype=dtype)
+    g_nchw = cupy.asarray(rng.standard_normal((2, 3, 3, 3)), dtype=dtype)
+
+    def compute():
+        out = max_pool2d_forward(x, (2, 2), (2, 2), relu=True)
+        g = cupy.permute_dims(g_nchw, (0, 2, 3, 1))  # (N, OH, OW, C), not contiguous
+        return out, max_pool2d_backward(g, x, out, (2, 2), (2, 2), relu=True), relu_backward(g, out)
+
+    (out, grad_x, relu_grad), standard = run_both(monkeypatch, compute)
+    np.testing.assert_array_equal(grad_x, standard[1])
+    np.testing.assert_array_equal(relu_grad, standard[2])

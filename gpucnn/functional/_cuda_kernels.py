@@ -355,10 +355,20 @@ def _kernel(name: str, dtype) -> cupy.RawKernel:
 
 
 def _supported(*arrays) -> bool:
-    """True when every array is float32/float64, C-contiguous and small enough for int32."""
+    """True when every array is float32/float64, C-contiguous and small enough for int32
+    (launchers make their inputs contiguous first, see :func:`_contiguous`)."""
     return all(
         a.dtype.name in PRELUDE and a.flags.c_contiguous and a.size <= INT_LIMIT for a in arrays
     )
+
+
+def _contiguous(a):
+    """``a`` itself when C-contiguous, else a C-contiguous copy (one launch).
+
+    A copy costs one pass, far less than the standard code's chain of kernels; a gradient
+    arrives strided, e.g., from Flatten's backward (a permuted view).
+    """
+    return a if a.flags.c_contiguous else cupy.ascontiguousarray(a)
 
 
 def _launch(name: str, dtype, total: int, args: tuple) -> None:
@@ -385,6 +395,7 @@ def im2col(x, kernel, stride, padding, bias_column: bool):
     x (N, H, W, C) -> cols (N, OH, OW, ld): the KH*KW*C window columns, a column of ones if
     ``bias_column``, then zero columns up to ``ld = aligned(...)``.
     """
+    x = _contiguous(x)
     N, H, W, C = x.shape
     (KH, KW), (SH, SW), (PT, PB, PL, PR) = kernel, stride, padding
     OH, OW = (H + PT + PB - KH) // SH + 1, (W + PL + PR - KW) // SW + 1
@@ -404,6 +415,7 @@ def im2col(x, kernel, stride, padding, bias_column: bool):
 def conv_weight_matrix(weight, bias, rows: int):
     """(F, C, KH, KW) weight (and (F,) bias) -> the (rows, F) right GEMM operand of im2col's
     columns, in one launch; None if not applicable."""
+    weight, bias = _contiguous(weight), None if bias is None else _contiguous(bias)
     F, C, KH, KW = weight.shape
     out = cupy.empty((rows, F), dtype=weight.dtype)
     arrays = (weight, out) if bias is None else (weight, bias, out)
@@ -427,6 +439,7 @@ def col2im(grad_cols, x_shape, kernel, stride, padding):
     N, H, W, C = x_shape
     (KH, KW), (SH, SW), (PT, PB, PL, PR) = kernel, stride, padding
     OH, OW = (H + PT + PB - KH) // SH + 1, (W + PL + PR - KW) // SW + 1
+    grad_cols = _contiguous(grad_cols)
     grad_x = cupy.empty(x_shape, dtype=grad_cols.dtype)
     if not _supported(grad_cols, grad_x):
         return None
@@ -442,6 +455,7 @@ def col2im(grad_cols, x_shape, kernel, stride, padding):
 
 def max_pool(x, pool, stride, relu: bool):
     """Max pooling (then ReLU if asked) in one launch: (N, H, W, C) -> (N, OH, OW, C)."""
+    x = _contiguous(x)
     N, H, W, C = x.shape
     (KH, KW), (SH, SW) = pool, stride
     OH, OW = (H - KH) // SH + 1, (W - KW) // SW + 1
@@ -459,6 +473,7 @@ def max_pool(x, pool, stride, relu: bool):
 
 def max_pool_backward(grad_out, x, out, pool, stride, relu: bool):
     """Route each output gradient to its window's first maximum, gathered per input element."""
+    grad_out, x, out = _contiguous(grad_out), _contiguous(x), _contiguous(out)
     N, H, W, C = x.shape
     (KH, KW), (SH, SW) = pool, stride
     _, OH, OW, _ = out.shape
@@ -478,6 +493,7 @@ def relu_backward(grad_out, out):
     """``grad_out * (out > 0)`` in one launch, or None."""
     if grad_out.shape != out.shape or grad_out.dtype != out.dtype:
         return None
+    grad_out, out = _contiguous(grad_out), _contiguous(out)
     grad_x = cupy.empty_like(grad_out)
     if not _supported(grad_out, out, grad_x):
         return None
@@ -491,6 +507,7 @@ def softmax_cross_entropy(logits, labels):
     One block of :data:`THREADS` threads: a training batch has few rows, and one block sums
     the row losses in a fixed order without atomics.
     """
+    logits = _contiguous(logits)
     N, K = logits.shape
     if not _supported(logits) or N == 0:
         return None
