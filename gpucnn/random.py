@@ -69,7 +69,11 @@ class Random:
 
     def normal(self, shape: tuple[int, ...], std: float, dtype: Any) -> Array:
         """Normal(0, std) samples of ``shape`` in namespace ``xp``."""
-        check_allocation(8 * math.prod(shape), f"an array of shape {tuple(shape)}")
+        size = math.prod(shape)
+        what = f"an array of shape {tuple(shape)}"
+        # checked against the GPU first: the host draw of a model that cannot fit takes minutes
+        check_allocation(0, what, device_nbytes=8 * size, xp=self.xp)
+        check_allocation(8 * size, what)
         return to_device(self.host.normal(0.0, std, size=shape), self.xp, dtype)
 
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Array:
