@@ -40,7 +40,8 @@ def training_step(model, optimizer) -> StepFunction:
 
     It runs forward, softmax cross-entropy, backward and ``optimizer.step``; ``x`` and
     ``labels`` are arrays on the model's device, the results stay there. Where CUDA graphs
-    apply (see the module docstring) the step is a :class:`GraphedStep`.
+    apply (see the module docstring) the step is a :class:`GraphedStep`, whose ``loss`` and
+    ``logits`` are the same arrays at every replay: copy them to keep them past the next step.
     """
     if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "1").strip() != "0":
         return GraphedStep(model, optimizer)
@@ -98,19 +99,23 @@ class GraphedStep:
         return result
 
     def _key(self, x: Array, labels: Array) -> tuple:
-        """What a recorded graph depends on: shapes, dtypes, learning rate, and the device
-        addresses of the weights and optimizer buffers it reads and writes."""
+        """What a recorded graph depends on: shapes, dtypes, the optimizer's settings, and the
+        device addresses of the weights and optimizer buffers it reads and writes."""
+        optimizer = self.optimizer
+        if getattr(optimizer, "_restored", False):
+            # restored state still on the host: the next eager step moves it to the device
+            return (object(),)  # matches nothing
         buffers = []
         for p in self.model.parameters():
             buffers.append(p.data.data.ptr)
-            slots = self.optimizer.state.get(p.name, {})
-            buffers.extend(
-                slots[name].data.ptr for name in sorted(slots) if hasattr(slots[name], "data")
-            )
-        return (
-            tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype,
-            self.optimizer.lr, tuple(buffers),
+            slots = optimizer.state.get(p.name, {})
+            buffers.extend(slots[name].data.ptr for name in sorted(slots))
+        settings = (
+            optimizer.lr, optimizer.weight_decay, optimizer.clip_norm,
+            optimizer.momentum, optimizer.nesterov,
         )  # fmt: skip
+        shapes = (tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype)
+        return (*shapes, settings, tuple(buffers))
 
     def _replay(self, x: Array, labels: Array) -> tuple[Array, Array]:
         xp = self.xp
@@ -135,11 +140,11 @@ class GraphedStep:
 
     def _record(self, x: Array, labels: Array) -> None:
         xp = self.xp
-        pool = xp.get_default_memory_pool()
+        allocate = xp.cuda.get_allocator()
         kept: list = []
 
         def keep_alive(size: int):
-            pointer = pool.malloc(size)
+            pointer = allocate(size)
             kept.append(pointer)
             return pointer
 
@@ -154,18 +159,17 @@ class GraphedStep:
             from .functional import _cuda_kernels
 
             _cuda_kernels.cublas().use_stream(stream.ptr)  # before capture: CuPy refuses during
-            xp.cuda.set_allocator(keep_alive)
-            stream.begin_capture()
-            try:
-                with graph_capture():
-                    loss, logits = self.model.loss_and_backward(
-                        self.static_x, self.static_labels, check=False
-                    )
-                    self.optimizer.step(self.model)
-            finally:
-                xp.cuda.set_allocator(pool.malloc)
-                self.optimizer.steps = steps_before  # recording ran no update
-                graph = stream.end_capture()
+            with xp.cuda.using_allocator(keep_alive):  # this thread only; restored on exit
+                stream.begin_capture()
+                try:
+                    with graph_capture():
+                        loss, logits = self.model.loss_and_backward(
+                            self.static_x, self.static_labels, check=False
+                        )
+                        self.optimizer.step(self.model)
+                finally:
+                    self.optimizer.steps = steps_before  # recording ran no update
+                    graph = stream.end_capture()
         self.graph, self.kept, self.loss, self.logits = graph, kept, loss, logits
         self.parameters = list(self.model.parameters())
         self.grads = [p.grad for p in self.parameters]

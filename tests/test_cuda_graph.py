@@ -127,3 +127,21 @@ def test_a_trainer_with_graphs_fits_as_without(cupy, monkeypatch):
     for key, value in eager.items():
         np.testing.assert_allclose(graphed[key], value, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(graphed_history["loss"], eager_history["loss"], rtol=1e-4)
+
+
+def test_a_restored_optimizer_state_is_adopted_before_recording(cupy, monkeypatch):
+    """A resumed run: host buffers from load_state_dict move to the GPU in an eager step,
+    then the step is recorded (the graph must not capture that host-to-device copy)."""
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    model = small_net("cupy")
+    first = SGD(0.1, momentum=0.9)
+    step = training_step(model, first)
+    data = list(batches(cupy, 6, last=6))
+    for x, y in data[:3]:
+        step(x, y)
+    resumed = SGD(0.1, momentum=0.9)
+    resumed.load_state_dict(first.state_dict())
+    step = training_step(model, resumed)
+    for x, y in data[3:]:
+        loss, _ = step(x, y)
+    assert np.isfinite(float(loss)) and step.describe()["cuda_graph"], step.describe()

@@ -10,7 +10,8 @@ Layout and shape symbols are those of :mod:`gpucnn.functional.im2col` (channels-
 Every kernel is full CUDA C in :data:`SOURCE`, compiled once per element type ``T`` (float
 or double) by NVRTC through :class:`cupy.RawModule`; the test suite compiles the same source
 on machines without a GPU. Kernels index with 32-bit ints: a launcher returns None (the
-caller falls back to the standard code) for arrays of 2**31 elements or more. Gathers are
+caller falls back to the standard code) for arrays of ``INT_LIMIT`` (about 1.6e9) elements
+or more. Gathers are
 written so that every output element is produced by one thread (no atomics), so results are
 deterministic.
 
@@ -25,7 +26,9 @@ import cupy
 import numpy as np
 
 THREADS = 256
-INT_LIMIT = 2**31 - 1
+MAX_BLOCKS = 65535 * 32
+# 32-bit indices: an array's last index plus one grid stride must still fit in an int
+INT_LIMIT = 2**31 - 1 - THREADS * MAX_BLOCKS
 
 SOURCE = r"""
 // Every kernel gives one thread each output element, striding over the grid when the grid is
@@ -300,7 +303,8 @@ extern "C" __global__ void sgd_multi(
 // sqrt(1 - beta2**t)); decoupled weight decay (AdamW): p -= decay_step * p first.
 extern "C" __global__ void adam_multi(
     {_slot_arguments("T* p{i}, const T* g{i}, T* m{i}, T* v{i}, const int n{i}, const T d{i}")},
-    const T step, const T beta1, const T beta2, const T eps, const T root_correction2)
+    const T step, const T beta1, const T beta2, const T eps, const T root_correction2,
+    const T one_minus_beta1, const T one_minus_beta2)
 {{
     {_slot_table("T*", "p")}
     {_slot_table("const T*", "g")}
@@ -316,8 +320,8 @@ extern "C" __global__ void adam_multi(
     const T decay_step = ds[s];
     FOR_EACH(idx, ns[s]) {{
         const T g = grad[idx];
-        const T m = first[idx] * beta1 + ((T)1 - beta1) * g;
-        const T v = second[idx] * beta2 + ((T)1 - beta2) * (g * g);
+        const T m = first[idx] * beta1 + one_minus_beta1 * g;
+        const T v = second[idx] * beta2 + one_minus_beta2 * (g * g);
         first[idx] = m;
         second[idx] = v;
         T p = param[idx];
@@ -372,7 +376,7 @@ def _contiguous(a):
 
 
 def _launch(name: str, dtype, total: int, args: tuple) -> None:
-    blocks = min(max(-(-total // THREADS), 1), 65535 * 32)
+    blocks = min(max(-(-total // THREADS), 1), MAX_BLOCKS)
     _kernel(name, dtype)((blocks,), (THREADS,), args)
 
 
@@ -587,7 +591,8 @@ def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
         "adam_multi",
         typed,
         (p0, p0, p0, p0, t(0)),
-        (t(step), t(beta1), t(beta2), t(eps), t(root_correction2)),
+        # 1 - beta in double, rounded once, as the standard code computes it
+        (t(step), t(beta1), t(beta2), t(eps), t(root_correction2), t(1.0 - beta1), t(1.0 - beta2)),
     )
     return True
 
@@ -613,15 +618,19 @@ class _Cublas:
         self._check(self.lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self.handle = handle
         self.workspace = cupy.empty(self.WORKSPACE_BYTES, dtype=cupy.uint8)
-        self._check(
-            self.lib.cublasSetWorkspace_v2(
-                handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(self.WORKSPACE_BYTES)
-            ),
-            "cublasSetWorkspace",
-        )  # fmt: skip
+        self._set_workspace()
         self.stream = None
         self.one = {t: np.ones(1, dtype=t) for t in (np.float32, np.float64)}
         self.zero = {t: np.zeros(1, dtype=t) for t in (np.float32, np.float64)}
+
+    def _set_workspace(self) -> None:
+        c = self.ctypes
+        self._check(
+            self.lib.cublasSetWorkspace_v2(
+                self.handle, c.c_void_p(self.workspace.data.ptr), c.c_size_t(self.WORKSPACE_BYTES)
+            ),
+            "cublasSetWorkspace",
+        )
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -634,6 +643,7 @@ class _Cublas:
                 self.lib.cublasSetStream_v2(self.handle, self.ctypes.c_void_p(stream_ptr)),
                 "cublasSetStream",
             )
+            self._set_workspace()  # cublasSetStream resets the workspace to cuBLAS's own pool
             self.stream = stream_ptr
 
     def gemm(self, a, b, out) -> None:

@@ -7,6 +7,7 @@ code on CuPy too), for comparison and as an escape hatch.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from types import ModuleType
 
@@ -24,25 +25,25 @@ def cuda_kernels(xp: ModuleType) -> ModuleType | None:
     return _cuda_kernels
 
 
-_capturing = False  # set while a CUDA graph records a training step
+_capture = threading.local()  # .active while this thread records a CUDA graph
 
 
 @contextmanager
 def graph_capture():
-    """While active, every GEMM of the ops goes through :func:`_cuda_kernels.gemm`: CuPy
-    refuses to call cuBLAS while a stream is being captured into a CUDA graph."""
-    global _capturing
-    _capturing = True
+    """While active (in this thread), every GEMM of the ops goes through
+    :func:`_cuda_kernels.gemm`: CuPy refuses to call cuBLAS while a stream is being captured
+    into a CUDA graph."""
+    _capture.active = True
     try:
         yield
     finally:
-        _capturing = False
+        _capture.active = False
 
 
 def matmul(xp: ModuleType, a, b):
     """``xp.matmul(a, b)`` for 2-D operands; inside :func:`graph_capture`, cuBLAS called
     directly (a layout it does not handle raises, which abandons the capture)."""
-    if _capturing:
+    if getattr(_capture, "active", False):
         from . import _cuda_kernels
 
         out = _cuda_kernels.gemm(a, b)
