@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from .backend import Backend
 from .layers import Dense, Flatten
 from .model import Sequential
-from .runfolder import follow_umask
+from .runfolder import atomic_write
 
 NPZ_MAGIC = b"PK\x03\x04"
 MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError)
@@ -80,22 +79,11 @@ def save_checkpoint(
         arrays.update({f"optim/{k}": v for k, v in state["arrays"].items()})
     arrays.update({f"state/{k}": v for k, v in (state_arrays or {}).items()})
     arrays["meta"] = np.array(json.dumps(info))
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        follow_umask(fd)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+    atomic_write(path, lambda f: np.savez(f, **arrays), CheckpointError)
     return path
 
 

@@ -140,18 +140,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     RunFolderError naming ``path`` when it cannot be written (disk full, no permission); a
     previous ``path`` is then left intact.
     """
+    atomic_write(path, lambda f: f.write(text.encode()), RunFolderError)
+
+
+def atomic_write(path: Path, write, error: type[Exception]) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, sync it, and rename it
+    over ``path``; an ``OSError`` becomes ``error`` naming ``path`` and saying whether a
+    previous ``path`` is intact. Files follow the umask."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         follow_umask(fd)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-        raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
+        raise error(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -171,6 +178,7 @@ __all__ = [
     "RunFolderError",
     "atomic_write_text",
     "earlier_results",
+    "atomic_write",
     "follow_umask",
     "locked",
     "prepare",
