@@ -148,10 +148,9 @@ class GraphedStep:
             kept.append(pointer)
             return pointer
 
+        # the graph's input buffers: filled by each replay, nothing runs while recording
         self.static_x = xp.empty_like(x)
         self.static_labels = xp.empty_like(labels)
-        xp.copyto(self.static_x, x)
-        xp.copyto(self.static_labels, labels)
         xp.cuda.get_current_stream().synchronize()
         stream = xp.cuda.Stream(non_blocking=True)
         steps_before = self.optimizer.steps

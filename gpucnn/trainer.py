@@ -520,23 +520,26 @@ class Trainer:
     def _train_batch(self, epoch: _Epoch, b: int, xb, yb) -> Array:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
         model, xp = self.model, self.model.xp
-        check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
         if self._graphed_step is not None:  # the update is part of the replayed graph
             loss, logits = self._graphed_step(xb, yb)
-            if check_now:
-                grad_sq = grad_square_norm(model.parameters())
-                self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+            self._check_if_due(epoch, b, loss)
         else:
             loss, logits = model.loss_and_backward(xb, yb, check=False)
-            if check_now:  # a host read: on a GPU only every GPU_CHECK_EVERY batches
-                grad_sq = grad_square_norm(model.parameters())
-                self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+            self._check_if_due(epoch, b, loss)  # before the update, which it may prevent
             self.optimizer.step(model)
         count = xb.shape[0]
         epoch.loss_sum = epoch.loss_sum + xp.astype(loss, xp.float64) * count
         epoch.correct = epoch.correct + count_correct(logits, yb)
         epoch.seen += count
         return loss
+
+    def _check_if_due(self, epoch: _Epoch, b: int, loss) -> None:
+        """Check the loss and gradients of batch ``b`` for NaN/inf when it is due: every batch
+        on the CPU; on a GPU (a host read, a synchronisation) every GPU_CHECK_EVERY batches and
+        the last."""
+        if (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1:
+            grad_sq = grad_square_norm(self.model.parameters())
+            self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
 
     def _train_batch_distributed(self, epoch: _Epoch, b: int, x_dev, y_dev, index) -> float:
         """This rank's share of global batch ``index``, then one all-reduce that averages
@@ -560,10 +563,7 @@ class Trainer:
         # every rank now holds the same numbers, so all take the same decisions
         self._agreed_signal = (self._signal or signal.SIGTERM) if flag else None
         loss = loss_sum / total
-        check_now = (b + 1) % epoch.check_every == 0 or b == epoch.num_batches - 1
-        if check_now:
-            grad_sq = grad_square_norm(model.parameters())
-            self._check_finite(loss, grad_sq, b, epoch.num_batches, epoch.check_every)
+        self._check_if_due(epoch, b, loss)
         self.optimizer.step(model)
         epoch.loss_sum = epoch.loss_sum + loss_sum
         epoch.correct = epoch.correct + round(correct)
