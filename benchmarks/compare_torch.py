@@ -4,11 +4,14 @@ Optional: needs ``torch`` (on a CPU-only machine ``pip install torch==2.13.0``).
 two libraries in alternating pairs so both see the same machine state, and reports the median
 of each and the median of the per-pair ratios. Each timed run is a fresh child process running
 one library only: in one process, PyTorch's OpenMP workers keep spinning after each call and
-steal the CPU from NumPy's BLAS threads, which skews the comparison.
+steal the CPU from NumPy's BLAS threads, which skews the comparison. With ``--device cuda``
+both run in this one process instead (the GPU does the work, and one CUDA start-up is paid
+once, not per run), every batch size in turn; there PyTorch is also timed with TF32 off
+(its cuDNN convolutions use TF32 by default; gpucnn computes in full float32).
 
     python benchmarks/compare_torch.py --model reference --batch-size 128 --pairs 5
     python benchmarks/compare_torch.py --model reference --mode infer --batch-size 1000
-    python benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 512
+    python benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048
 
 Writes a JSON report with ``--json FILE``.
 """
@@ -58,7 +61,7 @@ def torch_model(name: str, torch):
     return nn.Sequential(*layers)
 
 
-def time_torch(args, torch, model, x, y, optimizer) -> float:
+def time_torch(args, batch_size: int, torch, model, x, y, optimizer) -> float:
     device = torch.device(args.device)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -82,10 +85,10 @@ def time_torch(args, torch, model, x, y, optimizer) -> float:
     start = time.perf_counter()
     run()
     sync()
-    return args.batch_size * args.steps / (time.perf_counter() - start)
+    return batch_size * args.steps / (time.perf_counter() - start)
 
 
-def time_gpucnn(args, model, x, y, step) -> float:
+def time_gpucnn(args, batch_size: int, model, x, y, step) -> float:
     xp = model.xp
 
     def run():
@@ -99,7 +102,31 @@ def time_gpucnn(args, model, x, y, step) -> float:
     start = time.perf_counter()
     run()
     synchronize(xp)
-    return args.batch_size * args.steps / (time.perf_counter() - start)
+    return batch_size * args.steps / (time.perf_counter() - start)
+
+
+def setup(args, library: str, batch_size: int, torch):
+    """A function that times one run of ``library`` at ``batch_size`` (images/s)."""
+    rng = np.random.default_rng(0)
+    x_host = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)
+    y_host = rng.integers(0, 10, batch_size)
+    if library == "gpucnn":
+        backend = select_backend(args.backend)
+        model = build_model(args.model, backend)
+        step = training_step(model, SGD(lr=0.01, momentum=0.9))
+        x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
+        return lambda: time_gpucnn(args, batch_size, model, x, y, step)
+    model = torch_model(args.model, torch).to(args.device)
+    if args.mode == "infer":
+        model.eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.from_numpy(x_host).to(args.device), torch.from_numpy(y_host).to(args.device)
+    return lambda: time_torch(args, batch_size, torch, model, x, y, optimizer)
+
+
+def set_torch_tf32(torch, allowed: bool) -> None:
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def child(args) -> float:
@@ -110,23 +137,25 @@ def child(args) -> float:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
-    rng = np.random.default_rng(0)
-    x_host = rng.random((args.batch_size, *INPUT_SHAPE), dtype=np.float32)
-    y_host = rng.integers(0, 10, args.batch_size)
-    if args.child == "gpucnn":
-        backend = select_backend(args.backend)
-        model = build_model(args.model, backend)
-        step = training_step(model, SGD(lr=0.01, momentum=0.9))
-        x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
-        time_gpucnn(args, model, x, y, step)  # warm-up (and, with CUDA graphs, recording)
-        return time_gpucnn(args, model, x, y, step)
-    model = torch_model(args.model, torch).to(args.device)
-    if args.mode == "infer":
-        model.eval()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.from_numpy(x_host).to(args.device), torch.from_numpy(y_host).to(args.device)
-    time_torch(args, torch, model, x, y, optimizer)
-    return time_torch(args, torch, model, x, y, optimizer)
+    run = setup(args, args.child, args.batch_size[0], torch)
+    run()  # warm-up (and, with CUDA graphs, recording)
+    return run()
+
+
+def in_process(args, batch_size: int, torch) -> tuple[list, list, list]:
+    """Alternating pairs in this process: gpucnn, PyTorch as configured, PyTorch without TF32."""
+    runs = {name: setup(args, name, batch_size, torch) for name in ("gpucnn", "torch")}
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    mine, theirs, theirs_fp32 = [], [], []
+    for name in ("gpucnn", "torch"):
+        runs[name]()  # warm-up
+    for _ in range(args.pairs):
+        mine.append(runs["gpucnn"]())
+        theirs.append(runs["torch"]())
+        set_torch_tf32(torch, False)
+        theirs_fp32.append(runs["torch"]())
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return mine, theirs, theirs_fp32
 
 
 def main() -> None:
@@ -135,7 +164,7 @@ def main() -> None:
     )
     parser.add_argument("--model", default="reference")
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[128])
     parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
     parser.add_argument("--pairs", type=int, default=5, help="alternating timed pairs")
     parser.add_argument("--threads", type=int, default=2)
@@ -148,42 +177,60 @@ def main() -> None:
         print(json.dumps({"images_per_second": child(args)}))
         return
 
-    def measure(library: str) -> float:
-        command = [sys.executable, __file__, "--child", library] + sys.argv[1:]
+    def measure(library: str, batch_size: int) -> float:
+        command = [sys.executable, __file__, "--child", library, *sys.argv[1:]]
+        command += ["--batch-size", str(batch_size)]  # the last one given wins
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"]
 
-    mine, torch_rates = [], []
-    for _ in range(args.pairs):
-        mine.append(measure("gpucnn"))
-        torch_rates.append(measure("torch"))
     import torch
 
     backend = select_backend(args.backend)
-    ratios = [a / b for a, b in zip(mine, torch_rates, strict=True)]
-    report = {
-        "model": args.model,
-        "mode": args.mode,
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-        "steps": args.steps,
-        "gpucnn_backend": backend.name,
-        "torch_device": args.device,
-        "torch_version": torch.__version__,
-        "gpucnn_images_per_second": statistics.median(mine),
-        "torch_images_per_second": statistics.median(torch_rates),
-        "median_pair_ratio": statistics.median(ratios),
-        "pairs": [{"gpucnn": a, "torch": b} for a, b in zip(mine, torch_rates, strict=True)],
-    }
-    print(
-        f"{args.model} {args.mode} batch {args.batch_size}, {args.threads} threads: "
-        f"gpucnn[{backend.name}] {report['gpucnn_images_per_second']:.0f} img/s, "
-        f"torch[{args.device}] {report['torch_images_per_second']:.0f} img/s, "
-        f"ratio {report['median_pair_ratio']:.2f}x (median of {args.pairs} alternating pairs)"
-    )
+    reports = []
+    for batch_size in args.batch_size:
+        fp32 = None
+        if args.device.startswith("cuda"):
+            mine, torch_rates, fp32 = in_process(args, batch_size, torch)
+        else:
+            mine, torch_rates = [], []
+            for _ in range(args.pairs):
+                mine.append(measure("gpucnn", batch_size))
+                torch_rates.append(measure("torch", batch_size))
+        ratios = [a / b for a, b in zip(mine, torch_rates, strict=True)]
+        report = {
+            "model": args.model,
+            "mode": args.mode,
+            "batch_size": batch_size,
+            "threads": args.threads,
+            "steps": args.steps,
+            "gpucnn_backend": backend.name,
+            "torch_device": args.device,
+            "torch_version": torch.__version__,
+            "gpucnn_images_per_second": statistics.median(mine),
+            "torch_images_per_second": statistics.median(torch_rates),
+            "median_pair_ratio": statistics.median(ratios),
+            "pairs": [{"gpucnn": a, "torch": b} for a, b in zip(mine, torch_rates, strict=True)],
+        }
+        line = (
+            f"{args.model} {args.mode} batch {batch_size}, {args.threads} threads: "
+            f"gpucnn[{backend.name}] {report['gpucnn_images_per_second']:.0f} img/s, "
+            f"torch[{args.device}] {report['torch_images_per_second']:.0f} img/s, "
+            f"ratio {report['median_pair_ratio']:.2f}x (median of {args.pairs} alternating pairs)"
+        )
+        if fp32 is not None:
+            report["torch_no_tf32_images_per_second"] = statistics.median(fp32)
+            report["median_pair_ratio_no_tf32"] = statistics.median(
+                [a / b for a, b in zip(mine, fp32, strict=True)]
+            )
+            line += (
+                f"; torch with TF32 off {report['torch_no_tf32_images_per_second']:.0f} img/s, "
+                f"ratio {report['median_pair_ratio_no_tf32']:.2f}x"
+            )
+        print(line, flush=True)
+        reports.append(report)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(reports[0] if len(reports) == 1 else reports, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One-shot GPU check (about 5 minutes on an H100/H200): the whole test suite with its CuPy tests,
-# kernels per training step with the standard ops, the CUDA kernels and a CUDA graph,
-# `gpucnn bench` on CuPy in those three modes (per-layer profile), PyTorch CUDA comparisons,
-# and 3 epochs of MNIST with CUDA graphs off and on.
+# One-shot GPU check (about 5 minutes on an H100/H200): kernels and GPU time per training step
+# with the standard ops, the CUDA kernels and a CUDA graph, and per inference pass beside
+# PyTorch's; `gpucnn bench` on CuPy in those three modes (per-layer profile); PyTorch CUDA
+# comparisons; 3 epochs of MNIST with CUDA graphs off and on; then the whole test suite with
+# its CuPy tests (in 8 processes where pytest-xdist is installed). Benchmarks run first, on a
+# quiet GPU.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
 #
@@ -28,12 +30,9 @@ nvidia-smi -L || true
 run $py -c "import cupy, numpy, sys; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
 run $py -m gpucnn info
 
-section "test suite (CuPy tests included)"
-$py -m pytest -q -p no:cacheprovider -rfs tests > "$results/tests.log" 2>&1 || { echo "FAILED: test suite"; status=1; }
-tail -n 30 "$results/tests.log"
-
 section "kernels and step time: standard ops, CUDA kernels, CUDA kernels + graph"
-run $py benchmarks/gpu_step_profile.py --batch-size 128 512 2048 --json "$results/step_profile.json"
+run $py benchmarks/gpu_step_profile.py --batch-size 128 512 2048 --infer-batch-size 1000 \
+  --json "$results/step_profile.json"
 
 section "gpucnn bench on CuPy"
 for mode in "0 0" "1 0" "1 1"; do
@@ -46,12 +45,10 @@ done
 
 section "PyTorch CUDA comparisons (CUDA kernels and graphs on)"
 export GPUCNN_CUDA_GRAPHS=1
-for batch in 128 512 2048; do
-  run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size "$batch" \
-    --pairs 2 --json "$scratch/torch-train-$batch.json"
-done
+run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048 \
+  --pairs 3 --json "$scratch/torch-train.json"
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
-  --steps 20 --pairs 2 --json "$scratch/torch-infer-1000.json"
+  --steps 50 --pairs 3 --json "$scratch/torch-infer-1000.json"
 
 section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()
@@ -75,5 +72,12 @@ json.dump(merged, open(os.path.join(results, "results.json"), "w"), indent=2)
 print("wrote", os.path.join(results, "results.json"), "with", sorted(merged))
 EOF
 rm -rf "$scratch"
+
+section "test suite (CuPy tests included)"
+parallel=()
+$py -c "import xdist" 2>/dev/null && parallel=(-n 8)
+$py -m pytest -q -p no:cacheprovider -rfs "${parallel[@]}" tests > "$results/tests.log" 2>&1 \
+  || { echo "FAILED: test suite"; status=1; }
+tail -n 30 "$results/tests.log"
 section "done: $([ $status = 0 ] && echo 'every step passed' || echo 'some step FAILED')"
 exit $status

@@ -36,14 +36,66 @@ def count_launches(step, xp) -> dict:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         synchronize(xp)
-    names = collections.Counter()
-    gpu_us = 0.0
+    names, times = collections.Counter(), collections.Counter()
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
         names[event.name[:80]] += 1
-        gpu_us += getattr(event, "device_time", None) or getattr(event, "cuda_time", 0.0)
-    return {"launches": sum(names.values()), "gpu_time_us": gpu_us, "by_name": dict(names)}
+        times[event.name[:80]] += getattr(event, "device_time", None) or getattr(
+            event, "cuda_time", 0.0
+        )
+    return {
+        "launches": sum(names.values()),
+        "gpu_time_us": sum(times.values()),
+        "by_name": dict(names),
+        "gpu_us_by_name": {name: round(us, 1) for name, us in times.most_common()},
+    }
+
+
+def inference_profile(args, backend) -> list[dict]:
+    """Kernels and GPU time of one inference forward pass at ``--infer-batch-size``, for
+    gpucnn with and without its CUDA kernels and for PyTorch (eval, inference mode)."""
+    import torch
+
+    xp = backend.xp
+    runs = []
+    for kernels in ("0", "1"):
+        os.environ[CUDA_KERNELS_ENV] = kernels
+        model = build_model(args.model, backend)
+        x, _ = synthetic_batch(model, args.infer_batch_size, seed=0)
+
+        def forward(model=model, x=x):
+            model.forward(x, training=False, check=False)
+
+        runs.append(("gpucnn, CUDA kernels " + ("on" if kernels == "1" else "off"), forward))
+    from compare_torch import torch_model  # noqa: PLC0415 - a sibling script
+
+    net = torch_model(args.model, torch).cuda().eval()
+    batch = torch.rand(args.infer_batch_size, *build_model(args.model, backend).input_shape)
+    batch = batch.cuda()
+
+    def torch_forward():
+        with torch.inference_mode():
+            net(batch)
+
+    runs.append(("torch", torch_forward))
+    report = []
+    for name, forward in runs:
+        for _ in range(3):
+            forward()
+        seconds = median_seconds(forward, xp, args.steps, args.repeats)
+        entry = {"library": name, "batch_size": args.infer_batch_size, "forward_ms": 1e3 * seconds}
+        entry.update(count_launches(forward, xp))
+        report.append(entry)
+        top = ", ".join(f"{k[:40]} {v:.0f}" for k, v in list(entry["gpu_us_by_name"].items())[:6])
+        print(
+            f"inference {args.infer_batch_size} {name:<24}: {entry['launches']} kernels, "
+            f"GPU {entry['gpu_time_us']:.0f} us, forward {entry['forward_ms']:.3f} ms "
+            f"({args.infer_batch_size / seconds:.0f} img/s); top us: {top}",
+            flush=True,
+        )
+    os.environ.pop(CUDA_KERNELS_ENV, None)
+    return report
 
 
 def median_seconds(step, xp, steps: int, repeats: int) -> float:
@@ -83,6 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="reference")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--infer-batch-size", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
@@ -130,6 +183,7 @@ def main() -> None:
             )
     os.environ.pop(CUDA_KERNELS_ENV, None)
     os.environ.pop(GRAPHS_ENV, None)
+    report["inference"] = inference_profile(args, backend)
     report["random"] = random_draw_cost(xp)
     print("dropout draw:", json.dumps(report["random"]))
     if args.json:

@@ -343,7 +343,8 @@ def _train(
         except CheckpointError as exc:
             raise CheckpointError(f"{out / 'checkpoint.npz'}: {exc}") from None
     remaining = run["epochs"] - trainer.epoch
-    if remaining < 1:
+    # stopped after its last epoch's checkpoint but before the model was saved: finish it
+    if remaining < 1 and (checkpoint is None or (out / "model.npz").exists()):
         raise UsageError(
             f"the run in {out} has already trained {trainer.epoch} of {run['epochs']} epochs; "
             f"pass --epochs N with N > {trainer.epoch} to train more"
@@ -357,13 +358,14 @@ def _train(
             flush=True,
         )
     start = time.perf_counter()
-    trainer.fit(
-        x_fit,
-        y_fit,
-        validation_data=(x_val, y_val) if len(x_val) else None,
-        epochs=remaining,
-        batch_size=run["batch_size"],
-    )
+    if remaining > 0:
+        trainer.fit(
+            x_fit,
+            y_fit,
+            validation_data=(x_val, y_val) if len(x_val) else None,
+            epochs=remaining,
+            batch_size=run["batch_size"],
+        )
     elapsed = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test, communicator=comm)
     if not root:
