@@ -88,7 +88,7 @@ class Augment:
         N, C, H, W = x.shape
         P = self.shift
         HP, WP = H + 2 * P, W + 2 * P
-        padded = xp.zeros((N, C, HP, WP), dtype=x.dtype, device=x.device)
+        padded = xp.zeros((N, C, HP, WP), dtype=x.dtype)  # CuPy takes no device= here
         padded[:, :, P : P + H, P : P + W] = x
         key = (C, H, W, xp.__name__ if hasattr(xp, "__name__") else id(xp), str(x.device))
         base = self._base.get(key)

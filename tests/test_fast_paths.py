@@ -142,16 +142,31 @@ def test_cuda_kernel_source_compiles_with_nvrtc():
         nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - no CuPy or no NVRTC library on this machine
         pytest.skip(f"NVRTC is not available ({type(exc).__name__}: {exc})")
-    from gpucnn.functional._cuda_kernels import full_source
+    from gpucnn.functional._cuda_kernels import OPTIONS, SHAPED_SOURCE, full_source, shaped_source
 
-    for dtype in ("float32", "float64"):
-        program = nvrtc.createProgram(full_source(dtype), f"gpucnn_{dtype}.cu", [], [])
+    def ptx(source: str, what: str) -> str:
+        program = nvrtc.createProgram(source, "gpucnn.cu", [], [])
         try:
-            nvrtc.compileProgram(program, ["-arch=compute_90", "--std=c++11"])
+            nvrtc.compileProgram(program, ["-arch=compute_90", *OPTIONS])
+            return nvrtc.getPTX(program).decode()
         except nvrtc.NVRTCError as exc:
-            pytest.fail(f"{dtype} kernels do not compile: {exc}\n{nvrtc.getProgramLog(program)}")
-        assert b".entry" in nvrtc.getPTX(program)
-        nvrtc.destroyProgram(program)
+            pytest.fail(f"{what} does not compile: {exc}\n{nvrtc.getProgramLog(program)}")
+        finally:
+            nvrtc.destroyProgram(program)
+
+    # the reference network's first convolution and pool, then an odd geometry
+    geometries = [
+        dict(H=28, W=28, C=1, KH=3, KW=3, SH=1, SW=1, PT=0, PL=0, OH=26, OW=26, K=9, K1=12, LD=12),
+        dict(H=9, W=7, C=5, KH=3, KW=2, SH=2, SW=3, PT=1, PL=0, OH=5, OW=2, K=30, K1=32, LD=32),
+    ]
+    for dtype in ("float32", "float64"):
+        assert ".entry sgd_multi" in ptx(full_source(dtype), f"{dtype} kernels")
+        for name in SHAPED_SOURCE:
+            for sizes in geometries:
+                code = ptx(shaped_source(name, dtype, dict(sizes, BIAS=1, RELU=1)), name)
+                assert f".entry {name}" in code
+                # every size is a constant: no integer division is left
+                assert "div.s32" not in code and "rem.s32" not in code, name
 
 
 def test_a_broken_kernel_source_is_rejected_by_nvrtc():

@@ -20,7 +20,8 @@ This module imports CuPy and is imported only when CuPy is the backend.
 
 from __future__ import annotations
 
-from functools import cache
+import threading
+from functools import cache, lru_cache
 
 import cupy
 import numpy as np
@@ -30,7 +31,7 @@ MAX_BLOCKS = 65535 * 32
 # 32-bit indices: an array's last index plus one grid stride must still fit in an int
 INT_LIMIT = 2**31 - 1 - THREADS * MAX_BLOCKS
 
-SOURCE = r"""
+COMMON = r"""
 // Every kernel gives one thread each output element, striding over the grid when the grid is
 // smaller than the output.
 #define FOR_EACH(idx, total) \
@@ -49,30 +50,9 @@ __device__ __forceinline__ void unravel4(int idx, const int B, const int C, cons
     a = idx / B;
 }
 
-// ---- im2col: one thread per element of the (N*OH*OW, ld) matrix: K window columns, the
-// bias column of ones (if bias), zeros up to ld; image padding read as 0.
-extern "C" __global__ void im2col_nhwc(
-    const T* __restrict__ x, T* __restrict__ cols, const int total,
-    const int H, const int W, const int C, const int KW, const int SH, const int SW,
-    const int PT, const int PL, const int OH, const int OW, const int K, const int K1,
-    const int bias)
-{
-    FOR_EACH(idx, total) {
-        int n, oh, ow, k;
-        unravel4(idx, OH, OW, K1, n, oh, ow, k);
-        T value = (T)(k == K && bias);  // the bias column, or alignment padding
-        if (k < K) {
-            const int c = k % C;
-            const int offset = k / C;
-            const int h = oh * SH - PT + offset / KW;
-            const int w = ow * SW - PL + offset % KW;
-            value = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * H + h) * W + w) * C + c]
-                                                         : (T)0;
-        }
-        cols[idx] = value;
-    }
-}
+"""
 
+SOURCE = r"""
 // ---- the GEMM operand of a convolution weight (F, C, KH, KW): out (rows, F) holds row
 // (i*KW + j)*C + c = weight[:, c, i, j], then the bias row (if bias), then zero rows.
 extern "C" __global__ void conv_weight_matrix(
@@ -92,94 +72,6 @@ extern "C" __global__ void conv_weight_matrix(
             value = bias[f];
         }
         out[idx] = value;
-    }
-}
-
-// ---- col2im: one thread per input element gathers every window position that covers it,
-// in kernel-offset order, from the pixel-major gradient columns (row stride ld); the
-// gradient of the padding is never formed.
-extern "C" __global__ void col2im_nhwc(
-    const T* __restrict__ grad_cols, T* __restrict__ grad_x, const int total,
-    const int H, const int W, const int C, const int KH, const int KW, const int SH,
-    const int SW, const int PT, const int PL, const int OH, const int OW, const int ld)
-{
-    FOR_EACH(idx, total) {
-        int n, h, w, c;
-        unravel4(idx, H, W, C, n, h, w, c);
-        T sum = (T)0;
-        for (int i = 0; i < KH; ++i) {
-            const int t = h + PT - i;
-            if (t < 0 || t % SH != 0 || t / SH >= OH) continue;
-            for (int j = 0; j < KW; ++j) {
-                const int u = w + PL - j;
-                if (u < 0 || u % SW != 0 || u / SW >= OW) continue;
-                const int row = (n * OH + t / SH) * OW + u / SW;
-                sum += grad_cols[row * ld + (i * KW + j) * C + c];
-            }
-        }
-        grad_x[idx] = sum;
-    }
-}
-
-// ---- max pooling (optionally followed by ReLU): one thread per output element.
-// NaN propagates as in maximum(); ReLU maps every non-positive maximum to 0.
-extern "C" __global__ void max_pool_nhwc(
-    const T* __restrict__ x, T* __restrict__ out, const int total, const int H, const int W,
-    const int C, const int KH, const int KW, const int SH, const int SW, const int OH,
-    const int OW, const int relu)
-{
-    FOR_EACH(idx, total) {
-        int n, oh, ow, c;
-        unravel4(idx, OH, OW, C, n, oh, ow, c);
-        const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
-        T best = corner[0];
-        for (int i = 0; i < KH; ++i) {
-            for (int j = 0; j < KW; ++j) {
-                const T v = corner[(i * W + j) * C];
-                if (v > best || v != v) best = v;
-                if (best != best) break;
-            }
-        }
-        out[idx] = (relu && best <= (T)0) ? (T)0 : best;
-    }
-}
-
-// ---- max-pool backward: one thread per input element; it receives the gradient of every
-// window whose FIRST maximum (row-major) it is. With relu, `out` is the ReLU output and
-// windows whose output is not positive pass no gradient.
-extern "C" __global__ void max_pool_backward_nhwc(
-    const T* __restrict__ grad_out, const T* __restrict__ x, const T* __restrict__ out,
-    T* __restrict__ grad_x, const int total, const int H, const int W, const int C,
-    const int KH, const int KW, const int SH, const int SW, const int OH, const int OW,
-    const int relu)
-{
-    FOR_EACH(idx, total) {
-        int n, h, w, c;
-        unravel4(idx, H, W, C, n, h, w, c);
-        const T value = x[idx];
-        const int oh_first = h >= KH ? (h - KH) / SH + 1 : 0;
-        const int ow_first = w >= KW ? (w - KW) / SW + 1 : 0;
-        const int oh_last = min(h / SH, OH - 1);
-        const int ow_last = min(w / SW, OW - 1);
-        T sum = (T)0;
-        for (int oh = oh_first; oh <= oh_last; ++oh) {
-            for (int ow = ow_first; ow <= ow_last; ++ow) {
-                const int o = ((n * OH + oh) * OW + ow) * C + c;
-                const T best = out[o];
-                if (value != best || (relu && !(best > (T)0))) continue;
-                const int i0 = h - oh * SH, j0 = w - ow * SW;
-                const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
-                bool first = true;
-                for (int i = 0; i <= i0 && first; ++i) {
-                    const int stop = i < i0 ? KW : j0;
-                    for (int j = 0; j < stop; ++j) {
-                        if (corner[(i * W + j) * C] == best) { first = false; break; }
-                    }
-                }
-                if (first) sum += grad_out[o];
-            }
-        }
-        grad_x[idx] = sum;
     }
 }
 
@@ -256,6 +148,121 @@ extern "C" __global__ void hashed_uniform(
 }
 """
 
+# Kernels compiled once per shape: every size below is a compile-time constant (a macro), so
+# the compiler turns their many index divisions into multiplications; with run-time sizes
+# those divisions bounded the kernels (im2col took 356 of 651 us of an inference pass on an
+# NVIDIA H200). Names: the symbols of gpucnn.functional.im2col, plus K1 (columns of the
+# padded im2col matrix), LD (row stride of gradient columns), BIAS and RELU (0 or 1).
+SHAPED_SOURCE = {
+    "im2col_nhwc": r"""
+// ---- im2col: one thread per element of the (N*OH*OW, K1) matrix: K window columns, the
+// bias column of ones (if BIAS), zeros up to K1; image padding read as 0.
+extern "C" __global__ void im2col_nhwc(
+    const T* __restrict__ x, T* __restrict__ cols, const int total)
+{
+    FOR_EACH(idx, total) {
+        int n, oh, ow, k;
+        unravel4(idx, OH, OW, K1, n, oh, ow, k);
+        T value = (T)(k == K && BIAS);  // the bias column, or alignment padding
+        if (k < K) {
+            const int c = k % C;
+            const int offset = k / C;
+            const int h = oh * SH - PT + offset / KW;
+            const int w = ow * SW - PL + offset % KW;
+            value = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * H + h) * W + w) * C + c]
+                                                         : (T)0;
+        }
+        cols[idx] = value;
+    }
+}
+""",
+    "col2im_nhwc": r"""
+// ---- col2im: one thread per input element gathers every window position that covers it,
+// in kernel-offset order, from the pixel-major gradient columns (row stride LD); the
+// gradient of the padding is never formed.
+extern "C" __global__ void col2im_nhwc(
+    const T* __restrict__ grad_cols, T* __restrict__ grad_x, const int total)
+{
+    FOR_EACH(idx, total) {
+        int n, h, w, c;
+        unravel4(idx, H, W, C, n, h, w, c);
+        T sum = (T)0;
+        for (int i = 0; i < KH; ++i) {
+            const int t = h + PT - i;
+            if (t < 0 || t % SH != 0 || t / SH >= OH) continue;
+            for (int j = 0; j < KW; ++j) {
+                const int u = w + PL - j;
+                if (u < 0 || u % SW != 0 || u / SW >= OW) continue;
+                const int row = (n * OH + t / SH) * OW + u / SW;
+                sum += grad_cols[row * LD + (i * KW + j) * C + c];
+            }
+        }
+        grad_x[idx] = sum;
+    }
+}
+""",
+    "max_pool_nhwc": r"""
+// ---- max pooling (optionally followed by ReLU): one thread per output element.
+// NaN propagates as in maximum(); ReLU maps every non-positive maximum to 0.
+extern "C" __global__ void max_pool_nhwc(
+    const T* __restrict__ x, T* __restrict__ out, const int total)
+{
+    FOR_EACH(idx, total) {
+        int n, oh, ow, c;
+        unravel4(idx, OH, OW, C, n, oh, ow, c);
+        const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
+        T best = corner[0];
+        for (int i = 0; i < KH; ++i) {
+            for (int j = 0; j < KW; ++j) {
+                const T v = corner[(i * W + j) * C];
+                if (v > best || v != v) best = v;
+                if (best != best) break;
+            }
+        }
+        out[idx] = (RELU && best <= (T)0) ? (T)0 : best;
+    }
+}
+""",
+    "max_pool_backward_nhwc": r"""
+// ---- max-pool backward: one thread per input element; it receives the gradient of every
+// window whose FIRST maximum (row-major) it is. With RELU, `out` is the ReLU output and
+// windows whose output is not positive pass no gradient.
+extern "C" __global__ void max_pool_backward_nhwc(
+    const T* __restrict__ grad_out, const T* __restrict__ x, const T* __restrict__ out,
+    T* __restrict__ grad_x, const int total)
+{
+    FOR_EACH(idx, total) {
+        int n, h, w, c;
+        unravel4(idx, H, W, C, n, h, w, c);
+        const T value = x[idx];
+        const int oh_first = h >= KH ? (h - KH) / SH + 1 : 0;
+        const int ow_first = w >= KW ? (w - KW) / SW + 1 : 0;
+        const int oh_last = min(h / SH, OH - 1);
+        const int ow_last = min(w / SW, OW - 1);
+        T sum = (T)0;
+        for (int oh = oh_first; oh <= oh_last; ++oh) {
+            for (int ow = ow_first; ow <= ow_last; ++ow) {
+                const int o = ((n * OH + oh) * OW + ow) * C + c;
+                const T best = out[o];
+                if (value != best || (RELU && !(best > (T)0))) continue;
+                const int i0 = h - oh * SH, j0 = w - ow * SW;
+                const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
+                bool first = true;
+                for (int i = 0; i <= i0 && first; ++i) {
+                    const int stop = i < i0 ? KW : j0;
+                    for (int j = 0; j < stop; ++j) {
+                        if (corner[(i * W + j) * C] == best) { first = false; break; }
+                    }
+                }
+                if (first) sum += grad_out[o];
+            }
+        }
+        grad_x[idx] = sum;
+    }
+}
+""",
+}
+
 SLOTS = 8  # parameters updated by one optimizer launch (the reference network has 8)
 
 
@@ -263,8 +270,22 @@ def _slot_arguments(pattern: str) -> str:
     return ",\n    ".join(pattern.format(i=i) for i in range(SLOTS))
 
 
-def _slot_table(kind: str, name: str) -> str:
-    return f"{kind} {name}s[SLOTS] = {{{', '.join(f'{name}{i}' for i in range(SLOTS))}}};"
+def _slot_select(**fields: str) -> str:
+    """Declarations of ``fields`` (variable -> C type) and a switch on blockIdx.y that sets
+    each from slot i's argument (the variable's name, then i).
+
+    A switch on a value uniform over the block; arrays of the arguments indexed by it were
+    placed in per-thread local memory, which cost 95 us per update of the reference network
+    on an NVIDIA H200.
+    """
+    declarations = "".join(f"    {kind} {var};\n" for var, kind in fields.items())
+    cases = "".join(
+        f"        case {i}: "
+        + " ".join(f"{var} = {var}{i};" for var in fields)
+        + " break;\n"
+        for i in range(SLOTS)
+    )
+    return f"{declarations}    switch (blockIdx.y) {{\n{cases}        default: return;\n    }}"
 
 
 # Optimizer updates over up to SLOTS parameters per launch: blockIdx.y picks the parameter,
@@ -277,25 +298,16 @@ extern "C" __global__ void sgd_multi(
     {_slot_arguments("T* p{i}, const T* g{i}, T* v{i}, const int n{i}, const T d{i}")},
     const T lr, const T momentum, const int nesterov)
 {{
-    {_slot_table("T*", "p")}
-    {_slot_table("const T*", "g")}
-    {_slot_table("T*", "v")}
-    {_slot_table("const int", "n")}
-    {_slot_table("const T", "d")}
-    const int s = blockIdx.y;
-    T* param = ps[s];
-    const T* grad = gs[s];
-    T* velocity = vs[s];
-    const T decay = ds[s];
-    FOR_EACH(idx, ns[s]) {{
-        const T g = grad[idx] + decay * param[idx];
+{_slot_select(p="T*", g="const T*", v="T*", n="int", d="T")}
+    FOR_EACH(idx, n) {{
+        const T gradient = g[idx] + d * p[idx];
         if (momentum == (T)0) {{
-            param[idx] -= lr * g;
+            p[idx] -= lr * gradient;
             continue;
         }}
-        const T v = velocity[idx] * momentum + g;
-        velocity[idx] = v;
-        param[idx] -= lr * (nesterov ? g + momentum * v : v);
+        const T velocity = v[idx] * momentum + gradient;
+        v[idx] = velocity;
+        p[idx] -= lr * (nesterov ? gradient + momentum * velocity : velocity);
     }}
 }}
 
@@ -306,27 +318,16 @@ extern "C" __global__ void adam_multi(
     const T step, const T beta1, const T beta2, const T eps, const T root_correction2,
     const T one_minus_beta1, const T one_minus_beta2)
 {{
-    {_slot_table("T*", "p")}
-    {_slot_table("const T*", "g")}
-    {_slot_table("T*", "m")}
-    {_slot_table("T*", "v")}
-    {_slot_table("const int", "n")}
-    {_slot_table("const T", "d")}
-    const int s = blockIdx.y;
-    T* param = ps[s];
-    const T* grad = gs[s];
-    T* first = ms[s];
-    T* second = vs[s];
-    const T decay_step = ds[s];
-    FOR_EACH(idx, ns[s]) {{
-        const T g = grad[idx];
-        const T m = first[idx] * beta1 + one_minus_beta1 * g;
-        const T v = second[idx] * beta2 + one_minus_beta2 * (g * g);
-        first[idx] = m;
-        second[idx] = v;
-        T p = param[idx];
-        p -= decay_step * p;
-        param[idx] = p - step * (m / (SQRT(v) / root_correction2 + eps));
+{_slot_select(p="T*", g="const T*", m="T*", v="T*", n="int", d="T")}
+    FOR_EACH(idx, n) {{
+        const T gradient = g[idx];
+        const T first = m[idx] * beta1 + one_minus_beta1 * gradient;
+        const T second = v[idx] * beta2 + one_minus_beta2 * (gradient * gradient);
+        m[idx] = first;
+        v[idx] = second;
+        T param = p[idx];
+        param -= d * param;
+        p[idx] = param - step * (first / (SQRT(second) / root_correction2 + eps));
     }}
 }}
 """
@@ -338,24 +339,48 @@ PRELUDE = {
 
 
 def full_source(dtype_name: str) -> str:
-    """The complete CUDA C source for element type ``dtype_name`` ("float32" or "float64")."""
+    """The CUDA C source of the kernels compiled once per element type ``dtype_name``
+    ("float32" or "float64")."""
     return (
         PRELUDE[dtype_name]
         + f"#define THREADS {THREADS}\n#define SLOTS {SLOTS}\n"
+        + COMMON
         + SOURCE
         + OPTIMIZER_SOURCE
     )
 
 
+def shaped_source(name: str, dtype_name: str, sizes: dict[str, int]) -> str:
+    """The CUDA C source of shape kernel ``name`` with ``sizes`` (macro name -> value)."""
+    defines = "".join(f"#define {key} {int(value)}\n" for key, value in sizes.items())
+    return PRELUDE[dtype_name] + COMMON + defines + SHAPED_SOURCE[name]
+
+
+# --fmad=false: no fused multiply-adds, so element-wise results round as the standard code's
+# separate operations do
+OPTIONS = ("--std=c++11", "--fmad=false")
+
+
 @cache
 def _module(dtype_name: str) -> cupy.RawModule:
-    # --fmad=false: no fused multiply-adds, so element-wise results round as the standard
-    # code's separate operations do
-    return cupy.RawModule(code=full_source(dtype_name), options=("--std=c++11", "--fmad=false"))
+    return cupy.RawModule(code=full_source(dtype_name), options=OPTIONS)
 
 
 def _kernel(name: str, dtype) -> cupy.RawKernel:
     return _module(np.dtype(dtype).name).get_function(name)
+
+
+@lru_cache(maxsize=512)
+def _shaped_kernel(name: str, dtype_name: str, sizes: tuple) -> cupy.RawKernel:
+    source = shaped_source(name, dtype_name, dict(sizes))
+    return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
+
+
+def _launch_shaped(name: str, dtype, total: int, arrays: tuple, **sizes: int) -> None:
+    """Launch shape kernel ``name`` over ``total`` elements, compiled for ``sizes``."""
+    kernel = _shaped_kernel(name, np.dtype(dtype).name, tuple(sizes.items()))
+    blocks = min(max(-(-total // THREADS), 1), MAX_BLOCKS)
+    kernel((blocks,), (THREADS,), (*arrays, np.int32(total)))
 
 
 def _supported(*arrays) -> bool:
@@ -407,11 +432,9 @@ def im2col(x, kernel, stride, padding, bias_column: bool):
     cols = cupy.empty((N, OH, OW, aligned(K + int(bias_column))), dtype=x.dtype)
     if not _supported(x, cols):
         return None
-    _launch(
-        "im2col_nhwc",
-        x.dtype,
-        cols.size,
-        (x, cols, *_ints(cols.size, H, W, C, KW, SH, SW, PT, PL, OH, OW, K, cols.shape[3], bias_column)),
+    _launch_shaped(
+        "im2col_nhwc", x.dtype, cols.size, (x, cols), H=H, W=W, C=C, KW=KW, SH=SH, SW=SW,
+        PT=PT, PL=PL, OH=OH, OW=OW, K=K, K1=cols.shape[3], BIAS=int(bias_column),
     )  # fmt: skip
     return cols
 
@@ -447,13 +470,10 @@ def col2im(grad_cols, x_shape, kernel, stride, padding):
     grad_x = cupy.empty(x_shape, dtype=grad_cols.dtype)
     if not _supported(grad_cols, grad_x):
         return None
-    ld = grad_cols.shape[1]
-    _launch(
-        "col2im_nhwc",
-        grad_x.dtype,
-        grad_x.size,
-        (grad_cols, grad_x, *_ints(grad_x.size, H, W, C, KH, KW, SH, SW, PT, PL, OH, OW, ld)),
-    )
+    _launch_shaped(
+        "col2im_nhwc", grad_x.dtype, grad_x.size, (grad_cols, grad_x), H=H, W=W, C=C, KH=KH,
+        KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, OH=OH, OW=OW, LD=grad_cols.shape[1],
+    )  # fmt: skip
     return grad_x
 
 
@@ -466,12 +486,10 @@ def max_pool(x, pool, stride, relu: bool):
     out = cupy.empty((N, OH, OW, C), dtype=x.dtype)
     if not _supported(x, out):
         return None
-    _launch(
-        "max_pool_nhwc",
-        x.dtype,
-        out.size,
-        (x, out, *_ints(out.size, H, W, C, KH, KW, SH, SW, OH, OW, int(relu))),
-    )
+    _launch_shaped(
+        "max_pool_nhwc", x.dtype, out.size, (x, out), H=H, W=W, C=C, KH=KH, KW=KW, SH=SH, SW=SW,
+        OH=OH, OW=OW, RELU=int(relu),
+    )  # fmt: skip
     return out
 
 
@@ -484,12 +502,10 @@ def max_pool_backward(grad_out, x, out, pool, stride, relu: bool):
     grad_x = cupy.empty(x.shape, dtype=grad_out.dtype)
     if not _supported(grad_out, x, out, grad_x) or len({grad_out.dtype, x.dtype}) != 1:
         return None
-    _launch(
-        "max_pool_backward_nhwc",
-        x.dtype,
-        grad_x.size,
-        (grad_out, x, out, grad_x, *_ints(grad_x.size, H, W, C, KH, KW, SH, SW, OH, OW, relu)),
-    )
+    _launch_shaped(
+        "max_pool_backward_nhwc", x.dtype, grad_x.size, (grad_out, x, out, grad_x), H=H, W=W,
+        C=C, KH=KH, KW=KW, SH=SH, SW=SW, OH=OH, OW=OW, RELU=int(relu),
+    )  # fmt: skip
     return grad_x
 
 
@@ -683,10 +699,16 @@ def _cublas_path() -> str:
     )
 
 
-@cache
+_per_thread = threading.local()
+
+
 def cublas() -> _Cublas:
-    """The process's :class:`_Cublas` (created on first use)."""
-    return _Cublas()
+    """This thread's :class:`_Cublas` (created on first use): a handle switches streams and
+    holds one workspace, so threads that train side by side must not share one."""
+    handle = getattr(_per_thread, "cublas", None)
+    if handle is None:
+        handle = _per_thread.cublas = _Cublas()
+    return handle
 
 
 def gemm(a, b):

@@ -41,16 +41,24 @@ def graph_capture():
 
 
 def matmul(xp: ModuleType, a, b):
-    """``xp.matmul(a, b)`` for 2-D operands; inside :func:`graph_capture`, cuBLAS called
-    directly (a layout it does not handle raises, which abandons the capture)."""
-    if getattr(_capture, "active", False):
+    """``xp.matmul(a, b)`` for 2-D operands.
+
+    On CuPy with the CUDA kernels on (and always inside :func:`graph_capture`) cuBLAS is
+    called directly: a step replayed from a CUDA graph then runs the very GEMMs of an eager
+    step, so both give the same bits (a run resumed with an eager first step equals one that
+    never stopped). An operand layout that call does not take falls back to ``xp.matmul``,
+    or inside a capture raises, which abandons the capture.
+    """
+    capturing = getattr(_capture, "active", False)
+    if capturing or cuda_kernels(xp) is not None:
         from . import _cuda_kernels
 
         out = _cuda_kernels.gemm(a, b)
-        if out is None:
+        if out is not None:
+            return out
+        if capturing:
             raise NotImplementedError(
                 f"expected C- or F-contiguous float operands for a captured GEMM; received "
                 f"shapes {a.shape} and {b.shape}"
             )
-        return out
     return xp.matmul(a, b)
