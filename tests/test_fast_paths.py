@@ -154,16 +154,19 @@ def test_cuda_kernel_source_compiles_with_nvrtc():
         finally:
             nvrtc.destroyProgram(program)
 
-    # the reference network's first convolution and pool, then an odd geometry
+    # the reference network's first convolution and pool, an odd geometry, and 4 channels
+    # per thread
     geometries = [
         dict(H=28, W=28, C=1, KH=3, KW=3, SH=1, SW=1, PT=0, PL=0, OH=26, OW=26, K=9, K1=12, LD=12),
         dict(H=9, W=7, C=5, KH=3, KW=2, SH=2, SW=3, PT=1, PL=0, OH=5, OW=2, K=30, K1=32, LD=32),
-    ]
+        dict(H=11, W=11, C=64, KH=2, KW=2, SH=2, SW=2, PT=0, PL=0, OH=5, OW=5, K=256, K1=260,
+             LD=260, V=4),
+    ]  # fmt: skip
     for dtype in ("float32", "float64"):
         assert ".entry sgd_multi" in ptx(full_source(dtype), f"{dtype} kernels")
         for name in SHAPED_SOURCE:
             for sizes in geometries:
-                code = ptx(shaped_source(name, dtype, dict(sizes, BIAS=1, RELU=1)), name)
+                code = ptx(shaped_source(name, dtype, {"V": 1, **sizes, "BIAS": 1, "RELU": 1}), name)
                 assert f".entry {name}" in code
                 # every size is a constant: no integer division is left
                 assert "div.s32" not in code and "rem.s32" not in code, name
@@ -246,7 +249,7 @@ def test_cuda_conv_equals_the_standard_code(
 @pytest.mark.parametrize("ties", [False, True])
 def test_cuda_max_pool_equals_the_standard_code(cupy, dtype, monkeypatch, pool, stride, relu, ties):
     rng = np.random.default_rng(2)
-    for shape in ((2, 7, 8, 3), (3, 6, 6, 5)):
+    for shape in ((2, 7, 8, 3), (3, 6, 6, 5), (2, 9, 7, 8)):  # 8: 4 channels per thread
         host = rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)
         x = cupy.asarray(host, dtype=dtype)
 

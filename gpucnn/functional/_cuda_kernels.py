@@ -155,24 +155,42 @@ extern "C" __global__ void hashed_uniform(
 # padded im2col matrix), LD (row stride of gradient columns), BIAS and RELU (0 or 1).
 SHAPED_SOURCE = {
     "im2col_nhwc": r"""
-// ---- im2col: one thread per element of the (N*OH*OW, K1) matrix: K window columns, the
-// bias column of ones (if BIAS), zeros up to K1; image padding read as 0.
+// ---- im2col: one thread per 4 columns of one row of the (N*OH*OW, K1) matrix (K1 is a
+// multiple of 4): K window columns, the bias column of ones (if BIAS), zeros up to K1; image
+// padding read as 0. With V = 4 (C a multiple of 4), the 4 columns are 4 channels of one
+// window pixel and move as one vector.
 extern "C" __global__ void im2col_nhwc(
     const T* __restrict__ x, T* __restrict__ cols, const int total)
 {
-    FOR_EACH(idx, total) {
-        int n, oh, ow, k;
-        unravel4(idx, OH, OW, K1, n, oh, ow, k);
-        T value = (T)(k == K && BIAS);  // the bias column, or alignment padding
-        if (k < K) {
-            const int c = k % C;
-            const int offset = k / C;
+    FOR_EACH(q, total) {
+        int n, oh, ow, k4;
+        unravel4(q, OH, OW, K1 / 4, n, oh, ow, k4);
+        T v[4];
+        const int k0 = 4 * k4;
+        if (V == 4 && k0 < K) {
+            const int offset = k0 / C;
             const int h = oh * SH - PT + offset / KW;
             const int w = ow * SW - PL + offset % KW;
-            value = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * H + h) * W + w) * C + c]
-                                                         : (T)0;
+            if (h >= 0 && h < H && w >= 0 && w < W) {
+                load_vec<4>(x + ((n * H + h) * W + w) * C + k0 % C, v);
+            } else {
+                v[0] = v[1] = v[2] = v[3] = (T)0;
+            }
+        } else {
+            for (int u = 0; u < 4; ++u) {
+                const int k = k0 + u;
+                T value = (T)(k == K && BIAS);  // the bias column, or alignment padding
+                if (k < K) {
+                    const int offset = k / C;
+                    const int h = oh * SH - PT + offset / KW;
+                    const int w = ow * SW - PL + offset % KW;
+                    value = (h >= 0 && h < H && w >= 0 && w < W)
+                                ? x[((n * H + h) * W + w) * C + k % C] : (T)0;
+                }
+                v[u] = value;
+            }
         }
-        cols[idx] = value;
+        store_vec<4>(cols + 4 * q, v);
     }
 }
 """,
@@ -202,30 +220,89 @@ extern "C" __global__ void col2im_nhwc(
 }
 """,
     "max_pool_nhwc": r"""
-// ---- max pooling (optionally followed by ReLU): one thread per output element.
-// NaN propagates as in maximum(); ReLU maps every non-positive maximum to 0.
+// ---- max pooling (optionally followed by ReLU): one thread per V channels of one output
+// pixel. NaN propagates as in maximum(); ReLU maps every non-positive maximum to 0.
 extern "C" __global__ void max_pool_nhwc(
     const T* __restrict__ x, T* __restrict__ out, const int total)
 {
-    FOR_EACH(idx, total) {
-        int n, oh, ow, c;
-        unravel4(idx, OH, OW, C, n, oh, ow, c);
-        const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + c;
-        T best = corner[0];
+    FOR_EACH(q, total) {
+        int n, oh, ow, cv;
+        unravel4(q, OH, OW, C / V, n, oh, ow, cv);
+        const T* corner = x + ((n * H + oh * SH) * W + ow * SW) * C + cv * V;
+        T best[V];
+        load_vec<V>(corner, best);
         for (int i = 0; i < KH; ++i) {
             for (int j = 0; j < KW; ++j) {
-                const T v = corner[(i * W + j) * C];
-                if (v > best || v != v) best = v;
-                if (best != best) break;
+                T v[V];
+                load_vec<V>(corner + (i * W + j) * C, v);
+                for (int u = 0; u < V; ++u) {
+                    if (v[u] > best[u] || v[u] != v[u]) best[u] = v[u];
+                }
             }
         }
-        out[idx] = (RELU && best <= (T)0) ? (T)0 : best;
+        for (int u = 0; u < V; ++u) best[u] = (RELU && best[u] <= (T)0) ? (T)0 : best[u];
+        store_vec<V>(out + q * V, best);
+    }
+}
+""",
+    "max_pool_backward_tiled": r"""
+// ---- max-pool backward for windows that do not overlap (stride >= pool): one thread per V
+// channels of one output pixel writes every input element of its tile: the rows from its
+// window's top to the next window's (to the image's bottom for the last row of windows),
+// likewise the columns. The window's FIRST maximum (row-major) receives the output's
+// gradient, every other element 0; a window holding NaN passes none, nor, with RELU, one
+// whose maximum is not positive.
+extern "C" __global__ void max_pool_backward_tiled(
+    const T* __restrict__ grad_out, const T* __restrict__ x, T* __restrict__ grad_x,
+    const int total)
+{
+    FOR_EACH(q, total) {
+        int n, oh, ow, cv;
+        unravel4(q, OH, OW, C / V, n, oh, ow, cv);
+        const int top = oh * SH, left = ow * SW;
+        const int first = ((n * H + top) * W + left) * C + cv * V;
+        T best[V], g[V];
+        int arg[V];
+        bool has_nan[V];
+        load_vec<V>(x + first, best);
+        for (int u = 0; u < V; ++u) {
+            arg[u] = 0;
+            has_nan[u] = best[u] != best[u];
+        }
+        for (int i = 0; i < KH; ++i) {
+            for (int j = 0; j < KW; ++j) {
+                T v[V];
+                load_vec<V>(x + first + (i * W + j) * C, v);
+                for (int u = 0; u < V; ++u) {
+                    has_nan[u] = has_nan[u] || v[u] != v[u];
+                    if (v[u] > best[u]) {
+                        best[u] = v[u];
+                        arg[u] = i * KW + j;
+                    }
+                }
+            }
+        }
+        load_vec<V>(grad_out + q * V, g);
+        for (int u = 0; u < V; ++u) {
+            if (has_nan[u] || (RELU && !(best[u] > (T)0))) g[u] = (T)0;
+        }
+        const int rows = oh == OH - 1 ? H - top : SH;
+        const int columns = ow == OW - 1 ? W - left : SW;
+        for (int i = 0; i < rows; ++i) {
+            for (int j = 0; j < columns; ++j) {
+                T v[V];
+                for (int u = 0; u < V; ++u) {
+                    v[u] = (i < KH && j < KW && i * KW + j == arg[u]) ? g[u] : (T)0;
+                }
+                store_vec<V>(grad_x + first + (i * W + j) * C, v);
+            }
+        }
     }
 }
 """,
     "max_pool_backward_nhwc": r"""
-// ---- max-pool backward: one thread per input element; it receives the gradient of every
-// window whose FIRST maximum (row-major) it is. With RELU, `out` is the ReLU output and
+// ---- max-pool backward for overlapping windows (stride < pool): one thread per input
+// element; it receives the gradient of every window whose FIRST maximum (row-major) it is. With RELU, `out` is the ReLU output and
 // windows whose output is not positive pass no gradient.
 extern "C" __global__ void max_pool_backward_nhwc(
     const T* __restrict__ grad_out, const T* __restrict__ x, const T* __restrict__ out,
@@ -337,6 +414,34 @@ PRELUDE = {
     "float64": "typedef double T;\n#define EXP exp\n#define LOG log\n#define SQRT sqrt\n",
 }
 
+# Loads and stores of V consecutive elements (V = 1 or 4) for the shape kernels: four
+# elements move as one 16-byte access (float4; two double2 for float64), which needs
+# addresses that are multiples of 4 elements (the launchers check the base addresses).
+VECTOR_IO = {
+    "float32": r"""
+#define VEC4_LOAD(p, v) { const float4 q = *reinterpret_cast<const float4*>(p); \
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w; }
+#define VEC4_STORE(p, v) { *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]); }
+""",
+    "float64": r"""
+#define VEC4_LOAD(p, v) { const double2 a = reinterpret_cast<const double2*>(p)[0]; \
+    const double2 b = reinterpret_cast<const double2*>(p)[1]; \
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y; }
+#define VEC4_STORE(p, v) { reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]); \
+    reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]); }
+""",
+}
+VECTOR_IO_COMMON = r"""
+template <int WIDTH> __device__ __forceinline__ void load_vec(const T* p, T* v)
+{
+    if (WIDTH == 4) VEC4_LOAD(p, v) else for (int u = 0; u < WIDTH; ++u) v[u] = p[u];
+}
+template <int WIDTH> __device__ __forceinline__ void store_vec(T* p, const T* v)
+{
+    if (WIDTH == 4) VEC4_STORE(p, v) else for (int u = 0; u < WIDTH; ++u) p[u] = v[u];
+}
+"""
+
 
 def full_source(dtype_name: str) -> str:
     """The CUDA C source of the kernels compiled once per element type ``dtype_name``
@@ -353,7 +458,14 @@ def full_source(dtype_name: str) -> str:
 def shaped_source(name: str, dtype_name: str, sizes: dict[str, int]) -> str:
     """The CUDA C source of shape kernel ``name`` with ``sizes`` (macro name -> value)."""
     defines = "".join(f"#define {key} {int(value)}\n" for key, value in sizes.items())
-    return PRELUDE[dtype_name] + COMMON + defines + SHAPED_SOURCE[name]
+    return (
+        PRELUDE[dtype_name]
+        + VECTOR_IO[dtype_name]
+        + COMMON
+        + defines
+        + VECTOR_IO_COMMON
+        + SHAPED_SOURCE[name]
+    )
 
 
 # --fmad=false: no fused multiply-adds, so element-wise results round as the standard code's
@@ -374,6 +486,17 @@ def _kernel(name: str, dtype) -> cupy.RawKernel:
 def _shaped_kernel(name: str, dtype_name: str, sizes: tuple) -> cupy.RawKernel:
     source = shaped_source(name, dtype_name, dict(sizes))
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
+
+
+def _aligned4(*arrays) -> bool:
+    """True when every array starts at a multiple of 4 elements' bytes (16 bytes for float32):
+    what the vector loads and stores of :data:`VECTOR_IO` need."""
+    return all(a.data.ptr % (4 * a.itemsize) == 0 for a in arrays)
+
+
+def _vector_width(C: int, *arrays) -> int:
+    """4 channels per thread where ``C`` is a multiple of 4 and the arrays are aligned, else 1."""
+    return 4 if C % 4 == 0 and _aligned4(*arrays) else 1
 
 
 def _launch_shaped(name: str, dtype, total: int, arrays: tuple, **sizes: int) -> None:
@@ -432,9 +555,11 @@ def im2col(x, kernel, stride, padding, bias_column: bool):
     cols = cupy.empty((N, OH, OW, aligned(K + int(bias_column))), dtype=x.dtype)
     if not _supported(x, cols):
         return None
+    vector = int(C % 4 == 0 and _aligned4(x))
     _launch_shaped(
-        "im2col_nhwc", x.dtype, cols.size, (x, cols), H=H, W=W, C=C, KW=KW, SH=SH, SW=SW,
+        "im2col_nhwc", x.dtype, cols.size // 4, (x, cols), H=H, W=W, C=C, KW=KW, SH=SH, SW=SW,
         PT=PT, PL=PL, OH=OH, OW=OW, K=K, K1=cols.shape[3], BIAS=int(bias_column),
+        V=4 if vector else 1,
     )  # fmt: skip
     return cols
 
@@ -486,15 +611,17 @@ def max_pool(x, pool, stride, relu: bool):
     out = cupy.empty((N, OH, OW, C), dtype=x.dtype)
     if not _supported(x, out):
         return None
+    V = _vector_width(C, x)
     _launch_shaped(
-        "max_pool_nhwc", x.dtype, out.size, (x, out), H=H, W=W, C=C, KH=KH, KW=KW, SH=SH, SW=SW,
-        OH=OH, OW=OW, RELU=int(relu),
+        "max_pool_nhwc", x.dtype, out.size // V, (x, out), H=H, W=W, C=C, KH=KH, KW=KW, SH=SH,
+        SW=SW, OH=OH, OW=OW, RELU=int(relu), V=V,
     )  # fmt: skip
     return out
 
 
 def max_pool_backward(grad_out, x, out, pool, stride, relu: bool):
-    """Route each output gradient to its window's first maximum, gathered per input element."""
+    """Route each output gradient to its window's first maximum: one thread per output tile
+    for windows that do not overlap, else gathered per input element."""
     grad_out, x, out = _contiguous(grad_out), _contiguous(x), _contiguous(out)
     N, H, W, C = x.shape
     (KH, KW), (SH, SW) = pool, stride
@@ -502,10 +629,17 @@ def max_pool_backward(grad_out, x, out, pool, stride, relu: bool):
     grad_x = cupy.empty(x.shape, dtype=grad_out.dtype)
     if not _supported(grad_out, x, out, grad_x) or len({grad_out.dtype, x.dtype}) != 1:
         return None
-    _launch_shaped(
-        "max_pool_backward_nhwc", x.dtype, grad_x.size, (grad_out, x, out, grad_x), H=H, W=W,
-        C=C, KH=KH, KW=KW, SH=SH, SW=SW, OH=OH, OW=OW, RELU=int(relu),
-    )  # fmt: skip
+    if out.size == 0:  # no window: no thread would write
+        grad_x.fill(0)
+        return grad_x
+    sizes = dict(H=H, W=W, C=C, KH=KH, KW=KW, SH=SH, SW=SW, OH=OH, OW=OW, RELU=int(relu))
+    if SH >= KH and SW >= KW:  # windows do not overlap: one thread per output writes its tile
+        V = _vector_width(C, grad_out, x)
+        arrays = (grad_out, x, grad_x)
+        _launch_shaped("max_pool_backward_tiled", x.dtype, out.size // V, arrays, **sizes, V=V)
+    else:
+        arrays = (grad_out, x, out, grad_x)
+        _launch_shaped("max_pool_backward_nhwc", x.dtype, grad_x.size, arrays, **sizes)
     return grad_x
 
 
