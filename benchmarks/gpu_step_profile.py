@@ -59,15 +59,17 @@ def inference_profile(args, backend) -> list[dict]:
 
     xp = backend.xp
     runs = []
-    for kernels in ("0", "1"):
-        os.environ[CUDA_KERNELS_ENV] = kernels
+    for kernels, graphs in (("0", "0"), ("1", "0"), ("1", "1")):
+        os.environ[CUDA_KERNELS_ENV], os.environ[GRAPHS_ENV] = kernels, graphs
         model = build_model(args.model, backend)
         x, _ = synthetic_batch(model, args.infer_batch_size, seed=0)
+        infer = model.inference_function()
 
-        def forward(model=model, x=x):
-            model.forward(x, training=False, check=False)
+        def forward(infer=infer, x=x):
+            infer(x)
 
-        runs.append(("gpucnn, CUDA kernels " + ("on" if kernels == "1" else "off"), forward))
+        name = "standard ops" if kernels == "0" else "CUDA kernels" + " + graph" * (graphs == "1")
+        runs.append(("gpucnn, " + name, forward))
     from compare_torch import torch_model  # noqa: PLC0415 - a sibling script
 
     net = torch_model(args.model, torch).cuda().eval()
@@ -89,12 +91,13 @@ def inference_profile(args, backend) -> list[dict]:
         report.append(entry)
         top = ", ".join(f"{k[:40]} {v:.0f}" for k, v in list(entry["gpu_us_by_name"].items())[:6])
         print(
-            f"inference {args.infer_batch_size} {name:<24}: {entry['launches']} kernels, "
+            f"inference {args.infer_batch_size} {name:<28}: {entry['launches']} kernels, "
             f"GPU {entry['gpu_time_us']:.0f} us, forward {entry['forward_ms']:.3f} ms "
             f"({args.infer_batch_size / seconds:.0f} img/s); top us: {top}",
             flush=True,
         )
     os.environ.pop(CUDA_KERNELS_ENV, None)
+    os.environ.pop(GRAPHS_ENV, None)
     return report
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, Backend, select_backend, to_device, to_numpy
+from .cuda_graph import inference_step
 from .functional.losses import softmax, softmax_cross_entropy
 from .layers import Layer, layer_from_config, plan
 from .layers.base import BuildContext, public_shape
@@ -206,6 +207,14 @@ class Sequential:
         return loss, logits
 
     def _prepare_input(self, x: Any, check: bool) -> Array:
+        """``x`` validated, on the device, of the model's dtype, images channels-last."""
+        x = self._input_on_device(x, check)
+        if len(self.input_shape) == 3:
+            x = self.xp.permute_dims(x, (0, 2, 3, 1))
+        return x
+
+    def _input_on_device(self, x: Any, check: bool) -> Array:
+        """``x`` validated, on the device, of the model's dtype, in the public layout."""
         xp = self.xp
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"expected an array input; received {type(x).__name__}")
@@ -221,8 +230,6 @@ class Sequential:
             x = xp.astype(x, self.dtype)
         if check and not bool(xp.all(xp.isfinite(x))):
             raise ValueError("expected finite input values; received NaN or inf")
-        if len(self.input_shape) == 3:
-            x = xp.permute_dims(x, (0, 2, 3, 1))
         return x
 
     # ------------------------------------------------------------------ inference
@@ -237,11 +244,25 @@ class Sequential:
 
         ``batch_size`` defaults to :attr:`inference_batch_size`.
         """
+        forward = self.inference_function()
         chunks = [
-            to_numpy(softmax(self.forward(batch, training=False)))
+            to_numpy(softmax(forward(self._input_on_device(batch, check=True))))
             for batch in _batches(x, batch_size or self.inference_batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, *self.output_shape), np.float32)
+
+    def inference_function(self) -> Callable[[Any], Array]:
+        """``f(x) -> out``: the inference pass ``forward(x, training=False, check=False)``.
+
+        ``x`` is (N, *input_shape), on the host or the device; ``out`` is a new array on the
+        device. On a GPU each batch shape's pass is replayed as a CUDA graph (see
+        :class:`gpucnn.cuda_graph.GraphedForward`), which saves the launch time of every
+        kernel; elsewhere it is ``forward`` itself.
+        """
+        if getattr(self, "_inference", None) is None:
+            self._inference = inference_step(self)
+        step = self._inference
+        return lambda x: step(self._input_on_device(x, check=False))
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""

@@ -179,8 +179,9 @@ def _evaluate_sums(model: Sequential, x, y, batch_size: int | None) -> tuple[flo
     batch_size = batch_size or model.inference_batch_size
     total_loss = xp.asarray(0.0, dtype=xp.float64)
     correct = xp.asarray(0, dtype=xp.int64)
+    forward = model.inference_function()
     for start in range(0, len(x), batch_size):
-        logits = model.forward(x[start : start + batch_size], training=False, check=False)
+        logits = forward(x[start : start + batch_size])
         labels = to_device(y[start : start + batch_size], xp)
         loss, _ = softmax_cross_entropy(logits, labels, check_range=False)
         total_loss = total_loss + xp.astype(loss, xp.float64) * labels.shape[0]

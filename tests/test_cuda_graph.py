@@ -8,7 +8,7 @@ from conftest import load_namespace
 
 from gpucnn import Sequential
 from gpucnn.backend import to_numpy
-from gpucnn.cuda_graph import GRAPHS_ENV, GraphedStep, training_step
+from gpucnn.cuda_graph import GRAPHS_ENV, GraphedForward, GraphedStep, training_step
 from gpucnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from gpucnn.optim import SGD, Adam
 
@@ -44,6 +44,14 @@ def test_the_step_function_is_one_eager_training_step_off_the_gpu(monkeypatch):
         np.testing.assert_array_equal(logits, expected_logits)
     for key, value in reference.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+def test_the_inference_function_is_the_inference_pass_off_the_gpu():
+    model = small_net("numpy")
+    x = np.random.default_rng(5).random((7, 1, 8, 8))  # float64 on the host: cast as forward does
+    np.testing.assert_array_equal(
+        model.inference_function()(x), model.forward(x, training=False, check=False)
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,3 +152,36 @@ def test_a_restored_optimizer_state_is_adopted_before_recording(cupy, monkeypatc
     for x, y in data[3:]:
         loss, _ = step(x, y)
     assert np.isfinite(float(loss)) and step.describe()["cuda_graph"], step.describe()
+
+
+def test_graphed_inference_equals_the_eager_pass(cupy, monkeypatch):
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    model = small_net("cupy")
+    infer = model.inference_function()
+    assert isinstance(model._inference, GraphedForward)
+    rng = np.random.default_rng(6)
+    inputs = [rng.random((n, 1, 8, 8), dtype=np.float32) for n in (5, 5, 5, 3, 3, 3, 5)]
+    outputs = []
+    for x in inputs:  # eager, record + replay, replay; then a second shape; the first again
+        out = infer(cupy.asarray(x))
+        expected = model.forward(cupy.asarray(x), training=False, check=False)
+        np.testing.assert_array_equal(to_numpy(out), to_numpy(expected))
+        outputs.append(out)
+    assert model._inference.replays == 5 and len(model._inference.graphs) == 2
+    assert model._inference.disabled_because is None
+    # each call returns its own array: a later replay does not overwrite an earlier result
+    np.testing.assert_array_equal(
+        to_numpy(outputs[1]), to_numpy(model.forward(cupy.asarray(inputs[1]), training=False))
+    )
+    # an in-place weight update is seen by the replay; a replaced weight array records again
+    for p in model.parameters():
+        p.data *= 0.5
+    x = cupy.asarray(inputs[0])
+    np.testing.assert_array_equal(to_numpy(infer(x)), to_numpy(model.forward(x, training=False)))
+    model.load_state_dict({k: v * 2 for k, v in model.state_dict().items()})
+    for _ in range(3):
+        np.testing.assert_array_equal(
+            to_numpy(infer(x)), to_numpy(model.forward(x, training=False))
+        )
+    proba = model.predict_proba(inputs[0])
+    assert proba.shape == (5, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
