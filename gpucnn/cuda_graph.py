@@ -29,29 +29,37 @@ from typing import Any
 
 from .backend import Array, is_cupy
 from .functional._dispatch import graph_capture
+from .functional.losses import add_batch_sums
 
 GRAPHS_ENV = "GPUCNN_CUDA_GRAPHS"
 
 StepFunction = Callable[[Array, Array], tuple[Array, Array]]
 
 
-def training_step(model, optimizer) -> StepFunction:
+def training_step(model, optimizer, sums: Array | None = None) -> StepFunction:
     """A function ``step(x, labels) -> (loss, logits)`` that trains ``model`` on one batch.
 
     It runs forward, softmax cross-entropy, backward and ``optimizer.step``; ``x`` and
-    ``labels`` are arrays on the model's device, the results stay there. Where CUDA graphs
-    apply (see the module docstring) the step is a :class:`GraphedStep`, whose ``loss`` and
-    ``logits`` are the same arrays at every replay: copy them to keep them past the next step.
+    ``labels`` are arrays on the model's device, the results stay there. ``sums``, a (2,)
+    float64 array on that device, receives each batch's summed loss and correct count
+    (:func:`~gpucnn.functional.add_batch_sums`) within the step: a training loop then reads
+    nothing per batch. Where CUDA graphs apply (see the module docstring) the step is a
+    :class:`GraphedStep`, whose ``loss`` and ``logits`` are the same arrays at every replay:
+    copy them to keep them past the next step.
     """
     if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "1").strip() != "0":
-        return GraphedStep(model, optimizer)
-    return lambda x, labels: eager_step(model, optimizer, x, labels)
+        return GraphedStep(model, optimizer, sums)
+    return lambda x, labels: eager_step(model, optimizer, x, labels, sums)
 
 
-def eager_step(model, optimizer, x: Array, labels: Array) -> tuple[Array, Array]:
+def eager_step(
+    model, optimizer, x: Array, labels: Array, sums: Array | None = None
+) -> tuple[Array, Array]:
     """One training step, launched kernel by kernel."""
     loss, logits = model.loss_and_backward(x, labels, check=False)
     optimizer.step(model)
+    if sums is not None:
+        add_batch_sums(sums, loss, logits, labels)
     return loss, logits
 
 
@@ -64,8 +72,8 @@ class GraphedStep:
     optimizer : the optimizer whose ``step`` is part of the recording.
     """
 
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model, optimizer, sums: Array | None = None):
+        self.model, self.optimizer, self.sums = model, optimizer, sums
         self.xp = model.xp
         self.graph = None
         self.disabled_because = self._unsupported_reason()
@@ -85,7 +93,7 @@ class GraphedStep:
 
     def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
         if self.disabled_because is not None:
-            return eager_step(self.model, self.optimizer, x, labels)
+            return eager_step(self.model, self.optimizer, x, labels, self.sums)
         key = self._key(x, labels)
         if key == self.recorded_for:
             return self._replay(x, labels)
@@ -94,7 +102,7 @@ class GraphedStep:
         # Something the graph would freeze changed (batch shape, learning rate, the arrays of
         # the weights or the optimizer state, e.g. after a restore): one eager step first,
         # which also compiles every kernel and fills the memory pool; record on the next.
-        result = eager_step(self.model, self.optimizer, x, labels)
+        result = eager_step(self.model, self.optimizer, x, labels, self.sums)
         self._warmed = self._key(x, labels)
         return result
 
@@ -114,6 +122,8 @@ class GraphedStep:
             optimizer.lr, optimizer.weight_decay, optimizer.clip_norm,
             optimizer.momentum, optimizer.nesterov,
         )  # fmt: skip
+        if self.sums is not None:
+            buffers.append(self.sums.data.ptr)
         shapes = (tuple(x.shape), tuple(labels.shape), x.dtype, labels.dtype)
         return (*shapes, settings, tuple(buffers))
 
@@ -134,7 +144,7 @@ class GraphedStep:
         except Exception as exc:  # noqa: BLE001 - any failure to record means eager steps
             self.disabled_because = f"recording failed ({type(exc).__name__}: {exc})"
             self.graph = None
-            return eager_step(self.model, self.optimizer, x, labels)
+            return eager_step(self.model, self.optimizer, x, labels, self.sums)
         self.recorded_for = key
         return self._replay(x, labels)
 
@@ -151,6 +161,8 @@ class GraphedStep:
                     self.static_x, self.static_labels, check=False
                 )
                 self.optimizer.step(self.model)
+                if self.sums is not None:
+                    add_batch_sums(self.sums, *loss_and_logits, self.static_labels)
                 return loss_and_logits
             finally:
                 self.optimizer.steps = steps_before  # recording ran no update

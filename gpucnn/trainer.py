@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .augment import Augment
-from .backend import Array, namespace, synchronize, to_device
+from .backend import Array, synchronize, to_device
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .cuda_graph import GraphedStep, training_step
 from .data.files import is_disk_backed
-from .functional.losses import check_labels, softmax_cross_entropy
+from .functional.losses import add_batch_sums, check_labels, count_correct, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
@@ -144,12 +144,6 @@ class EarlyStopping(Callback):
         self.best_weights = dict(state.get("arrays") or {}) or None
 
 
-def count_correct(logits, labels):
-    """Number of rows of (N, K) ``logits`` whose argmax equals ``labels`` (an int64 0-d array)."""
-    xp = namespace(logits, labels)
-    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
-
-
 def evaluate(
     model: Sequential,
     x: np.ndarray,
@@ -225,8 +219,7 @@ class _Epoch:
     order_host: np.ndarray
     rng_at_start: dict
     first: int  # the first batch to run (> 0 when resuming inside the epoch)
-    loss_sum: Array
-    correct: Array
+    sums: Array  # (2,) float64 on the device: summed loss, correct predictions
     seen: int
     check_every: int
 
@@ -293,7 +286,10 @@ class Trainer:
         self.log = None if quiet else log
         self.augment = augment
         self.epoch = 0  # completed epochs
-        step = training_step(self.model, self.optimizer)
+        xp = self.model.xp
+        # the epoch's running sums, filled in place by every step (a graph records where)
+        self._sums = xp.zeros((2,), dtype=xp.float64)
+        step = training_step(self.model, self.optimizer, self._sums)
         # a CUDA-graph step (on CuPy unless GPUCNN_CUDA_GRAPHS=0), else None: the loop runs eagerly
         self._graphed_step = step if isinstance(step, GraphedStep) else None
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
@@ -492,11 +488,16 @@ class Trainer:
             order_host=order,
             rng_at_start=rng_at_start,
             first=int(position.get("batch", 0)),
-            loss_sum=xp.asarray(float(position.get("loss_sum", 0.0)), dtype=xp.float64),
-            correct=xp.asarray(int(position.get("correct", 0)), dtype=xp.int64),
+            sums=self._reset_sums(position.get("loss_sum", 0.0), position.get("correct", 0)),
             seen=int(position.get("seen", 0)),
             check_every=GPU_CHECK_EVERY if self.model.backend.is_gpu else 1,
         )
+
+    def _reset_sums(self, loss_sum: float, correct: int) -> Array:
+        """The running sums set in place (a recorded graph holds their address)."""
+        self._sums[0] = float(loss_sum)
+        self._sums[1] = float(correct)
+        return self._sums
 
     def _gather(self, epoch: _Epoch, b: int, x_dev, y_dev) -> tuple[Array, Array]:
         """Batch ``b`` of the epoch's order on the device, augmented when asked."""
@@ -520,18 +521,16 @@ class Trainer:
 
     def _train_batch(self, epoch: _Epoch, b: int, xb, yb) -> Array:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
-        model, xp = self.model, self.model.xp
-        if self._graphed_step is not None:  # the update is part of the replayed graph
-            loss, logits = self._graphed_step(xb, yb)
+        model = self.model
+        if self._graphed_step is not None:  # update and sums are part of the replayed graph
+            loss, _ = self._graphed_step(xb, yb)
             self._check_if_due(epoch, b, loss)
         else:
             loss, logits = model.loss_and_backward(xb, yb, check=False)
             self._check_if_due(epoch, b, loss)  # before the update, which it may prevent
             self.optimizer.step(model)
-        count = xb.shape[0]
-        epoch.loss_sum = epoch.loss_sum + xp.astype(loss, xp.float64) * count
-        epoch.correct = epoch.correct + count_correct(logits, yb)
-        epoch.seen += count
+            add_batch_sums(epoch.sums, loss, logits, yb)
+        epoch.seen += xb.shape[0]
         return loss
 
     def _check_if_due(self, epoch: _Epoch, b: int, loss) -> None:
@@ -566,8 +565,8 @@ class Trainer:
         loss = loss_sum / total
         self._check_if_due(epoch, b, loss)
         self.optimizer.step(model)
-        epoch.loss_sum = epoch.loss_sum + loss_sum
-        epoch.correct = epoch.correct + round(correct)
+        epoch.sums[0] = epoch.sums[0] + loss_sum
+        epoch.sums[1] = epoch.sums[1] + round(correct)
         epoch.seen += total
         return loss
 
@@ -598,8 +597,8 @@ class Trainer:
             "batch": b + 1,
             "batch_size": epoch.batch_size,
             "rng_at_epoch_start": epoch.rng_at_start,
-            "loss_sum": float(epoch.loss_sum),
-            "correct": int(epoch.correct),
+            "loss_sum": float(epoch.sums[0]),
+            "correct": int(epoch.sums[1]),
             "seen": epoch.seen,
         }
         raise TrainingInterrupted(self._stop_signal(), self._save())
@@ -607,8 +606,8 @@ class Trainer:
     def _epoch_logs(self, epoch: _Epoch, elapsed: float) -> dict[str, float]:
         seen = max(epoch.seen, 1)
         return {
-            "loss": float(epoch.loss_sum) / seen,
-            "accuracy": int(epoch.correct) / seen,
+            "loss": float(epoch.sums[0]) / seen,
+            "accuracy": int(epoch.sums[1]) / seen,
             "lr": self.optimizer.lr,
             "time_s": elapsed,
             "images_per_second": (epoch.n - epoch.first * epoch.batch_size) / max(elapsed, 1e-9),

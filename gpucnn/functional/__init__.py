@@ -13,7 +13,14 @@ from .conv import (
 )
 from .dense import dense_backward, dense_forward
 from .im2col import col2im, im2col, output_size, pad2d, resolve_padding, unpad2d
-from .losses import check_labels, log_softmax, softmax, softmax_cross_entropy
+from .losses import (
+    add_batch_sums,
+    check_labels,
+    count_correct,
+    log_softmax,
+    softmax,
+    softmax_cross_entropy,
+)
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -45,5 +52,7 @@ __all__ = [
     "resolve_padding",
     "softmax",
     "softmax_cross_entropy",
+    "add_batch_sums",
+    "count_correct",
     "unpad2d",
 ]

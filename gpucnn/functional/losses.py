@@ -69,3 +69,21 @@ def softmax_cross_entropy(
     loss = -xp.sum(xp.where(onehot, log_probs, 0.0)) / N
     grad = (xp.exp(log_probs) - xp.astype(onehot, logits.dtype)) / N
     return loss, grad
+
+
+def count_correct(logits: Array, labels: Array) -> Array:
+    """Number of rows of (N, K) ``logits`` whose argmax equals ``labels`` (an int64 0-d array)."""
+    xp = namespace(logits, labels)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+
+
+def add_batch_sums(sums: Array, loss: Array, logits: Array, labels: Array) -> None:
+    """Add one batch to running sums in place, on the device (no host read).
+
+    sums : (2,) float64, the summed loss (each batch's mean loss times its N) and the number
+        of correct predictions.
+    loss : 0-d mean loss of the batch; logits : (N, K); labels : (N,) integer.
+    """
+    xp = namespace(sums)
+    sums[0] = sums[0] + xp.astype(loss, xp.float64) * labels.shape[0]
+    sums[1] = sums[1] + xp.astype(count_correct(logits, labels), xp.float64)
