@@ -32,6 +32,7 @@ from gpucnn.backend import select_backend, synchronize, to_device
 from gpucnn.bench import INPUT_SHAPE, build_model
 from gpucnn.cuda_graph import training_step
 from gpucnn.optim import SGD
+from gpucnn.resources import retain_freed_memory
 
 
 def torch_model(name: str, torch):
@@ -112,6 +113,7 @@ def setup(args, library: str, batch_size: int, torch):
     x_host = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)
     y_host = rng.integers(0, 10, batch_size)
     if library == "gpucnn":
+        retain_freed_memory()  # as Trainer.fit does (glibc keeps freed memory for reuse)
         backend = select_backend(args.backend)
         model = build_model(args.model, backend)
         step = training_step(model, SGD(lr=0.01, momentum=0.9))

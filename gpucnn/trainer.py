@@ -43,7 +43,7 @@ from .functional.losses import add_batch_sums, check_labels, count_correct, soft
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
-from .resources import peak_rss_mib
+from .resources import peak_rss_mib, retain_freed_memory
 
 if TYPE_CHECKING:
     from .distributed import MPICommunicator
@@ -343,6 +343,7 @@ class Trainer:
         validate_dataset(self.model, x, y, "training data")
         if validation_data is not None:
             validate_dataset(self.model, *validation_data, "validation data")
+        retain_freed_memory()  # each step frees what the next allocates again
         xp = self.model.xp
         # disk-backed data stays on the host and is read batch by batch
         x_dev = x if is_disk_backed(x) else to_device(x, xp, self.model.dtype)
