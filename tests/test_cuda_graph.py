@@ -66,6 +66,13 @@ def test_the_inference_function_is_the_inference_pass_off_the_gpu():
     np.testing.assert_array_equal(
         model.inference_function()(x), model.forward(x, training=False, check=False)
     )
+    # a large batch goes through in cache-sized blocks: the same numbers, in float64 exactly
+    layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)]
+    model = Sequential(layers, input_shape=(1, 8, 8), dtype="float64", backend="numpy", seed=3)
+    x = np.random.default_rng(6).random((2 * model.inference_batch_size + 5, 1, 8, 8))
+    out = model.inference_function()(x)
+    assert out.shape == (x.shape[0], 3)
+    np.testing.assert_allclose(out, model.forward(x, training=False), rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize(
