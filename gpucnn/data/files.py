@@ -138,7 +138,9 @@ class NpyImages(ImageSource):
             os.close(fd)
         pixels = np.frombuffer(buffer, self.file_dtype).reshape(len(rows), *self.item_shape)
         if np.issubdtype(self.file_dtype, np.integer):
-            return pixels.astype(np.float32) / 255.0
+            scaled = pixels.astype(np.float32)
+            scaled /= 255.0  # in place: no second float copy
+            return scaled
         return pixels.astype(np.float32)
 
 
