@@ -65,7 +65,8 @@ def inference_profile(args, backend) -> list[dict]:
         x, _ = synthetic_batch(model, args.infer_batch_size, seed=0)
         infer = model.inference_function()
 
-        def forward(infer=infer, x=x):
+        def forward(infer=infer, x=x, kernels=kernels):
+            os.environ[CUDA_KERNELS_ENV] = kernels  # the ops read it at each call
             infer(x)
 
         name = "standard ops" if kernels == "0" else "CUDA kernels" + " + graph" * (graphs == "1")

@@ -351,8 +351,9 @@ def _train(
         except CheckpointError as exc:
             raise CheckpointError(f"{out / 'checkpoint.npz'}: {exc}") from None
     remaining = run["epochs"] - trainer.epoch
-    # stopped after its last epoch's checkpoint but before the model was saved: finish it
-    if remaining < 1 and (checkpoint is None or (out / "model.npz").exists()):
+    # remaining == 0 without model.npz: stopped after its last epoch's checkpoint but before
+    # the model was saved; finish it
+    if remaining < 0 or (remaining == 0 and (out / "model.npz").exists()):
         raise UsageError(
             f"the run in {out} has already trained {trainer.epoch} of {run['epochs']} epochs; "
             f"pass --epochs N with N > {trainer.epoch} to train more"
@@ -374,6 +375,8 @@ def _train(
             epochs=remaining,
             batch_size=run["batch_size"],
         )
+    else:  # what the end of fit does: e.g. EarlyStopping puts its best weights back
+        trainer.finish()
     elapsed = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test, communicator=comm)
     if not root:

@@ -25,6 +25,8 @@ handle) falls back to eager steps for good, with the reason kept in ``disabled_b
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -201,7 +203,9 @@ def record(xp, work: Callable[[], Any]) -> tuple[Any, list, Any]:
     with stream:
         from .functional import _cuda_kernels
 
-        _cuda_kernels.cublas().use_stream(stream.ptr)  # before capture: CuPy refuses during
+        handle = _cuda_kernels.cublas()
+        kept.append(handle)  # its workspace is written by the graph's GEMMs at each replay
+        handle.use_stream(stream.ptr)  # before capture: CuPy refuses during
         with xp.cuda.using_allocator(keep_alive):  # this thread only; restored on exit
             stream.begin_capture()
             try:
@@ -221,7 +225,8 @@ def inference_step(model) -> InferenceFunction:
     ``GPUCNN_CUDA_GRAPHS`` not ``0``); see :class:`GraphedForward`."""
     if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "1").strip() != "0":
         return GraphedForward(model)
-    return lambda x: model.forward(x, training=False, check=False)
+    model_ref = weakref.ref(model)  # the model keeps this function: no cycle back to it
+    return lambda x: model_ref().forward(x, training=False, check=False)
 
 
 class GraphedForward:
@@ -238,22 +243,35 @@ class GraphedForward:
     LIMIT = 2
 
     def __init__(self, model):
-        self.model, self.xp = model, model.xp
+        # weak: the model holds this object, which must not keep the model (and the graphs'
+        # GPU memory) alive after the model is dropped
+        self._model = weakref.ref(model)
+        self.xp = model.xp
         self.graphs: dict[tuple, tuple] = {}  # key -> (graph, kept, static input, output)
         self._warmed: set[tuple] = set()
         self.disabled_because: str | None = None
         self.replays = 0
+        self._lock = threading.Lock()  # one input buffer and output per graph: one pass at a time
+
+    @property
+    def model(self):
+        return self._model()
 
     def __call__(self, x: Array) -> Array:
+        with self._lock:
+            return self._forward(x)
+
+    def _forward(self, x: Array) -> Array:
+        model = self.model
         if self.disabled_because is not None:
-            return self.model.forward(x, training=False, check=False)
-        key = (tuple(x.shape), x.dtype, *(p.data.data.ptr for p in self.model.parameters()))
+            return model.forward(x, training=False, check=False)
+        key = (tuple(x.shape), x.dtype, *(p.data.data.ptr for p in model.parameters()))
         entry = self.graphs.get(key)
         if entry is None and key in self._warmed:
             entry = self._record(x, key)
         if entry is None:  # first pass of this key: eager (compiles kernels, fills the pool)
             self._warmed.add(key)
-            return self.model.forward(x, training=False, check=False)
+            return model.forward(x, training=False, check=False)
         graph, _, static_x, out = entry
         self.xp.copyto(static_x, x)
         graph.launch(stream=self.xp.cuda.get_current_stream())

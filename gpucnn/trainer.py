@@ -368,9 +368,15 @@ class Trainer:
                 self._save()
                 if self.log:
                     self.log(self._epoch_line(target, logs))
+        self.finish()
+        return self.history
+
+    def finish(self) -> None:
+        """End training as :meth:`fit` does after its last epoch: each callback's
+        ``on_train_end`` (EarlyStopping restores its best weights). For a run restored from
+        a checkpoint of its last epoch, which needs no more epochs."""
         for callback in self.callbacks:
             callback.on_train_end(self)
-        return self.history
 
     @property
     def clip_norm(self) -> float | None:

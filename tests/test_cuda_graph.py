@@ -207,3 +207,20 @@ def test_graphed_inference_equals_the_eager_pass(cupy, monkeypatch):
         )
     proba = model.predict_proba(inputs[0])
     assert proba.shape == (5, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_a_model_that_ran_inference_is_freed_without_the_cycle_collector():
+    """The model keeps its inference function, which must not keep the model: on a GPU its
+    graphs hold activation memory that would otherwise wait for a collection."""
+    import gc
+    import weakref
+
+    model = small_net("numpy")
+    model.predict_proba(np.zeros((3, 1, 8, 8), np.float32))
+    alive = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -21,7 +21,7 @@ This module imports CuPy and is imported only when CuPy is the backend.
 from __future__ import annotations
 
 import threading
-from functools import cache, lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -482,7 +482,7 @@ def _kernel(name: str, dtype) -> cupy.RawKernel:
     return _module(np.dtype(dtype).name).get_function(name)
 
 
-@lru_cache(maxsize=512)
+@cache  # never evicted: a recorded CUDA graph may launch a kernel of any shape seen so far
 def _shaped_kernel(name: str, dtype_name: str, sizes: tuple) -> cupy.RawKernel:
     source = shaped_source(name, dtype_name, dict(sizes))
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
@@ -837,11 +837,16 @@ _per_thread = threading.local()
 
 
 def cublas() -> _Cublas:
-    """This thread's :class:`_Cublas` (created on first use): a handle switches streams and
-    holds one workspace, so threads that train side by side must not share one."""
-    handle = getattr(_per_thread, "cublas", None)
+    """This thread's :class:`_Cublas` for the current device (created on first use): a handle
+    switches streams and holds one workspace, so threads that train side by side must not
+    share one, and a handle belongs to the device it was created on."""
+    handles = getattr(_per_thread, "cublas", None)
+    if handles is None:
+        handles = _per_thread.cublas = {}
+    device = cupy.cuda.runtime.getDevice()
+    handle = handles.get(device)
     if handle is None:
-        handle = _per_thread.cublas = _Cublas()
+        handle = handles[device] = _Cublas()
     return handle
 
 
