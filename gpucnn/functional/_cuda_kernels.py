@@ -7,13 +7,14 @@ time each, ~170 per step), not by arithmetic, so every launcher below replaces a
 small element-wise kernels by one pass over memory.
 
 Layout and shape symbols are those of :mod:`gpucnn.functional.im2col` (channels-last images).
-Every kernel is full CUDA C in :data:`SOURCE`, compiled once per element type ``T`` (float
-or double) by NVRTC through :class:`cupy.RawModule`; the test suite compiles the same source
-on machines without a GPU. Kernels index with 32-bit ints: a launcher returns None (the
-caller falls back to the standard code) for arrays of ``INT_LIMIT`` (about 1.6e9) elements
-or more. Gathers are
-written so that every output element is produced by one thread (no atomics), so results are
-deterministic.
+Every kernel is full CUDA C compiled by NVRTC through :class:`cupy.RawModule`: those of
+:data:`SOURCE` and :data:`OPTIMIZER_SOURCE` once per element type ``T`` (float or double),
+those of :data:`SHAPED_SOURCE` once per layer shape as well, with every size a constant; the
+test suite compiles them on machines without a GPU. Kernels index with 32-bit ints: a
+launcher returns None (the caller falls back to the standard code) for arrays of
+``INT_LIMIT`` (about 1.6e9) elements or more. Every output element is written by one thread
+(no atomics), so results are deterministic. The GEMMs go through :func:`gemm`, cuBLAS called
+directly (see :class:`_Cublas`).
 
 This module imports CuPy and is imported only when CuPy is the backend.
 """
