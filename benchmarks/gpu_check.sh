@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (about 5 minutes on an H100/H200): kernels and GPU time per training step
+# One-shot GPU check (about 2 minutes on an NVIDIA H200): kernels and GPU time per training step
 # with the standard ops, the CUDA kernels and a CUDA graph, and per inference pass beside
 # PyTorch's; `gpucnn bench` on CuPy in those three modes (per-layer profile); PyTorch CUDA
 # comparisons; 3 epochs of MNIST with CUDA graphs off and on; then the whole test suite with
