@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .cuda_graph import inference_step
+from .functional._cpu_threads import parallel as cpu_parallel
 from .functional.losses import softmax, softmax_cross_entropy
 from .layers import Layer, layer_from_config, plan
 from .layers.base import BuildContext, public_shape
@@ -140,13 +141,19 @@ class Sequential:
         x = self._prepare_input(x, check)
         self._backward_ready = training
         self._batch_size = x.shape[0]
-        for step in self.steps:
-            if step_hook is None:
-                x = step.forward(x, training)
-            else:
-                with step_hook(step.name, "forward"):
+        with self._threads():
+            for step in self.steps:
+                if step_hook is None:
                     x = step.forward(x, training)
+                else:
+                    with step_hook(step.name, "forward"):
+                        x = step.forward(x, training)
         return self._to_public(x)
+
+    def _threads(self) -> contextlib.AbstractContextManager:
+        """On NumPy, the ops split their images over the CPU cores (see
+        :mod:`gpucnn.functional._cpu_threads`)."""
+        return cpu_parallel() if self.backend.name == "numpy" else contextlib.nullcontext()
 
     def _to_public(self, out: Array) -> Array:
         """An internal (N, OH, OW, F) image output as (N, F, OH, OW); flat outputs unchanged."""
@@ -182,13 +189,14 @@ class Sequential:
                 f"{received if received is not None else type(grad_out).__name__}"
             )
         g = self.xp.permute_dims(grad_out, (0, 2, 3, 1)) if grad_out.ndim == 4 else grad_out
-        for index in range(len(self.steps) - 1, -1, -1):
-            step, need = self.steps[index], index > 0 or need_input_grad
-            if step_hook is None:
-                g = step.backward(g, need_input_grad=need)
-            else:
-                with step_hook(step.name, "backward"):
+        with self._threads():
+            for index in range(len(self.steps) - 1, -1, -1):
+                step, need = self.steps[index], index > 0 or need_input_grad
+                if step_hook is None:
                     g = step.backward(g, need_input_grad=need)
+                else:
+                    with step_hook(step.name, "backward"):
+                        g = step.backward(g, need_input_grad=need)
         if g is None or len(self.input_shape) != 3:
             return g
         return self.xp.permute_dims(g, (0, 3, 1, 2))

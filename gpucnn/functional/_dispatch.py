@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from types import ModuleType
 
 from ..backend import is_cupy
+from ._numpy_kernels import matmul_fast
 
 CUDA_KERNELS_ENV = "GPUCNN_CUDA_KERNELS"
 
@@ -47,7 +48,8 @@ def matmul(xp: ModuleType, a, b):
     called directly: a step replayed from a CUDA graph then runs the very GEMMs of an eager
     step, so both give the same bits (a run resumed with an eager first step equals one that
     never stopped). An operand layout that call does not take falls back to ``xp.matmul``,
-    or inside a capture raises, which abandons the capture.
+    or inside a capture raises, which abandons the capture. On NumPy the rows are split
+    over the CPU threads inside :func:`._cpu_threads.parallel`.
     """
     capturing = getattr(_capture, "active", False)
     if capturing or cuda_kernels(xp) is not None:
@@ -61,4 +63,5 @@ def matmul(xp: ModuleType, a, b):
                 f"expected C- or F-contiguous float operands for a captured GEMM; received "
                 f"shapes {a.shape} and {b.shape}"
             )
-    return xp.matmul(a, b)
+    out = matmul_fast(a, b)
+    return out if out is not None else xp.matmul(a, b)

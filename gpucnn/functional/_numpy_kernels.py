@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Array
+from ._cpu_threads import over_images
 
 IM2COL_FAST_MIN_CHANNELS = 4  # measured: with C < 4 the slice loop is the faster one
 
@@ -35,6 +36,21 @@ def fill_windows_fast(
     target = cols[..., : KH * KW * C].reshape(N, OH, OW, KH, KW, C)  # a view: splits one axis
     np.copyto(target, windows.transpose(0, 1, 2, 4, 5, 3))
     return True
+
+
+def matmul_fast(a: Array, b: Array) -> Array | None:
+    """NumPy only: ``a @ b`` for 2-D operands, its rows split over the CPU threads inside
+    :func:`._cpu_threads.parallel` (where the BLAS runs one thread per call). None otherwise."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2):
+        return None
+    (M, K), (_, N) = a.shape, b.shape
+    out = np.empty((M, N), dtype=np.result_type(a, b))
+
+    def rows(start, stop):
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    over_images(M, (K + N) * out.itemsize, rows)
+    return out
 
 
 def max_pool_backward_fast(
@@ -141,18 +157,30 @@ def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
                     cols[:, di * PKW + dj, :, :, first : first + C] = xpad[:, rows, columns, :]
 
 
+def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
+    """``x`` (n, H, W, C) with zero rows/columns added (top, bottom, left, right)."""
+    PT, PB, PL, PR = padding
+    if not (PT or PB or PL or PR):
+        return x
+    n, H, W, C = x.shape
+    xpad = np.zeros((n, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    xpad[:, PT : PT + H, PL : PL + W, :] = x
+    return xpad
+
+
 def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training=True):
     """NumPy only: ``relu(max_pool(conv2d(x)))`` for pooling windows that do not overlap.
 
     The convolution is evaluated only where a pooling window looks, in *phase-major* order:
     for each image the outputs each window compares at its offset (di, dj) form one block
     (N, PKH*PKW, PH, PW, F), so the pooling is PKH*PKW - 1 contiguous ``maximum`` calls and
-    the outputs no window covers (a trailing odd row/column) are never computed. Images go
-    in blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
+    the outputs no window covers (a trailing odd row/column) are never computed. The images
+    are split over the CPU threads (:mod:`._cpu_threads`); each thread takes its images in
+    blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
 
     With ``training`` it keeps, for the backward pass, the im2col rows (with their ones
     column) and one boolean per phase marking the window's first maximum (the element that
-    takes the gradient); without, one block's rows are reused and no flags are computed.
+    takes the gradient); without, each block's rows are scratch and no flags are computed.
 
     Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F) (``cache`` None without
     ``training``), or None if not NumPy.
@@ -168,45 +196,45 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
         return None
     D, K = PKH * PKW, KH * KW * C
     L = K + 1
-    if PT or PB or PL or PR:
-        xpad = np.zeros((N, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
-        xpad[:, PT : PT + H, PL : PL + W, :] = x
-    else:
-        xpad = x
     w_and_b = np.empty((L, F), dtype=x.dtype)
     w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
     w_and_b[K] = bias
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
-    block = _pooled_conv_block(D * PH * PW * (L + F) * x.itemsize)
-    cols = np.empty((N if training else min(block, N), D, PH, PW, L), dtype=x.dtype)
-    cols[..., K] = 1.0
+    per_image = D * PH * PW * (L + F) * x.itemsize
+    block = _pooled_conv_block(per_image)
+    cols = np.empty((N, D, PH, PW, L), dtype=x.dtype) if training else None
     first = np.empty((N, D, PH, PW, F), dtype=bool) if training else None
-    conv = np.empty((min(block, N), D, PH, PW, F), dtype=x.dtype)
-    taken = np.empty((min(block, N), PH, PW, F), dtype=bool)
-    for n0 in range(0, N, block):
-        n1 = min(n0 + block, N)
-        b = n1 - n0
-        cols_b = cols[n0:n1] if training else cols[:b]
-        _fill_phase_windows(xpad[n0:n1], (KH, KW), (SH, SW), (PKH, PKW), cols_b)
-        conv_b = conv[:b]
-        np.matmul(cols_b.reshape(-1, L), w_and_b, out=conv_b.reshape(-1, F))
-        top = out[n0:n1]
-        np.copyto(top, conv_b[:, 0])
-        for d in range(1, D):
-            np.maximum(top, conv_b[:, d], out=top)
-        if not training:
+
+    def images(start, stop):
+        b = min(block, stop - start)
+        conv = np.empty((b, D, PH, PW, F), dtype=x.dtype)
+        taken = np.empty((b, PH, PW, F), dtype=bool)
+        scratch = None if training else np.empty((b, D, PH, PW, L), dtype=x.dtype)
+        for n0 in range(start, stop, block):
+            n1 = min(n0 + block, stop)
+            cols_b = cols[n0:n1] if training else scratch[: n1 - n0]
+            _fill_phase_windows(_padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b)
+            cols_b[..., K] = 1.0
+            conv_b = conv[: n1 - n0]
+            np.matmul(cols_b.reshape(-1, L), w_and_b, out=conv_b.reshape(-1, F))
+            top = out[n0:n1]
+            np.copyto(top, conv_b[:, 0])
+            for d in range(1, D):
+                np.maximum(top, conv_b[:, d], out=top)
+            if training:
+                # the first phase holding the maximum takes the gradient, as in row-major
+                # window order
+                taken_b, flags = taken[: n1 - n0], first[n0:n1]
+                np.equal(conv_b[:, 0], top, out=taken_b)
+                flags[:, 0] = taken_b
+                for d in range(1, D):
+                    hit = flags[:, d]
+                    np.equal(conv_b[:, d], top, out=hit)
+                    np.greater(hit, taken_b, out=hit)
+                    np.logical_or(taken_b, hit, out=taken_b)
             np.maximum(top, 0.0, out=top)
-            continue
-        # the first phase holding the maximum takes the gradient, as in row-major window order
-        taken_b = taken[:b]
-        np.equal(conv_b[:, 0], top, out=taken_b)
-        first[n0:n1, 0] = taken_b
-        for d in range(1, D):
-            hit = first[n0:n1, d]
-            np.equal(conv_b[:, d], top, out=hit)
-            np.greater(hit, taken_b, out=hit)
-            np.logical_or(taken_b, hit, out=taken_b)
-        np.maximum(top, 0.0, out=top)
+
+    over_images(N, per_image, images)
     return out, ((cols, first, out, block) if training else None)
 
 
@@ -217,7 +245,9 @@ def conv_relu_max_pool_backward_fast(
 
     Only the elements that took a window's maximum (and were positive) receive gradient; the
     gradient of the convolution output is formed from the pooled gradient and the saved
-    first-maximum flags with one contiguous multiply per block, not scattered. Returns
+    first-maximum flags with one contiguous multiply per block, not scattered. Images are
+    split over the CPU threads as in the forward pass; each thread sums its own weight
+    gradient, and the threads' sums are added in a fixed order. Returns
     ``(grad_x or None, grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
     """
     cols, first, out, block = cache
@@ -225,38 +255,51 @@ def conv_relu_max_pool_backward_fast(
     (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
     N, D, PH, PW, L = cols.shape
     K = L - 1
-    g = grad_out * (out > 0)
-    grad_wb = np.zeros((L, F), dtype=grad_out.dtype)
-    partial = np.empty((L, F), dtype=grad_out.dtype)
-    g_conv = np.empty((min(block, N), D, PH, PW, F), dtype=grad_out.dtype)
+    per_image = D * PH * PW * (L + F) * grad_out.itemsize
+    sums = {}
     if need_input_grad:
         _, H, W, _ = x_shape
-        grad_padded = np.zeros((N, PT + H + PB, PL + W + PR, C), dtype=grad_out.dtype)
+        grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=grad_out.dtype)
         w_per_offset = weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
         OH, OW = PH * PKH, PW * PKW  # the convolution outputs some window covers
-        g_pixels = np.empty((min(block, N), OH, OW, F), dtype=grad_out.dtype)
-    for n0 in range(0, N, block):
-        n1 = min(n0 + block, N)
-        b = n1 - n0
-        g_b = g_conv[:b]
-        np.multiply(g[n0:n1, None], first[n0:n1], out=g_b)
-        np.matmul(cols[n0:n1].reshape(-1, L).T, g_b.reshape(-1, F), out=partial)
-        grad_wb += partial
-        if not need_input_grad:
-            continue
-        # back to pixel order, where col2im's slice-adds have the longest contiguous runs
-        # (measured ~15 % faster than adding phase by phase)
-        for di in range(PKH):
-            for dj in range(PKW):
-                g_pixels[:b, di::PKH, dj::PKW] = g_b[:, di * PKW + dj]
-        # offset-major (KH*KW, b, OH, OW, C): every slice-add below reads contiguous memory
-        grad_cols = np.matmul(g_pixels[:b].reshape(-1, F), w_per_offset)
-        grad_cols = grad_cols.reshape(KH, KW, b, OH, OW, C)
-        target = grad_padded[n0:n1]
-        for i in range(KH):
-            rows = slice(i, i + SH * (OH - 1) + 1, SH)
-            for j in range(KW):
-                target[:, rows, j : j + SW * (OW - 1) + 1 : SW, :] += grad_cols[i, j]
+
+    def images(start, stop):
+        b = min(block, stop - start)
+        grad_wb = np.zeros((L, F), dtype=grad_out.dtype)
+        partial = np.empty((L, F), dtype=grad_out.dtype)
+        g_conv = np.empty((b, D, PH, PW, F), dtype=grad_out.dtype)
+        if need_input_grad:
+            g_pixels = np.empty((b, OH, OW, F), dtype=grad_out.dtype)
+        for n0 in range(start, stop, block):
+            n1 = min(n0 + block, stop)
+            g_b = g_conv[: n1 - n0]
+            g = grad_out[n0:n1] * (out[n0:n1] > 0)
+            np.multiply(g[:, None], first[n0:n1], out=g_b)
+            np.matmul(cols[n0:n1].reshape(-1, L).T, g_b.reshape(-1, F), out=partial)
+            grad_wb += partial
+            if not need_input_grad:
+                continue
+            # back to pixel order, where col2im's slice-adds have the longest contiguous runs
+            # (measured ~15 % faster than adding phase by phase)
+            g_pix = g_pixels[: n1 - n0]
+            for di in range(PKH):
+                for dj in range(PKW):
+                    g_pix[:, di::PKH, dj::PKW] = g_b[:, di * PKW + dj]
+            # offset-major (KH*KW, b, OH, OW, C): every slice-add below reads contiguous memory
+            grad_cols = np.matmul(g_pix.reshape(-1, F), w_per_offset)
+            grad_cols = grad_cols.reshape(KH, KW, n1 - n0, OH, OW, C)
+            target = grad_padded[n0:n1]
+            target[...] = 0
+            for i in range(KH):
+                rows = slice(i, i + SH * (OH - 1) + 1, SH)
+                for j in range(KW):
+                    target[:, rows, j : j + SW * (OW - 1) + 1 : SW, :] += grad_cols[i, j]
+        sums[start] = grad_wb
+
+    over_images(N, per_image, images)
+    grad_wb = sums[0]
+    for start in sorted(sums)[1:]:
+        grad_wb += sums[start]
     grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
     grad_bias = grad_wb[K]
     if not need_input_grad:
