@@ -85,14 +85,17 @@ POOLED_CONV_GEOMETRIES = [
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding,pool", POOLED_CONV_GEOMETRIES)
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("block_bytes", [1, 1 << 30])  # one image per block; one block
+@pytest.mark.parametrize("threads", [1, 3])  # the images split over 3 threads (one each)
 def test_numpy_pooled_conv_equals_the_standard_code(
-    monkeypatch, shape, filters, kernel, stride, padding, pool, ties, block_bytes
+    monkeypatch, shape, filters, kernel, stride, padding, pool, ties, block_bytes, threads
 ):
     import array_api_strict
 
-    from gpucnn.functional import _numpy_kernels
+    from gpucnn.functional import _cpu_threads, _numpy_kernels
 
     monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
     rng = np.random.default_rng(2)
     C = shape[3]
     if ties:  # small integers: equal maxima and zero outputs in many windows
@@ -102,19 +105,20 @@ def test_numpy_pooled_conv_equals_the_standard_code(
         x = rng.standard_normal(shape, dtype=np.float32)
         weight = rng.standard_normal((filters, C, *kernel), dtype=np.float32)
     bias = rng.standard_normal(filters, dtype=np.float32)
-    out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool)
-    assert cache[0] == "phases"  # the NumPy path
-    inferred, no_cache = conv2d_relu_max_pool2d_forward(
-        x, weight, bias, stride, padding, pool, training=False
-    )
-    assert no_cache is None
-    np.testing.assert_array_equal(inferred, out)
-    g = rng.standard_normal(out.shape, dtype=np.float32)
-    fast = [out]
-    for need_input_grad in (True, False):
-        fast += conv2d_relu_max_pool2d_backward(
-            g, cache, weight, shape, stride, padding, pool, need_input_grad
+    with _cpu_threads.parallel():
+        out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool)
+        assert cache[0] == "phases"  # the NumPy path
+        inferred, no_cache = conv2d_relu_max_pool2d_forward(
+            x, weight, bias, stride, padding, pool, training=False
         )
+        assert no_cache is None
+        np.testing.assert_array_equal(inferred, out)
+        g = rng.standard_normal(out.shape, dtype=np.float32)
+        fast = [out]
+        for need_input_grad in (True, False):
+            fast += conv2d_relu_max_pool2d_backward(
+                g, cache, weight, shape, stride, padding, pool, need_input_grad
+            )
     xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, weight, bias, g))
     out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, stride, padding, pool)
     assert cache_s[0] == "layers"
@@ -166,7 +170,9 @@ def test_cuda_kernel_source_compiles_with_nvrtc():
         assert ".entry sgd_multi" in ptx(full_source(dtype), f"{dtype} kernels")
         for name in SHAPED_SOURCE:
             for sizes in geometries:
-                code = ptx(shaped_source(name, dtype, {"V": 1, **sizes, "BIAS": 1, "RELU": 1}), name)
+                code = ptx(
+                    shaped_source(name, dtype, {"V": 1, **sizes, "BIAS": 1, "RELU": 1}), name
+                )
                 assert f".entry {name}" in code
                 # every size is a constant: no integer division is left
                 assert "div.s32" not in code and "rem.s32" not in code, name

@@ -115,7 +115,7 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     one call ``work(0, n)``. An exception in a part is raised here once every part is done.
     """
     threads = _threads if _open and not getattr(_worker, "active", False) else 1
-    parts = min(threads, n, max(1, n * bytes_per_image // MIN_PART_BYTES))
+    parts = min(threads, n, max(1, n * bytes_per_image // max(1, MIN_PART_BYTES)))
     if parts <= 1:
         work(0, n)
         return
