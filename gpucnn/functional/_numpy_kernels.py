@@ -145,16 +145,16 @@ def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
                 target = cols[:, di * PKW + dj, :, :, : KH * KW * C].reshape(n, PH, PW, KH, KW, C)
                 np.copyto(target, phase.transpose(0, 1, 2, 4, 5, 3))
         return
-    for di in range(PKH):
-        for dj in range(PKW):
-            for i in range(KH):
-                start = SH * di + i
-                rows = slice(start, start + SH * PKH * (PH - 1) + 1, SH * PKH)
-                for j in range(KW):
-                    start = SW * dj + j
-                    columns = slice(start, start + SW * PKW * (PW - 1) + 1, SW * PKW)
-                    first = (i * KW + j) * C
-                    cols[:, di * PKW + dj, :, :, first : first + C] = xpad[:, rows, columns, :]
+    # one copy per kernel offset (i, j) fills that column group for every phase: the input
+    # rows under conv output rows PKH*ph + di, in order, are a strided slice (same for columns)
+    target = cols.reshape(n, PKH, PKW, PH, PW, -1)
+    for i in range(KH):
+        rows = slice(i, i + SH * (PKH * PH - 1) + 1, SH)
+        for j in range(KW):
+            columns = slice(j, j + SW * (PKW * PW - 1) + 1, SW)
+            source = xpad[:, rows, columns, :].reshape(n, PH, PKH, PW, PKW, C)
+            first = (i * KW + j) * C
+            np.copyto(target[..., first : first + C], source.transpose(0, 2, 4, 1, 3, 5))
 
 
 def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
