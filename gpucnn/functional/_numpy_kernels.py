@@ -179,8 +179,9 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
 
     With ``training`` it keeps, for the backward pass, the im2col rows (with their ones
-    column) and one boolean per phase marking the window's first maximum (the element that
-    takes the gradient); without, each block's rows are scratch and no flags are computed.
+    column) and one boolean per phase marking the element that takes the gradient: the
+    window's first maximum, where that maximum is positive (so the ReLU's mask is in the
+    flags too); without, each block's rows are scratch and no flags are computed.
 
     Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F) (``cache`` None without
     ``training``), or None if not NumPy.
@@ -222,20 +223,21 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
             for d in range(1, D):
                 np.maximum(top, conv_b[:, d], out=top)
             if training:
-                # the first phase holding the maximum takes the gradient, as in row-major
+                # a window whose maximum is not positive passes no gradient (the ReLU);
+                # otherwise the first phase holding the maximum takes it, as in row-major
                 # window order
                 taken_b, flags = taken[: n1 - n0], first[n0:n1]
-                np.equal(conv_b[:, 0], top, out=taken_b)
-                flags[:, 0] = taken_b
-                for d in range(1, D):
+                np.less_equal(top, 0.0, out=taken_b)
+                for d in range(D):
                     hit = flags[:, d]
                     np.equal(conv_b[:, d], top, out=hit)
-                    np.greater(hit, taken_b, out=hit)
-                    np.logical_or(taken_b, hit, out=taken_b)
+                    np.greater(hit, taken_b, out=hit)  # a maximum, and not taken before
+                    if d < D - 1:
+                        np.logical_or(taken_b, hit, out=taken_b)
             np.maximum(top, 0.0, out=top)
 
     over_images(N, per_image, images)
-    return out, ((cols, first, out, block) if training else None)
+    return out, ((cols, first, block) if training else None)
 
 
 def conv_relu_max_pool_backward_fast(
@@ -245,12 +247,12 @@ def conv_relu_max_pool_backward_fast(
 
     Only the elements that took a window's maximum (and were positive) receive gradient; the
     gradient of the convolution output is formed from the pooled gradient and the saved
-    first-maximum flags with one contiguous multiply per block, not scattered. Images are
+    flags with one contiguous multiply per block, not scattered. Images are
     split over the CPU threads as in the forward pass; each thread sums its own weight
     gradient, and the threads' sums are added in a fixed order. Returns
     ``(grad_x or None, grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
     """
-    cols, first, out, block = cache
+    cols, first, block = cache
     F, C, KH, KW = weight.shape
     (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
     N, D, PH, PW, L = cols.shape
@@ -273,8 +275,7 @@ def conv_relu_max_pool_backward_fast(
         for n0 in range(start, stop, block):
             n1 = min(n0 + block, stop)
             g_b = g_conv[: n1 - n0]
-            g = grad_out[n0:n1] * (out[n0:n1] > 0)
-            np.multiply(g[:, None], first[n0:n1], out=g_b)
+            np.multiply(grad_out[n0:n1, None], first[n0:n1], out=g_b)
             np.matmul(cols[n0:n1].reshape(-1, L).T, g_b.reshape(-1, F), out=partial)
             grad_wb += partial
             if not need_input_grad:
@@ -282,9 +283,10 @@ def conv_relu_max_pool_backward_fast(
             # back to pixel order, where col2im's slice-adds have the longest contiguous runs
             # (measured ~15 % faster than adding phase by phase)
             g_pix = g_pixels[: n1 - n0]
-            for di in range(PKH):
-                for dj in range(PKW):
-                    g_pix[:, di::PKH, dj::PKW] = g_b[:, di * PKW + dj]
+            np.copyto(
+                g_pix.reshape(n1 - n0, PH, PKH, PW, PKW, F),
+                g_b.reshape(n1 - n0, PKH, PKW, PH, PW, F).transpose(0, 3, 1, 4, 2, 5),
+            )
             # offset-major (KH*KW, b, OH, OW, C): every slice-add below reads contiguous memory
             grad_cols = np.matmul(g_pix.reshape(-1, F), w_per_offset)
             grad_cols = grad_cols.reshape(KH, KW, n1 - n0, OH, OW, C)
