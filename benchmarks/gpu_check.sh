@@ -2,7 +2,8 @@
 # One-shot GPU check (about 2 minutes on an NVIDIA H200): kernels and GPU time per training step
 # with the standard ops, the CUDA kernels and a CUDA graph, and per inference pass beside
 # PyTorch's; `gpucnn bench` on CuPy in those three modes (per-layer profile); PyTorch CUDA
-# comparisons; 3 epochs of MNIST with CUDA graphs off and on; then the whole test suite with
+# comparisons; 3 epochs of MNIST with CUDA graphs off and on; the NumPy path against PyTorch
+# on the host's CPU cores; then the whole test suite with
 # its CuPy tests (in 8 processes where pytest-xdist is installed). Benchmarks run first, on a
 # quiet GPU.
 #
@@ -72,6 +73,17 @@ json.dump(merged, open(os.path.join(results, "results.json"), "w"), indent=2)
 print("wrote", os.path.join(results, "results.json"), "with", sorted(merged))
 EOF
 rm -rf "$scratch"
+
+section "CPU: NumPy path vs PyTorch CPU on this host's cores (threads split each op; then GPUCNN_CPU_THREADS=1)"
+lscpu | grep -E "Model name|^CPU\(s\)" || true
+cores=$($py -c "import os; print(len(os.sched_getaffinity(0)))")
+for model in reference small; do
+  for threads in "" 1; do
+    echo "GPUCNN_CPU_THREADS=${threads:-default}"
+    run env GPUCNN_CPU_THREADS=$threads $py benchmarks/compare_torch.py --model $model \
+      --batch-size 128 --threads "$cores" --pairs 3
+  done
+done
 
 section "test suite (CuPy tests included)"
 parallel=()
