@@ -49,7 +49,8 @@ def matmul_fast(a: Array, b: Array) -> Array | None:
     def rows(start, stop):
         np.matmul(a[start:stop], b, out=out[start:stop])
 
-    over_images(M, (K + N) * out.itemsize, rows)
+    # a row's cost: its operands, or its K*N multiply-adds where those take longer
+    over_images(M, max(K + N, K * N // 16) * out.itemsize, rows)
     return out
 
 
