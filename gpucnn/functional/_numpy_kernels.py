@@ -126,13 +126,13 @@ def _pooled_conv_block(per_image_bytes: int) -> int:
 
 
 def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
-    """Fill ``cols[..., :K]`` (n, PKH*PKW, PH, PW, L) with the windows of ``xpad`` (n, H, W, C).
+    """Fill ``cols[..., :K]`` (PKH*PKW, n, PH, PW, L) with the windows of ``xpad`` (n, H, W, C).
 
     Phase (di, dj) holds the convolution outputs at (PKH*ph + di, PKW*pw + dj): the ones each
     pooling window (ph, pw) compares at its offset (di, dj).
     """
     (KH, KW), (SH, SW), (PKH, PKW) = kernel, stride, pool
-    n, _, PH, PW, _ = cols.shape
+    _, n, PH, PW, _ = cols.shape
     C = xpad.shape[3]
     if C >= IM2COL_FAST_MIN_CHANNELS:
         from numpy.lib.stride_tricks import sliding_window_view
@@ -143,19 +143,19 @@ def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
                 phase = windows[
                     :, di : di + PKH * (PH - 1) + 1 : PKH, dj : dj + PKW * (PW - 1) + 1 : PKW
                 ]
-                target = cols[:, di * PKW + dj, :, :, : KH * KW * C].reshape(n, PH, PW, KH, KW, C)
+                target = cols[di * PKW + dj, ..., : KH * KW * C].reshape(n, PH, PW, KH, KW, C)
                 np.copyto(target, phase.transpose(0, 1, 2, 4, 5, 3))
         return
     # one copy per kernel offset (i, j) fills that column group for every phase: the input
     # rows under conv output rows PKH*ph + di, in order, are a strided slice (same for columns)
-    target = cols.reshape(n, PKH, PKW, PH, PW, -1)
+    target = cols.reshape(PKH, PKW, n, PH, PW, -1)
     for i in range(KH):
         rows = slice(i, i + SH * (PKH * PH - 1) + 1, SH)
         for j in range(KW):
             columns = slice(j, j + SW * (PKW * PW - 1) + 1, SW)
             source = xpad[:, rows, columns, :].reshape(n, PH, PKH, PW, PKW, C)
             first = (i * KW + j) * C
-            np.copyto(target[..., first : first + C], source.transpose(0, 2, 4, 1, 3, 5))
+            np.copyto(target[..., first : first + C], source.transpose(2, 4, 0, 1, 3, 5))
 
 
 def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
@@ -172,17 +172,19 @@ def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
 def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training=True):
     """NumPy only: ``relu(max_pool(conv2d(x)))`` for pooling windows that do not overlap.
 
-    The convolution is evaluated only where a pooling window looks, in *phase-major* order:
-    for each image the outputs each window compares at its offset (di, dj) form one block
-    (N, PKH*PKW, PH, PW, F), so the pooling is PKH*PKW - 1 contiguous ``maximum`` calls and
-    the outputs no window covers (a trailing odd row/column) are never computed. The images
-    are split over the CPU threads (:mod:`._cpu_threads`); each thread takes its images in
-    blocks of at most ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
+    The convolution is evaluated only where a pooling window looks, one *phase* at a time:
+    phase (di, dj) is the output each window (ph, pw) compares at its offset (di, dj), so its
+    im2col rows (N, PH, PW, L) are contiguous in a phase-major array (PKH*PKW, N, PH, PW, L),
+    and the outputs no window covers (a trailing odd row/column) are never computed. Each
+    phase's GEMM output is pooled into the running maximum while it is still in cache; the
+    whole convolution output is never stored. The images are split over the CPU threads
+    (:mod:`._cpu_threads`); each thread takes its images in blocks of at most
+    ``POOLED_CONV_BLOCK_BYTES`` of im2col rows and output.
 
     With ``training`` it keeps, for the backward pass, the im2col rows (with their ones
     column) and one boolean per phase marking the element that takes the gradient: the
-    window's first maximum, where that maximum is positive (so the ReLU's mask is in the
-    flags too); without, each block's rows are scratch and no flags are computed.
+    window's first maximum, where that maximum is positive (the ReLU's mask is in the flags
+    too); without, each block's rows are scratch and no flags are computed.
 
     Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F) (``cache`` None without
     ``training``), or None if not NumPy.
@@ -204,37 +206,40 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize
     block = _pooled_conv_block(per_image)
-    cols = np.empty((N, D, PH, PW, L), dtype=x.dtype) if training else None
-    first = np.empty((N, D, PH, PW, F), dtype=bool) if training else None
+    cols = np.empty((D, N, PH, PW, L), dtype=x.dtype) if training else None
+    first = np.empty((D, N, PH, PW, F), dtype=bool) if training else None
 
     def images(start, stop):
         b = min(block, stop - start)
-        conv = np.empty((b, D, PH, PW, F), dtype=x.dtype)
+        phase_out = np.empty((b, PH, PW, F), dtype=x.dtype)
         taken = np.empty((b, PH, PW, F), dtype=bool)
-        scratch = None if training else np.empty((b, D, PH, PW, L), dtype=x.dtype)
+        scratch = None if training else np.empty((D, b, PH, PW, L), dtype=x.dtype)
         for n0 in range(start, stop, block):
             n1 = min(n0 + block, stop)
-            cols_b = cols[n0:n1] if training else scratch[: n1 - n0]
-            _fill_phase_windows(_padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b)
+            cols_b = cols[:, n0:n1] if training else scratch[:, : n1 - n0]
+            _fill_phase_windows(
+                _padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b
+            )
             cols_b[..., K] = 1.0
-            conv_b = conv[: n1 - n0]
-            np.matmul(cols_b.reshape(-1, L), w_and_b, out=conv_b.reshape(-1, F))
-            top = out[n0:n1]
-            np.copyto(top, conv_b[:, 0])
+            top, conv = out[n0:n1], phase_out[: n1 - n0]
+            np.matmul(cols_b[0].reshape(-1, L), w_and_b, out=top.reshape(-1, F))
             for d in range(1, D):
-                np.maximum(top, conv_b[:, d], out=top)
+                np.matmul(cols_b[d].reshape(-1, L), w_and_b, out=conv.reshape(-1, F))
+                if training:  # phase d holds a new strict maximum of the window so far
+                    np.greater(conv, top, out=first[d, n0:n1])
+                np.maximum(top, conv, out=top)
             if training:
-                # a window whose maximum is not positive passes no gradient (the ReLU);
-                # otherwise the first phase holding the maximum takes it, as in row-major
-                # window order
-                taken_b, flags = taken[: n1 - n0], first[n0:n1]
-                np.less_equal(top, 0.0, out=taken_b)
-                for d in range(D):
-                    hit = flags[:, d]
-                    np.equal(conv_b[:, d], top, out=hit)
-                    np.greater(hit, taken_b, out=hit)  # a maximum, and not taken before
-                    if d < D - 1:
-                        np.logical_or(taken_b, hit, out=taken_b)
+                # The window's first maximum is its last new strict maximum: phase d takes
+                # the gradient if it set one and no later phase did; phase 0 if none did. A
+                # window whose maximum is not positive (or NaN) passes none (the ReLU).
+                taken_b = taken[: n1 - n0]
+                np.greater(top, 0.0, out=taken_b)
+                np.logical_not(taken_b, out=taken_b)
+                for d in range(D - 1, 0, -1):
+                    flags = first[d, n0:n1]
+                    np.greater(flags, taken_b, out=flags)
+                    np.logical_or(taken_b, flags, out=taken_b)
+                np.logical_not(taken_b, out=first[0, n0:n1])
             np.maximum(top, 0.0, out=top)
 
     over_images(N, per_image, images)
@@ -248,15 +253,15 @@ def conv_relu_max_pool_backward_fast(
 
     Only the elements that took a window's maximum (and were positive) receive gradient; the
     gradient of the convolution output is formed from the pooled gradient and the saved
-    flags with one contiguous multiply per block, not scattered. Images are
-    split over the CPU threads as in the forward pass; each thread sums its own weight
-    gradient, and the threads' sums are added in a fixed order. Returns
-    ``(grad_x or None, grad_weight, grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
+    flags with one contiguous multiply per block, not scattered. Images are split over the
+    CPU threads as in the forward pass; each thread sums its own weight gradient, and the
+    threads' sums are added in a fixed order. Returns ``(grad_x or None, grad_weight,
+    grad_bias)`` as :func:`gpucnn.functional.conv.conv2d_backward`.
     """
     cols, first, block = cache
     F, C, KH, KW = weight.shape
     (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
-    N, D, PH, PW, L = cols.shape
+    D, N, PH, PW, L = cols.shape
     K = L - 1
     per_image = D * PH * PW * (L + F) * grad_out.itemsize
     sums = {}
@@ -269,16 +274,16 @@ def conv_relu_max_pool_backward_fast(
     def images(start, stop):
         b = min(block, stop - start)
         grad_wb = np.zeros((L, F), dtype=grad_out.dtype)
-        partial = np.empty((L, F), dtype=grad_out.dtype)
-        g_conv = np.empty((b, D, PH, PW, F), dtype=grad_out.dtype)
+        g_conv = np.empty((D, b, PH, PW, F), dtype=grad_out.dtype)
         if need_input_grad:
             g_pixels = np.empty((b, OH, OW, F), dtype=grad_out.dtype)
         for n0 in range(start, stop, block):
             n1 = min(n0 + block, stop)
-            g_b = g_conv[: n1 - n0]
-            np.multiply(grad_out[n0:n1, None], first[n0:n1], out=g_b)
-            np.matmul(cols[n0:n1].reshape(-1, L).T, g_b.reshape(-1, F), out=partial)
-            grad_wb += partial
+            g_b = g_conv[:, : n1 - n0]
+            np.multiply(grad_out[None, n0:n1], first[:, n0:n1], out=g_b)
+            # one (L, F) product per phase, summed
+            rows = cols[:, n0:n1].reshape(D, -1, L)
+            grad_wb += np.matmul(rows.transpose(0, 2, 1), g_b.reshape(D, -1, F)).sum(axis=0)
             if not need_input_grad:
                 continue
             # back to pixel order, where col2im's slice-adds have the longest contiguous runs
@@ -286,7 +291,7 @@ def conv_relu_max_pool_backward_fast(
             g_pix = g_pixels[: n1 - n0]
             np.copyto(
                 g_pix.reshape(n1 - n0, PH, PKH, PW, PKW, F),
-                g_b.reshape(n1 - n0, PKH, PKW, PH, PW, F).transpose(0, 3, 1, 4, 2, 5),
+                g_b.reshape(PKH, PKW, n1 - n0, PH, PW, F).transpose(2, 3, 0, 4, 1, 5),
             )
             # offset-major (KH*KW, b, OH, OW, C): every slice-add below reads contiguous memory
             grad_cols = np.matmul(g_pix.reshape(-1, F), w_per_offset)
