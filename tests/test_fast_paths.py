@@ -139,6 +139,52 @@ def test_numpy_pooled_conv_equals_the_standard_code(
     np.testing.assert_array_equal(fast[1] == 0, standard[1] == 0)
 
 
+CONV_GEOMETRIES = [
+    # x shape (N, H, W, C), filters, kernel, stride, padding
+    ((5, 9, 8, 1), 3, (3, 3), (1, 1), (0, 0, 0, 0)),  # C < 4: the slice-loop fill
+    ((4, 10, 11, 6), 4, (3, 2), (2, 1), (1, 2, 0, 1)),
+    ((3, 7, 7, 4), 5, (1, 1), (1, 1), (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_conv_split_over_threads_equals_the_standard_code(
+    monkeypatch, shape, filters, kernel, stride, padding, dtype
+):
+    import array_api_strict
+
+    from gpucnn.functional import _cpu_threads, _numpy_kernels
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "3")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal((filters, shape[3], *kernel)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    assert _numpy_kernels.conv2d_forward_fast(x, weight, bias, stride, padding) is None  # 1 part
+    with _cpu_threads.parallel():
+        out, cols = _numpy_kernels.conv2d_forward_fast(x, weight, bias, stride, padding)
+        g = rng.standard_normal(out.shape).astype(dtype)
+        split = [out, cols]
+        for need_input_grad in (True, False):
+            split += _numpy_kernels.conv2d_backward_fast(
+                g, cols, weight, shape, stride, padding, need_input_grad
+            )
+    xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, weight, bias, g))
+    out_s, cols_s = conv2d_forward(xs, ws, bs, stride, padding)
+    standard = [to_numpy(out_s), to_numpy(cols_s)]
+    for need_input_grad in (True, False):
+        grads = conv2d_backward(gs, cols_s, ws, shape, stride, padding, need_input_grad)
+        standard += [None if a is None else to_numpy(a) for a in grads]
+    assert split[5] is None and standard[5] is None
+    np.testing.assert_array_equal(split[1], standard[1])  # the same im2col rows
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(split, standard, strict=True):
+        if a is not None:  # the GEMMs sum in another order
+            np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
 # -------------------------------------------------------------------------------- CUDA
 
 

@@ -114,6 +114,12 @@ def _mark_worker() -> None:
     _worker.active = True
 
 
+def count_parts(n: int, bytes_per_image: int) -> int:
+    """Into how many ranges :func:`over_images` splits ``n`` images of that size here and now."""
+    threads = _threads if _open and not getattr(_worker, "active", False) else 1
+    return min(threads, n, max(1, n * bytes_per_image // max(1, MIN_PART_BYTES)))
+
+
 def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) -> None:
     """Call ``work(start, stop)`` on consecutive ranges that cover ``range(n)``.
 
@@ -122,13 +128,12 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     arrays it writes. Outside, or when a part would hold under :data:`MIN_PART_BYTES`, it is
     one call ``work(0, n)``. An exception in a part is raised here once every part is done.
     """
-    threads = _threads if _open and not getattr(_worker, "active", False) else 1
-    parts = min(threads, n, max(1, n * bytes_per_image // max(1, MIN_PART_BYTES)))
+    parts = count_parts(n, bytes_per_image)
     if parts <= 1:
         work(0, n)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    pool = _executor(threads - 1)
+    pool = _executor(_threads - 1)
     futures = [pool.submit(work, bounds[k], bounds[k + 1]) for k in range(1, parts)]
     try:
         work(bounds[0], bounds[1])

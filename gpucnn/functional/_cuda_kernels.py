@@ -358,9 +358,7 @@ def _slot_select(**fields: str) -> str:
     """
     declarations = "".join(f"    {kind} {var};\n" for var, kind in fields.items())
     cases = "".join(
-        f"        case {i}: "
-        + " ".join(f"{var} = {var}{i};" for var in fields)
-        + " break;\n"
+        f"        case {i}: " + " ".join(f"{var} = {var}{i};" for var in fields) + " break;\n"
         for i in range(SLOTS)
     )
     return f"{declarations}    switch (blockIdx.y) {{\n{cases}        default: return;\n    }}"

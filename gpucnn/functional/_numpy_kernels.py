@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Array
-from ._cpu_threads import over_images
+from ._cpu_threads import count_parts, over_images
 
 IM2COL_FAST_MIN_CHANNELS = 4  # measured: with C < 4 the slice loop is the faster one
 
@@ -52,6 +52,100 @@ def matmul_fast(a: Array, b: Array) -> Array | None:
     # a row's cost: its operands, or its K*N multiply-adds where those take longer
     over_images(M, max(K + N, K * N // 16) * out.itemsize, rows)
     return out
+
+
+def conv2d_forward_fast(x, weight, bias, stride, padding):
+    """NumPy, inside :func:`._cpu_threads.parallel`: :func:`gpucnn.functional.conv2d_forward`
+    with the images split over the CPU threads, each filling its rows of the im2col matrix
+    and running its part of the GEMM. Returns ``(out, cols)`` as that op, or None where the
+    images would not be split (not NumPy, one thread, or too little work).
+    """
+    if not isinstance(x, np.ndarray):
+        return None
+    from .im2col import fill_windows
+
+    F, C, KH, KW = weight.shape
+    (SH, SW), (PT, PB, PL, PR) = stride, padding
+    N, H, W, _ = x.shape
+    OH = (H + PT + PB - KH) // SH + 1
+    OW = (W + PL + PR - KW) // SW + 1
+    K = KH * KW * C
+    L = K + 1
+    per_image = OH * OW * (L + F) * x.itemsize
+    if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
+        return None
+    w_and_b = np.empty((L, F), dtype=x.dtype)
+    w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
+    w_and_b[K] = bias
+    cols = np.empty((N, OH, OW, L), dtype=x.dtype)
+    out = np.empty((N, OH, OW, F), dtype=x.dtype)
+
+    def images(start, stop):
+        part = cols[start:stop]
+        part[..., K] = 1.0
+        fill_windows(_padded(x[start:stop], padding), (KH, KW), (SH, SW), part)
+        np.matmul(part.reshape(-1, L), w_and_b, out=out[start:stop].reshape(-1, F))
+
+    over_images(N, per_image, images)
+    return out, cols
+
+
+def conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_input_grad):
+    """NumPy, inside :func:`._cpu_threads.parallel`: :func:`gpucnn.functional.conv2d_backward`
+    with the images split over the CPU threads; each thread sums its part of the weight
+    gradient, and the parts' sums are added in a fixed order. None where the images would not
+    be split.
+    """
+    if not isinstance(grad_out, np.ndarray):
+        return None
+    F, C, KH, KW = weight.shape
+    (PT, PB, PL, PR) = padding
+    N, OH, OW, L = cols.shape
+    K = L - 1
+    if count_parts(N, OH * OW * (L + F) * cols.itemsize) <= 1:
+        return None
+    sums = {}
+    if need_input_grad:
+        _, H, W, _ = x_shape
+        grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=grad_out.dtype)
+        w_per_offset = weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
+
+    def images(start, stop):
+        g = grad_out[start:stop].reshape(-1, F)
+        sums[start] = np.matmul(cols[start:stop].reshape(-1, L).T, g)
+        if need_input_grad:
+            # offset-major (KH*KW, n, OH, OW, C): every slice-add reads contiguous memory
+            grad_cols = np.matmul(g, w_per_offset).reshape(KH, KW, stop - start, OH, OW, C)
+            _col2im_into(grad_padded[start:stop], grad_cols, stride)
+
+    over_images(N, OH * OW * (L + F) * cols.itemsize, images)
+    grad_wb = _sum_in_order(sums)
+    grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
+    if not need_input_grad:
+        return None, grad_weight, grad_wb[K]
+    _, HP, WP, _ = grad_padded.shape
+    return grad_padded[:, PT : HP - PB, PL : WP - PR, :], grad_weight, grad_wb[K]
+
+
+def _col2im_into(target, grad_cols, stride) -> None:
+    """``target`` (n, H, W, C) = the windows' gradients ``grad_cols`` (KH, KW, n, OH, OW, C)
+    added back to the pixels they came from (the NumPy col2im, into given memory)."""
+    KH, KW, _, OH, OW, _ = grad_cols.shape
+    SH, SW = stride
+    target[...] = 0
+    for i in range(KH):
+        rows = slice(i, i + SH * (OH - 1) + 1, SH)
+        for j in range(KW):
+            target[:, rows, j : j + SW * (OW - 1) + 1 : SW, :] += grad_cols[i, j]
+
+
+def _sum_in_order(partial_sums: dict) -> Array:
+    """The sum of the parts' arrays, added in order of their first image (reproducible)."""
+    starts = sorted(partial_sums)
+    total = partial_sums[starts[0]]
+    for start in starts[1:]:
+        total += partial_sums[start]
+    return total
 
 
 def max_pool_backward_fast(
@@ -217,9 +311,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
         for n0 in range(start, stop, block):
             n1 = min(n0 + block, stop)
             cols_b = cols[:, n0:n1] if training else scratch[:, : n1 - n0]
-            _fill_phase_windows(
-                _padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b
-            )
+            _fill_phase_windows(_padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b)
             cols_b[..., K] = 1.0
             top, conv = out[n0:n1], phase_out[: n1 - n0]
             np.matmul(cols_b[0].reshape(-1, L), w_and_b, out=top.reshape(-1, F))
@@ -260,7 +352,7 @@ def conv_relu_max_pool_backward_fast(
     """
     cols, first, block = cache
     F, C, KH, KW = weight.shape
-    (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
+    (PKH, PKW), (PT, PB, PL, PR) = pool, padding
     D, N, PH, PW, L = cols.shape
     K = L - 1
     per_image = D * PH * PW * (L + F) * grad_out.itemsize
@@ -296,18 +388,11 @@ def conv_relu_max_pool_backward_fast(
             # offset-major (KH*KW, b, OH, OW, C): every slice-add below reads contiguous memory
             grad_cols = np.matmul(g_pix.reshape(-1, F), w_per_offset)
             grad_cols = grad_cols.reshape(KH, KW, n1 - n0, OH, OW, C)
-            target = grad_padded[n0:n1]
-            target[...] = 0
-            for i in range(KH):
-                rows = slice(i, i + SH * (OH - 1) + 1, SH)
-                for j in range(KW):
-                    target[:, rows, j : j + SW * (OW - 1) + 1 : SW, :] += grad_cols[i, j]
+            _col2im_into(grad_padded[n0:n1], grad_cols, stride)
         sums[start] = grad_wb
 
     over_images(N, per_image, images)
-    grad_wb = sums[0]
-    for start in sorted(sums)[1:]:
-        grad_wb += sums[start]
+    grad_wb = _sum_in_order(sums)
     grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
     grad_bias = grad_wb[K]
     if not need_input_grad:

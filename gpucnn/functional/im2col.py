@@ -141,13 +141,23 @@ def im2col(x: Array, kernel: Pair, stride: Pair, bias_column: bool = False) -> A
     cols = xp.empty((N, OH, OW, K + int(bias_column)), dtype=x.dtype)
     if bias_column:
         cols[..., K] = 1.0
-    if not fill_windows_fast(x, kernel, stride, cols):
-        for i in range(KH):
-            rows = window_slice(i, SH, OH)
-            for j in range(KW):
-                first = (i * KW + j) * C
-                cols[..., first : first + C] = x[:, rows, window_slice(j, SW, OW), :]
+    fill_windows(x, kernel, stride, cols)
     return cols
+
+
+def fill_windows(x: Array, kernel: Pair, stride: Pair, cols: Array) -> None:
+    """Write every window of the padded ``x`` (N, H, W, C) into ``cols[..., :KH*KW*C]``
+    (N, OH, OW, >= KH*KW*C), columns ordered (KH, KW, C): the body of :func:`im2col`."""
+    if fill_windows_fast(x, kernel, stride, cols):
+        return
+    C = x.shape[3]
+    (KH, KW), (SH, SW) = kernel, stride
+    _, OH, OW, _ = cols.shape
+    for i in range(KH):
+        rows = window_slice(i, SH, OH)
+        for j in range(KW):
+            first = (i * KW + j) * C
+            cols[..., first : first + C] = x[:, rows, window_slice(j, SW, OW), :]
 
 
 def col2im(cols: Array, padded_shape: tuple[int, int, int, int], stride: Pair) -> Array:
