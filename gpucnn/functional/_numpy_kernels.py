@@ -258,7 +258,12 @@ def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
     if not (PT or PB or PL or PR):
         return x
     n, H, W, C = x.shape
-    xpad = np.zeros((n, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    # only the border is zeroed: np.zeros would clear it all while holding the GIL
+    xpad = np.empty((n, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    xpad[:, :PT] = 0
+    xpad[:, PT + H :] = 0
+    xpad[:, PT : PT + H, :PL] = 0
+    xpad[:, PT : PT + H, PL + W :] = 0
     xpad[:, PT : PT + H, PL : PL + W, :] = x
     return xpad
 
