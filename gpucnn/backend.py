@@ -239,7 +239,4 @@ def blas_info() -> dict[str, Any]:
         blas = config.get("Build Dependencies", {}).get("blas", {})
         info = {"blas": blas.get("name"), "blas_version": blas.get("version"), "blas_threads": None}
     info["cpu_count"] = os.cpu_count()
-    from .functional._cpu_threads import cpu_threads
-
-    info["cpu_threads"] = cpu_threads()  # threads each NumPy op splits its images over
     return info

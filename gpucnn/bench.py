@@ -19,6 +19,7 @@ import numpy as np
 from .architectures import architecture
 from .backend import blas_info, device_info, select_backend, synchronize, to_device
 from .cuda_graph import training_step
+from .functional._cpu_threads import cpu_threads
 from .model import Sequential
 from .optim import SGD
 from .resources import check_allocation, peak_rss_mib, retain_freed_memory
@@ -164,9 +165,10 @@ def run_bench(args) -> int:
         "steps": args.steps,
         "device": device_info(backend),
         **blas_info(),
+        "cpu_threads": cpu_threads(),
     }
     print(
-        f"peak RSS {report['peak_rss_mib']:.0f} MiB; backend {backend.name}; BLAS {report.get('blas')} x{report.get('blas_threads')}"
+        f"peak RSS {report['peak_rss_mib']:.0f} MiB; backend {backend.name}; BLAS {report.get('blas')} x{report.get('blas_threads')}; CPU threads {report['cpu_threads']}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -82,7 +82,9 @@ def save_checkpoint(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+        raise CheckpointError(
+            f"cannot write {path}: {exc.strerror or exc}; nothing was written"
+        ) from None
     atomic_write(path, lambda f: np.savez(f, **arrays), CheckpointError)
     return path
 

@@ -455,6 +455,9 @@ def _border_median(images: np.ndarray) -> float:
 
 
 def _check_train_flags(args: argparse.Namespace) -> None:
+    from .functional._cpu_threads import cpu_threads
+
+    cpu_threads()  # a bad GPUCNN_CPU_THREADS is refused before any data is read
     if args.data and (args.dataset or args.data_dir):
         raise UsageError("--data cannot be combined with --dataset or --data-dir")
     if not args.data and (args.image_size or args.channels or args.stream is not None):
@@ -881,10 +884,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         **device_info(backend),
         **blas_info(),
+        "cpu_threads": _cpu_threads_line(),
     }
     for key, value in details.items():
         print(f"{key:>16}: {value}")
     return 0
+
+
+def _cpu_threads_line() -> str:
+    """The threads each NumPy op splits its images over, or why the setting is refused (a
+    diagnostic command reports it rather than failing)."""
+    from .functional._cpu_threads import cpu_threads
+
+    try:
+        return str(cpu_threads())
+    except ValueError as exc:
+        return f"refused: {exc}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

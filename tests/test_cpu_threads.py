@@ -6,6 +6,7 @@ the images split over three threads); here, the splitting itself and the BLAS se
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -20,6 +21,12 @@ HAS_BLAS_CONTROL = bool(_cpu_threads._blas_controller().lib_controllers)
 needs_blas_control = pytest.mark.skipif(
     not HAS_BLAS_CONTROL, reason="threadpoolctl finds no BLAS it can limit"
 )
+
+
+@pytest.fixture(autouse=True)
+def no_thread_setting(monkeypatch):
+    """Tests start from the default, whatever the environment running them sets."""
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
 
 
 @pytest.fixture
@@ -117,7 +124,54 @@ def test_split_matmul_equals_numpy(three_threads):
     assert matmul_fast(a[0], b) is None  # 2-D operands only
 
 
-@pytest.mark.parametrize("setting", ["0", "-2", "two", "1.5"])
+@needs_blas_control
+def test_only_the_thread_that_opened_the_block_splits(three_threads):
+    seen = {}
+    with parallel():
+        other = threading.Thread(target=lambda: seen.setdefault("calls", _record_ranges(9)))
+        other.start()
+        other.join()
+        assert len(_record_ranges(9)) == 3
+    assert len(seen["calls"]) == 1  # another thread, outside any block: one call
+
+
+@needs_blas_control
+def test_the_parts_see_the_callers_errstate(three_threads):
+    values = np.ones(9)
+    values[8] = np.inf  # in the last part, which a worker thread runs
+
+    def work(start, stop):
+        np.subtract(values[start:stop], values[start:stop])  # inf - inf: invalid
+
+    with parallel(), np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+        over_images(9, 1, work)
+
+
+def _forward_in_child(queue) -> None:
+    from gpucnn.bench import build_model, synthetic_batch
+
+    model = build_model("small", "numpy")
+    x, _ = synthetic_batch(model, 16, seed=0)
+    queue.put(model.forward(x, training=False).shape)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@needs_blas_control
+def test_a_forked_child_runs_its_own_threads(three_threads):
+    import multiprocessing
+
+    with parallel():
+        _record_ranges(9)  # the pool's threads exist in the parent
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_forward_in_child, args=(queue,))
+        child.start()  # forked inside an open block
+        child.join(60)
+    assert child.exitcode == 0, "the forked child hung or failed"
+    assert queue.get(timeout=5) == (16, 10)
+
+
+@pytest.mark.parametrize("setting", ["0", "-2", "two", "1.5", "\u00b2", "+3"])
 def test_a_bad_thread_setting_is_refused(monkeypatch, setting):
     monkeypatch.setenv(CPU_THREADS_ENV, setting)
     with pytest.raises(ValueError, match=f"expected {CPU_THREADS_ENV} to be a positive integer"):

@@ -185,6 +185,20 @@ def test_numpy_conv_split_over_threads_equals_the_standard_code(
             np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
 
 
+def test_numpy_conv_with_mixed_dtypes_promotes_as_the_standard_code(monkeypatch):
+    from gpucnn.functional import _cpu_threads
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "2")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 6, 6, 2)).astype(np.float32)
+    weight, bias = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)  # float64
+    with _cpu_threads.parallel():
+        out, _ = conv2d_forward(x, weight, bias, (1, 1), (0, 0, 0, 0))
+        pooled, _ = conv2d_relu_max_pool2d_forward(x, weight, bias, (1, 1), (0, 0, 0, 0), (2, 2))
+    assert out.dtype == pooled.dtype == np.float64
+
+
 # -------------------------------------------------------------------------------- CUDA
 
 

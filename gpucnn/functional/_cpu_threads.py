@@ -8,19 +8,22 @@ on one thread: OpenBLAS's threads keep spinning for a while after a multi-thread
 take the cores from ours (measured on a 2-core Xeon: a copy split over two threads ran 2x
 faster alone, and no faster right after a two-thread GEMM).
 
-:func:`parallel` is that mode: while one is open (process-wide), the BLAS runs single-threaded
-and :func:`over_images` splits work over :func:`cpu_threads` threads; elsewhere it is one call
-on the caller's thread and the BLAS keeps its own threads. :class:`gpucnn.Sequential` opens
-it around every NumPy forward and backward pass.
+:func:`parallel` is that mode. In the thread that opened it, :func:`over_images` splits work
+over :func:`cpu_threads` threads; everywhere else it is one call on the caller's thread. The
+BLAS limit is process-wide (the BLAS has one setting): while any thread has a block open,
+every BLAS call in the process runs on one thread, and the last block to close gives the BLAS
+its thread count back. :class:`gpucnn.Sequential` opens a block around every NumPy forward
+and backward pass.
 
-``GPUCNN_CPU_THREADS`` sets the number of threads (1 turns this mode off); by default it is
-the BLAS's thread count (so ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and threadpoolctl
-limits apply), at most :data:`MAX_THREADS`. Where threadpoolctl finds no BLAS it can limit,
-the mode is off.
+``GPUCNN_CPU_THREADS`` sets the number of threads (1 turns this mode off; a larger number is
+taken as given). By default it is the BLAS's thread count (so ``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and threadpoolctl limits apply), at most the cores this process may
+run on and :data:`MAX_THREADS`. Where threadpoolctl finds no BLAS it can limit, the mode is off.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -39,12 +42,11 @@ MIN_PART_BYTES = 5 << 19
 
 _lock = threading.Lock()
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries, found once
-_open = 0  # parallel() blocks open in this process
+_open = 0  # parallel() blocks open in this process, in any thread
 _limiter = None  # the BLAS limit held while any is open
-_threads = 1  # threads over_images uses while any is open
+_local = threading.local()  # .threads: this thread's split while its block is open
 _pool: ThreadPoolExecutor | None = None
-_pool_key = (0, 0)  # (workers, process id): a forked child makes its own pool
-_worker = threading.local()  # .active in the pool's threads: no nested splitting
+_pool_workers = 0
 
 
 def _blas_controller():
@@ -56,85 +58,108 @@ def _blas_controller():
     return _blas
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cpu_threads() -> int:
     """Threads a parallel pass uses: ``GPUCNN_CPU_THREADS``, else the BLAS's thread count up
-    to :data:`MAX_THREADS` (1 where no BLAS thread count can be set).
+    to the usable cores and :data:`MAX_THREADS` (1 where no BLAS thread count can be set).
 
     Raises ``ValueError`` for a setting that is not a positive integer.
     """
     setting = os.environ.get(CPU_THREADS_ENV, "").strip()
     if setting:
-        if not setting.isdigit() or int(setting) < 1:
+        if not (setting.isascii() and setting.isdigit()) or int(setting) < 1:
             raise ValueError(
                 f"expected {CPU_THREADS_ENV} to be a positive integer; received {setting!r}"
             )
         return int(setting) if _blas_controller().lib_controllers else 1
     counts = [lib.num_threads for lib in _blas_controller().lib_controllers]
-    return min(max(counts, default=1), MAX_THREADS)
+    return max(1, min(max(counts, default=1), _usable_cores(), MAX_THREADS))
 
 
 @contextmanager
 def parallel() -> Iterator[None]:
-    """While open, :func:`over_images` splits work over :func:`cpu_threads` threads and the
-    BLAS runs one thread per call; on exit of the last open block the BLAS gets its thread
-    count back. Blocks nest and may be opened from several threads."""
-    global _open, _limiter, _threads
+    """While open, :func:`over_images` in this thread splits work over :func:`cpu_threads`
+    threads, and every BLAS call in the process runs on one thread. Blocks nest, and may be
+    open in several threads at once."""
+    global _open, _limiter
+    outer = getattr(_local, "threads", 0) == 0
+    if outer:
+        threads = cpu_threads()
     with _lock:
-        if _open == 0:
-            _threads = cpu_threads()
-            if _threads > 1:
-                _limiter = _blas_controller().limit(limits=1)
+        if _open == 0 and outer and threads > 1:
+            _limiter = _blas_controller().limit(limits=1)
         _open += 1
+    if outer:
+        _local.threads = threads
     try:
         yield
     finally:
+        if outer:
+            _local.threads = 0
         with _lock:
             _open -= 1
-            if _open == 0:
-                _threads = 1
-                if _limiter is not None:
-                    _limiter.restore_original_limits()
-                    _limiter = None
+            if _open == 0 and _limiter is not None:
+                _limiter.restore_original_limits()
+                _limiter = None
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_key
-    key = (workers, os.getpid())
+    """The pool, with at least ``workers`` threads (a new one is made before the old goes)."""
+    global _pool, _pool_workers
     with _lock:
-        if _pool is None or _pool_key != key:
-            if _pool is not None and _pool_key[1] == key[1]:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="gpucnn-cpu",
-                                       initializer=_mark_worker)  # fmt: skip
-            _pool_key = key
+        if _pool is None or _pool_workers < workers:
+            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="gpucnn-cpu")
+            _pool_workers = workers
+            if old is not None:
+                old.shutdown(wait=False)
         return _pool
 
 
-def _mark_worker() -> None:
-    _worker.active = True
+def _after_fork_in_child() -> None:
+    # The parent's pool threads, a held lock and the open blocks of its other threads do not
+    # exist in the child; the BLAS setting it inherited stays as the parent had it.
+    global _lock, _open, _limiter, _pool, _pool_workers, _local
+    _lock, _open, _limiter = threading.Lock(), 0, None
+    _pool, _pool_workers, _local = None, 0, threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def count_parts(n: int, bytes_per_image: int) -> int:
     """Into how many ranges :func:`over_images` splits ``n`` images of that size here and now."""
-    threads = _threads if _open and not getattr(_worker, "active", False) else 1
+    threads = getattr(_local, "threads", 0)
+    if threads <= 1:
+        return 1
     return min(threads, n, max(1, n * bytes_per_image // max(1, MIN_PART_BYTES)))
 
 
 def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) -> None:
     """Call ``work(start, stop)`` on consecutive ranges that cover ``range(n)``.
 
-    Inside :func:`parallel` the ranges run at once on up to :func:`cpu_threads` threads (the
-    caller's thread takes the first); ``work`` must touch only items ``start:stop`` of the
-    arrays it writes. Outside, or when a part would hold under :data:`MIN_PART_BYTES`, it is
-    one call ``work(0, n)``. An exception in a part is raised here once every part is done.
+    In a thread inside :func:`parallel` the ranges run at once on up to :func:`cpu_threads`
+    threads (the caller's thread takes the first), each in a copy of the caller's context (so
+    ``np.errstate`` applies); ``work`` must touch only items ``start:stop`` of the arrays it
+    writes. Elsewhere, or when a part would hold under :data:`MIN_PART_BYTES`, it is one call
+    ``work(0, n)``. An exception in a part is raised here once every part is done.
     """
     parts = count_parts(n, bytes_per_image)
     if parts <= 1:
         work(0, n)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    pool = _executor(_threads - 1)
-    futures = [pool.submit(work, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    pool = _executor(parts - 1)
+    futures = [
+        pool.submit(contextvars.copy_context().run, work, bounds[k], bounds[k + 1])
+        for k in range(1, parts)
+    ]
     try:
         work(bounds[0], bounds[1])
     finally:

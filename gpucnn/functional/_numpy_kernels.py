@@ -1,4 +1,5 @@
-"""NumPy-only fast paths for im2col and max-pool backward (strided views, in-place ufuncs).
+"""NumPy-only fast paths: im2col gathers, max-pool backward, and the convolutions and GEMMs
+that split their images over the CPU threads (strided views, in-place ufuncs).
 
 Each function here accelerates one op of :mod:`gpucnn.functional` on NumPy arrays and answers
 "not applicable" (False or None) otherwise; the op then runs its standard array-API code, which
@@ -54,29 +55,68 @@ def matmul_fast(a: Array, b: Array) -> Array | None:
     return out
 
 
+def _same_float_dtype(*arrays) -> bool:
+    """NumPy arrays of one floating dtype: the fast paths compute in it (mixed dtypes take the
+    standard code, which promotes as the array API says)."""
+    return all(isinstance(a, np.ndarray) for a in arrays) and all(
+        a.dtype == arrays[0].dtype and a.dtype.kind == "f" for a in arrays
+    )
+
+
+def _weights_with_bias(weight: Array, bias: Array) -> Array:
+    """(F, C, KH, KW) and (F,) -> (KH*KW*C + 1, F): the GEMM's right operand, the bias as its
+    last row (the ones column of the im2col rows adds it)."""
+    F, C, KH, KW = weight.shape
+    K = KH * KW * C
+    w_and_b = np.empty((K + 1, F), dtype=weight.dtype)
+    w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
+    w_and_b[K] = bias
+    return w_and_b
+
+
+def _input_grad_buffers(weight: Array, x_shape, padding):
+    """The padded input gradient (N, PT+H+PB, PL+W+PR, C), to be filled, and the weight as
+    one (F, C) matrix per kernel offset (KH*KW, F, C)."""
+    F, C, KH, KW = weight.shape
+    N, H, W, _ = x_shape
+    PT, PB, PL, PR = padding
+    grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=weight.dtype)
+    return grad_padded, weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
+
+
+def _conv_grads(grad_wb: Array, weight_shape, grad_padded, padding):
+    """``(grad_x or None, grad_weight, grad_bias)`` from the (K + 1, F) weight-and-bias
+    gradient and the padded input gradient (None when it was not asked for)."""
+    F, C, KH, KW = weight_shape
+    K = KH * KW * C
+    grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
+    if grad_padded is None:
+        return None, grad_weight, grad_wb[K]
+    PT, PB, PL, PR = padding
+    _, HP, WP, _ = grad_padded.shape
+    return grad_padded[:, PT : HP - PB, PL : WP - PR, :], grad_weight, grad_wb[K]
+
+
 def conv2d_forward_fast(x, weight, bias, stride, padding):
     """NumPy, inside :func:`._cpu_threads.parallel`: :func:`gpucnn.functional.conv2d_forward`
     with the images split over the CPU threads, each filling its rows of the im2col matrix
     and running its part of the GEMM. Returns ``(out, cols)`` as that op, or None where the
     images would not be split (not NumPy, one thread, or too little work).
     """
-    if not isinstance(x, np.ndarray):
+    if not _same_float_dtype(x, weight, bias):
         return None
-    from .im2col import fill_windows
+    from .im2col import fill_windows, output_size
 
     F, C, KH, KW = weight.shape
     (SH, SW), (PT, PB, PL, PR) = stride, padding
     N, H, W, _ = x.shape
-    OH = (H + PT + PB - KH) // SH + 1
-    OW = (W + PL + PR - KW) // SW + 1
+    OH, OW = output_size(H, KH, SH, PT, PB), output_size(W, KW, SW, PL, PR)
     K = KH * KW * C
     L = K + 1
     per_image = OH * OW * (L + F) * x.itemsize
     if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
         return None
-    w_and_b = np.empty((L, F), dtype=x.dtype)
-    w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
-    w_and_b[K] = bias
+    w_and_b = _weights_with_bias(weight, bias)
     cols = np.empty((N, OH, OW, L), dtype=x.dtype)
     out = np.empty((N, OH, OW, F), dtype=x.dtype)
 
@@ -96,19 +136,17 @@ def conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_
     gradient, and the parts' sums are added in a fixed order. None where the images would not
     be split.
     """
-    if not isinstance(grad_out, np.ndarray):
+    if not _same_float_dtype(grad_out, cols, weight):
         return None
     F, C, KH, KW = weight.shape
-    (PT, PB, PL, PR) = padding
     N, OH, OW, L = cols.shape
-    K = L - 1
-    if count_parts(N, OH * OW * (L + F) * cols.itemsize) <= 1:
+    per_image = OH * OW * (L + F) * cols.itemsize
+    if count_parts(N, per_image) <= 1:
         return None
     sums = {}
-    if need_input_grad:
-        _, H, W, _ = x_shape
-        grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=grad_out.dtype)
-        w_per_offset = weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
+    grad_padded, w_per_offset = (
+        _input_grad_buffers(weight, x_shape, padding) if need_input_grad else (None, None)
+    )
 
     def images(start, stop):
         g = grad_out[start:stop].reshape(-1, F)
@@ -118,13 +156,8 @@ def conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_
             grad_cols = np.matmul(g, w_per_offset).reshape(KH, KW, stop - start, OH, OW, C)
             _col2im_into(grad_padded[start:stop], grad_cols, stride)
 
-    over_images(N, OH * OW * (L + F) * cols.itemsize, images)
-    grad_wb = _sum_in_order(sums)
-    grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
-    if not need_input_grad:
-        return None, grad_weight, grad_wb[K]
-    _, HP, WP, _ = grad_padded.shape
-    return grad_padded[:, PT : HP - PB, PL : WP - PR, :], grad_weight, grad_wb[K]
+    over_images(N, per_image, images)
+    return _conv_grads(_sum_in_order(sums), weight.shape, grad_padded, padding)
 
 
 def _col2im_into(target, grad_cols, stride) -> None:
@@ -209,8 +242,8 @@ def _tiled_max_pool_backward(grad_out, x, out, pool):
     return grad_x
 
 
-# Bytes of im2col rows and convolution output per block of images in the pooled convolution.
-# It bounds the temporaries of large batches. Blocks small enough for L2 (1-4 MiB) measured
+# Bytes of im2col rows and convolution-output gradient per block of images in the pooled
+# convolution (per thread in training). It bounds the temporaries of large batches. Blocks small enough for L2 (1-4 MiB) measured
 # slower on a shared 2-core Xeon: many small GEMMs cost more than the cache saves.
 POOLED_CONV_BLOCK_BYTES = 64 << 20
 
@@ -288,23 +321,24 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     Returns ``(out, cache)`` with ``out`` of shape (N, PH, PW, F) (``cache`` None without
     ``training``), or None if not NumPy.
     """
-    if not isinstance(x, np.ndarray):
+    if not _same_float_dtype(x, weight, bias):
         return None
+    from .im2col import output_size
+
     F, C, KH, KW = weight.shape
     (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
     N, H, W, _ = x.shape
-    PH = ((H + PT + PB - KH) // SH + 1) // PKH
-    PW = ((W + PL + PR - KW) // SW + 1) // PKW
+    PH = output_size(H, KH, SH, PT, PB) // PKH
+    PW = output_size(W, KW, SW, PL, PR) // PKW
     if PH < 1 or PW < 1:
         return None
     D, K = PKH * PKW, KH * KW * C
     L = K + 1
-    w_and_b = np.empty((L, F), dtype=x.dtype)
-    w_and_b[:K] = weight.transpose(2, 3, 1, 0).reshape(K, F)
-    w_and_b[K] = bias
+    w_and_b = _weights_with_bias(weight, bias)
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize
-    block = _pooled_conv_block(per_image)
+    # inference rows are scratch, one block per thread: the threads share the bound
+    block = _pooled_conv_block(per_image * (1 if training else count_parts(N, per_image)))
     cols = np.empty((D, N, PH, PW, L), dtype=x.dtype) if training else None
     first = np.empty((D, N, PH, PW, F), dtype=bool) if training else None
 
@@ -357,16 +391,14 @@ def conv_relu_max_pool_backward_fast(
     """
     cols, first, block = cache
     F, C, KH, KW = weight.shape
-    (PKH, PKW), (PT, PB, PL, PR) = pool, padding
+    PKH, PKW = pool
     D, N, PH, PW, L = cols.shape
-    K = L - 1
     per_image = D * PH * PW * (L + F) * grad_out.itemsize
     sums = {}
-    if need_input_grad:
-        _, H, W, _ = x_shape
-        grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=grad_out.dtype)
-        w_per_offset = weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
-        OH, OW = PH * PKH, PW * PKW  # the convolution outputs some window covers
+    grad_padded, w_per_offset = (
+        _input_grad_buffers(weight, x_shape, padding) if need_input_grad else (None, None)
+    )
+    OH, OW = PH * PKH, PW * PKW  # the convolution outputs some window covers
 
     def images(start, stop):
         b = min(block, stop - start)
@@ -397,10 +429,4 @@ def conv_relu_max_pool_backward_fast(
         sums[start] = grad_wb
 
     over_images(N, per_image, images)
-    grad_wb = _sum_in_order(sums)
-    grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
-    grad_bias = grad_wb[K]
-    if not need_input_grad:
-        return None, grad_weight, grad_bias
-    _, HP, WP, _ = grad_padded.shape
-    return grad_padded[:, PT : HP - PB, PL : WP - PR, :], grad_weight, grad_bias
+    return _conv_grads(_sum_in_order(sums), weight.shape, grad_padded, padding)

@@ -10,6 +10,10 @@ Shape symbols (used as local names throughout ``gpucnn.functional`` and ``gpucnn
     SH, SW  stride along height and width
     PT, PB  padding at the top and bottom;  PL, PR  at the left and right
     OH, OW  output height and width
+    L       columns of an im2col row: KH*KW*C, plus one of ones for the bias
+    PKH, PKW  the pooling window (and its stride) of a fused convolution + max-pool
+    PH, PW  pooled height and width
+    D       PKH*PKW: the phases, one per offset (di, dj) within a pooling window
 
 Layout: inside the library images are **channels-last**, ``(N, H, W, C)``. With that layout
 the im2col matrix is ``(N*OH*OW, KH*KW*C)`` and the convolution's GEMM result
