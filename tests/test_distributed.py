@@ -181,15 +181,15 @@ def test_a_global_batch_smaller_than_the_ranks_is_refused_under_mpirun(tmp_path)
 @needs_mpirun
 @pytest.mark.slow
 def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
-    # 29 epochs (seconds of training) left when the signal is sent: it lands during training
-    # even when the epochs are fast
-    flags = ["--epochs", 30]
+    # 59 epochs (seconds of training: small batches, many steps) left when the signal is
+    # sent, so it lands during training even when the epochs are fast
+    flags = ["--epochs", 60, "--batch-size", 16]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert mpirun(*train_args(straight, *flags)).returncode == 0
     proc = mpirun(*train_args(split, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # interrupt once the first epoch is done
-        if line.startswith("epoch 1/30") or time.monotonic() > deadline:
+        if line.startswith("epoch 1/60") or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -206,7 +206,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     assert result.returncode == 0, result.stderr
     assert max_relative_difference(straight / "model.npz", split / "model.npz") == 0.0
     metrics = json.loads((split / "metrics.json").read_text())
-    assert metrics["epochs"] == 30 and metrics["world_size"] == 2
+    assert metrics["epochs"] == 60 and metrics["world_size"] == 2
 
 
 # ---------------------------------------------------------------------- ranks as threads
