@@ -26,7 +26,13 @@ from gpucnn.functional import (
     softmax_cross_entropy,
 )
 from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
-from gpucnn.functional._numpy_kernels import fill_windows_fast, max_pool_backward_fast
+from gpucnn.functional._numpy_kernels import (
+    fill_windows_fast,
+    max_pool_backward_fast,
+    max_pool_forward_fast,
+    relu_backward_fast,
+    relu_forward_fast,
+)
 from gpucnn.optim import SGD, Adam
 from gpucnn.parameter import Parameter
 
@@ -71,6 +77,55 @@ def test_numpy_max_pool_backward_equals_the_standard_code(pool, stride, ties):
         xs, outs, gs = (array_api_strict.asarray(a) for a in (x, out, g))
         standard = to_numpy(max_pool2d_backward(gs, xs, outs, pool, stride))
         np.testing.assert_array_equal(fast, standard)
+
+
+@pytest.fixture
+def three_threads(monkeypatch):
+    """The NumPy thread mode with three threads, every op worth splitting."""
+    from gpucnn.functional import _cpu_threads
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "3")
+    with _cpu_threads.parallel():
+        yield
+
+
+@pytest.mark.parametrize("pool,stride", POOL_GEOMETRIES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_numpy_max_pool_split_over_threads_equals_the_standard_code(
+    three_threads, pool, stride, relu
+):
+    import array_api_strict
+
+    rng = np.random.default_rng(5)
+    for shape in ((5, 7, 8, 3), (4, 6, 6, 3)):  # ragged; tiled by 2x2 and 3x3 windows
+        x = rng.integers(-2, 3, shape).astype(np.float32)  # ties and non-positive maxima
+        assert max_pool_forward_fast(x, pool, stride, relu) is not None  # the split path
+        out = max_pool2d_forward(x, pool, stride, relu=relu)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        grad_x = max_pool2d_backward(g, x, out, pool, stride, relu=relu)
+        xs, gs = array_api_strict.asarray(x), array_api_strict.asarray(g)
+        out_s = max_pool2d_forward(xs, pool, stride, relu=relu)
+        np.testing.assert_array_equal(out, to_numpy(out_s))
+        grad_s = max_pool2d_backward(gs, xs, out_s, pool, stride, relu=relu)
+        np.testing.assert_array_equal(grad_x, to_numpy(grad_s))
+
+
+def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
+    import array_api_strict
+
+    from gpucnn.functional import relu_forward
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 4, 3, 2)).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0  # the subgradient at 0 is 0
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    assert relu_forward_fast(x) is not None and relu_backward_fast(g, x) is not None
+    out = relu_forward(x)
+    xs, gs = array_api_strict.asarray(x), array_api_strict.asarray(g)
+    np.testing.assert_array_equal(out, to_numpy(relu_forward(xs)))
+    expected = to_numpy(relu_backward(gs, relu_forward(xs)))
+    np.testing.assert_array_equal(relu_backward(g, out), expected)
 
 
 POOLED_CONV_GEOMETRIES = [

@@ -160,9 +160,11 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
         pool.submit(contextvars.copy_context().run, work, bounds[k], bounds[k + 1])
         for k in range(1, parts)
     ]
+    threads, _local.threads = _local.threads, 0  # an op called inside a part does not split
     try:
         work(bounds[0], bounds[1])
     finally:
+        _local.threads = threads
         for future in futures:
             future.exception()  # every part finishes before its arrays can be reused
     for future in futures:

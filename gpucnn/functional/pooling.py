@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..backend import Array, namespace
 from ._dispatch import cuda_kernels
-from ._numpy_kernels import max_pool_backward_fast
+from ._numpy_kernels import max_pool_backward_fast, max_pool_forward_fast
 from .activations import relu_backward, relu_forward
 from .im2col import Pair, output_size, window_slice
 
@@ -41,7 +41,11 @@ def max_pool2d_forward(x: Array, pool: Pair, stride: Pair, relu: bool = False) -
     """
     xp = namespace(x)
     cuda = cuda_kernels(xp)
-    out = cuda.max_pool(x, pool, stride, relu) if cuda else None
+    out = (
+        cuda.max_pool(x, pool, stride, relu)
+        if cuda
+        else max_pool_forward_fast(x, pool, stride, relu)
+    )
     if out is not None:
         return out
     out = _max_over_windows(xp, x, pool, stride)
