@@ -135,6 +135,53 @@ def test_only_the_thread_that_opened_the_block_splits(three_threads):
     assert len(seen["calls"]) == 1  # another thread, outside any block: one call
 
 
+def _finishes(target, seconds: float = 20.0) -> bool:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+@needs_blas_control
+def test_a_block_opened_inside_a_part_neither_splits_nor_deadlocks(three_threads):
+    inner = []
+
+    def work(start, stop):
+        with parallel():
+            inner.append(_cpu_threads.count_parts(9, 1 << 30))
+            over_images(9, 1, lambda a, b: None)
+
+    def run():
+        with parallel():
+            over_images(9, 1, work)
+
+    assert _finishes(run), "a block opened inside every part deadlocked the pool"
+    assert inner == [1, 1, 1]
+
+
+@needs_blas_control
+@pytest.mark.skipif(_cpu_threads._usable_cores() < 2, reason="needs 2 usable cores")
+def test_blocks_in_two_threads_split_alike_by_default(monkeypatch):
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    counts, opened, done = {}, threading.Event(), threading.Event()
+
+    def first():
+        with parallel():
+            counts["first"] = _cpu_threads.count_parts(8, 1)
+            opened.set()
+            done.wait(10)
+
+    with threadpool_limits(2, user_api="blas"):
+        thread = threading.Thread(target=first)
+        thread.start()
+        opened.wait(10)
+        with parallel():  # the BLAS is limited to 1 thread by now
+            counts["second"] = _cpu_threads.count_parts(8, 1)
+        done.set()
+        thread.join(10)
+    assert counts == {"first": 2, "second": 2}
+
+
 @needs_blas_control
 def test_the_parts_see_the_callers_errstate(three_threads):
     values = np.ones(9)

@@ -111,6 +111,15 @@ def test_numpy_max_pool_split_over_threads_equals_the_standard_code(
         np.testing.assert_array_equal(grad_x, to_numpy(grad_s))
 
 
+def test_numpy_max_pool_of_windows_larger_than_the_input_is_empty(three_threads):
+    import array_api_strict
+
+    x = np.ones((2, 3, 3, 1), dtype=np.float32)
+    out = max_pool2d_forward(x, (5, 5), (2, 2))
+    standard = max_pool2d_forward(array_api_strict.asarray(x), (5, 5), (2, 2))
+    assert out.shape == tuple(standard.shape) == (2, 0, 0, 1)
+
+
 def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
     import array_api_strict
 

@@ -44,7 +44,10 @@ _lock = threading.Lock()
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries, found once
 _open = 0  # parallel() blocks open in this process, in any thread
 _limiter = None  # the BLAS limit held while any is open
-_local = threading.local()  # .threads: this thread's split while its block is open
+_threads = 1  # the thread count of the open blocks, found when the first opened
+# per thread: .threads, the split while its block is open (1 inside a part); .depth, its
+# open blocks
+_local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 
@@ -85,16 +88,19 @@ def cpu_threads() -> int:
 @contextmanager
 def parallel() -> Iterator[None]:
     """While open, :func:`over_images` in this thread splits work over :func:`cpu_threads`
-    threads, and every BLAS call in the process runs on one thread. Blocks nest, and may be
-    open in several threads at once."""
-    global _open, _limiter
-    outer = getattr(_local, "threads", 0) == 0
-    if outer:
-        threads = cpu_threads()
+    threads, and every BLAS call in the process runs on one thread. Blocks nest (an inner
+    one, or one opened inside a part of a split, changes nothing), and may be open in several
+    threads at once: all use the thread count found when the first of them opened."""
+    global _open, _limiter, _threads
+    outer = getattr(_local, "threads", 0) == 0  # 1 inside a part: never splits again
     with _lock:
-        if _open == 0 and outer and threads > 1:
-            _limiter = _blas_controller().limit(limits=1)
+        if _open == 0:  # the BLAS count is read before the limit changes it
+            _threads = cpu_threads()
+            if _threads > 1:
+                _limiter = _blas_controller().limit(limits=1)
+        threads = _threads
         _open += 1
+    _local.depth = getattr(_local, "depth", 0) + 1
     if outer:
         _local.threads = threads
     try:
@@ -102,6 +108,7 @@ def parallel() -> Iterator[None]:
     finally:
         if outer:
             _local.threads = 0
+        _local.depth -= 1
         with _lock:
             _open -= 1
             if _open == 0 and _limiter is not None:
@@ -109,24 +116,41 @@ def parallel() -> Iterator[None]:
                 _limiter = None
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The pool, with at least ``workers`` threads (a new one is made before the old goes)."""
+def _submit(parts: int, work: Callable, bounds: list[int]) -> list:
+    """Queue parts 1.. on the pool (grown to ``parts - 1`` threads if needed). Under the lock:
+    a pool is replaced only here, so no thread submits to one that has been shut down (the
+    old pool still finishes what it was given)."""
     global _pool, _pool_workers
     with _lock:
-        if _pool is None or _pool_workers < workers:
-            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="gpucnn-cpu")
-            _pool_workers = workers
+        if _pool is None or _pool_workers < parts - 1:
+            old, _pool = _pool, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-cpu")
+            _pool_workers = parts - 1
             if old is not None:
                 old.shutdown(wait=False)
-        return _pool
+        return [
+            _pool.submit(contextvars.copy_context().run, _in_part, work, bounds[k], bounds[k + 1])
+            for k in range(1, parts)
+        ]
+
+
+def _in_part(work: Callable[[int, int], None], start: int, stop: int) -> None:
+    """Run one part with this thread marked as inside a part (ops there do not split)."""
+    threads, _local.threads = getattr(_local, "threads", 0), 1
+    try:
+        work(start, stop)
+    finally:
+        _local.threads = threads
 
 
 def _after_fork_in_child() -> None:
-    # The parent's pool threads, a held lock and the open blocks of its other threads do not
-    # exist in the child; the BLAS setting it inherited stays as the parent had it.
-    global _lock, _open, _limiter, _pool, _pool_workers, _local
-    _lock, _open, _limiter = threading.Lock(), 0, None
-    _pool, _pool_workers, _local = None, 0, threading.local()
+    # The child has only the forking thread: its open blocks are the only ones, the parent's
+    # pool threads are gone, and the lock may have been held by a thread that is gone too.
+    global _lock, _open, _limiter, _pool, _pool_workers
+    _lock, _pool, _pool_workers = threading.Lock(), None, 0
+    _open = getattr(_local, "depth", 0)
+    if _open == 0 and _limiter is not None:  # only other threads had blocks open
+        _limiter.restore_original_limits()
+        _limiter = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -147,24 +171,19 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     In a thread inside :func:`parallel` the ranges run at once on up to :func:`cpu_threads`
     threads (the caller's thread takes the first), each in a copy of the caller's context (so
     ``np.errstate`` applies); ``work`` must touch only items ``start:stop`` of the arrays it
-    writes. Elsewhere, or when a part would hold under :data:`MIN_PART_BYTES`, it is one call
-    ``work(0, n)``. An exception in a part is raised here once every part is done.
+    writes. Ops called inside a part do not split again. Elsewhere, or when a part would hold
+    under :data:`MIN_PART_BYTES`, it is one call ``work(0, n)``. An exception in a part is
+    raised here once every part is done.
     """
     parts = count_parts(n, bytes_per_image)
     if parts <= 1:
         work(0, n)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    pool = _executor(parts - 1)
-    futures = [
-        pool.submit(contextvars.copy_context().run, work, bounds[k], bounds[k + 1])
-        for k in range(1, parts)
-    ]
-    threads, _local.threads = _local.threads, 0  # an op called inside a part does not split
+    futures = _submit(parts, work, bounds)
     try:
-        work(bounds[0], bounds[1])
+        _in_part(work, bounds[0], bounds[1])
     finally:
-        _local.threads = threads
         for future in futures:
             future.exception()  # every part finishes before its arrays can be reused
     for future in futures:

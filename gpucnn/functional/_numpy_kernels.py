@@ -1,5 +1,6 @@
-"""NumPy-only fast paths: im2col gathers, max-pool backward, and the convolutions and GEMMs
-that split their images over the CPU threads (strided views, in-place ufuncs).
+"""NumPy-only fast paths: im2col gathers, max-pool forward and backward, ReLU, and the
+convolutions and GEMMs, most of them splitting their images over the CPU threads
+(:mod:`._cpu_threads`); strided views and in-place ufuncs throughout.
 
 Each function here accelerates one op of :mod:`gpucnn.functional` on NumPy arrays and answers
 "not applicable" (False or None) otherwise; the op then runs its standard array-API code, which
@@ -240,7 +241,10 @@ def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
 
     N, H, W, C = x.shape
     (KH, KW), (SH, SW) = pool, stride
-    out = np.empty((N, output_size(H, KH, SH), output_size(W, KW, SW), C), dtype=x.dtype)
+    OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
+    if OH < 1 or OW < 1:
+        return None
+    out = np.empty((N, OH, OW, C), dtype=x.dtype)
     windows = _pool_windows(x.shape, pool, stride)
 
     def images(start, stop):
@@ -322,8 +326,9 @@ def _tiled_max_pool_backward(grad_out, x, out, pool, stride, grad_x) -> None:
 
 
 # Bytes of im2col rows and convolution-output gradient per block of images in the pooled
-# convolution (per thread in training). It bounds the temporaries of large batches. Blocks small enough for L2 (1-4 MiB) measured
-# slower on a shared 2-core Xeon: many small GEMMs cost more than the cache saves.
+# convolution (per thread in training). It bounds the temporaries of large batches. Blocks
+# small enough for L2 (1-4 MiB) measured slower on a shared 2-core Xeon: many small GEMMs and
+# NumPy calls cost more than the cache saves.
 POOLED_CONV_BLOCK_BYTES = 64 << 20
 
 

@@ -94,8 +94,11 @@ def resolve_padding(
 def window_slice(offset: int, stride: int, count: int) -> slice:
     """The slice that picks ``count`` positions ``offset, offset + stride, ...``.
 
-    The stop is exact (never past the axis end), which the array API requires.
+    The stop is exact (never past the axis end), which the array API requires; no positions
+    (``count`` <= 0) is an empty slice.
     """
+    if count <= 0:
+        return slice(0, 0)
     return slice(offset, offset + stride * (count - 1) + 1, stride)
 
 
