@@ -32,9 +32,9 @@ from contextlib import contextmanager
 
 CPU_THREADS_ENV = "GPUCNN_CPU_THREADS"
 # Threads stop paying off well before a server's core count (likely the GIL, which each
-# thread's Python and NumPy's own bookkeeping need between passes). Measured on a 16-core Xeon (AVX-512),
-# `reference` training at batch 128 / 512, img/s: BLAS threads alone 5,691 / 4,716; 4 threads
-# 6,403 / 7,268; 8 threads 6,197 / 10,785; 16 threads 3,785 / 8,883.
+# thread's Python and NumPy's own bookkeeping need between passes). Measured on a 16-core
+# Xeon (AVX-512), `reference` training at batch 128 / 512, img/s: BLAS threads alone 5,691 /
+# 4,716; 4 threads 6,403 / 7,268; 8 threads 6,197 / 10,785; 16 threads 3,785 / 8,883.
 MAX_THREADS = 8
 # A part gets at least this much work (bytes its passes touch): on that host parts of 16-32
 # images of the reference network (2-4 MB) ran best.
