@@ -93,9 +93,9 @@ def _conv_grads(grad_wb: Array, weight_shape, grad_padded, padding):
     grad_weight = grad_wb[:K].reshape(KH, KW, C, F).transpose(3, 2, 0, 1)
     if grad_padded is None:
         return None, grad_weight, grad_wb[K]
-    PT, PB, PL, PR = padding
-    _, HP, WP, _ = grad_padded.shape
-    return grad_padded[:, PT : HP - PB, PL : WP - PR, :], grad_weight, grad_wb[K]
+    from .im2col import unpad2d
+
+    return unpad2d(grad_padded, padding), grad_weight, grad_wb[K]
 
 
 def conv2d_forward_fast(x, weight, bias, stride, padding):
@@ -106,7 +106,7 @@ def conv2d_forward_fast(x, weight, bias, stride, padding):
     """
     if not _same_float_dtype(x, weight, bias):
         return None
-    from .im2col import fill_windows, output_size
+    from .im2col import fill_windows, output_size, pad2d
 
     F, C, KH, KW = weight.shape
     (SH, SW), (PT, PB, PL, PR) = stride, padding
@@ -124,7 +124,7 @@ def conv2d_forward_fast(x, weight, bias, stride, padding):
     def images(start, stop):
         part = cols[start:stop]
         part[..., K] = 1.0
-        fill_windows(_padded(x[start:stop], padding), (KH, KW), (SH, SW), part)
+        fill_windows(pad2d(x[start:stop], padding), (KH, KW), (SH, SW), part)
         np.matmul(part.reshape(-1, L), w_and_b, out=out[start:stop].reshape(-1, F))
 
     over_images(N, per_image, images)
@@ -162,15 +162,11 @@ def conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_
 
 
 def _col2im_into(target, grad_cols, stride) -> None:
-    """``target`` (n, H, W, C) = the windows' gradients ``grad_cols`` (KH, KW, n, OH, OW, C)
-    added back to the pixels they came from (the NumPy col2im, into given memory)."""
-    KH, KW, _, OH, OW, _ = grad_cols.shape
-    SH, SW = stride
+    """:func:`gpucnn.functional.col2im` into given memory ``target`` (n, H, W, C)."""
+    from .im2col import add_windows
+
     target[...] = 0
-    for i in range(KH):
-        rows = slice(i, i + SH * (OH - 1) + 1, SH)
-        for j in range(KW):
-            target[:, rows, j : j + SW * (OW - 1) + 1 : SW, :] += grad_cols[i, j]
+    add_windows(target, grad_cols, stride)
 
 
 def _sum_in_order(partial_sums: dict) -> Array:
@@ -217,18 +213,11 @@ def relu_backward_fast(grad_out: Array, out: Array) -> Array | None:
     return grad_x
 
 
-def _pool_windows(shape, pool, stride):
-    """The strided index of every window offset, in row-major window order, for (n, H, W, C)."""
-    from .im2col import output_size, window_slice
+def _pool_windows(x, pool, stride) -> list:
+    """The strided index of every window offset of ``x`` (n, H, W, C), in row-major order."""
+    from .pooling import _window_indices
 
-    _, H, W, _ = shape
-    (KH, KW), (SH, SW) = pool, stride
-    OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
-    return [
-        (slice(None), window_slice(i, SH, OH), window_slice(j, SW, OW))
-        for i in range(KH)
-        for j in range(KW)
-    ]
+    return list(_window_indices(x, pool, stride))
 
 
 def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
@@ -245,7 +234,7 @@ def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
     if OH < 1 or OW < 1:
         return None
     out = np.empty((N, OH, OW, C), dtype=x.dtype)
-    windows = _pool_windows(x.shape, pool, stride)
+    windows = _pool_windows(x, pool, stride)
 
     def images(start, stop):
         part, source = out[start:stop], x[start:stop]
@@ -294,7 +283,7 @@ def _strided_max_pool_backward(grad_out, x, out, pool, stride, grad_x) -> None:
     hit = np.empty(out.shape, dtype=bool)
     taken = np.zeros(out.shape, dtype=bool)
     routed = np.empty(out.shape, dtype=grad_out.dtype) if overlapping else None
-    for index in _pool_windows(x.shape, pool, stride):
+    for index in _pool_windows(x, pool, stride):
         np.equal(x[index], out, out=hit)
         np.greater(hit, taken, out=hit)  # hit and not taken
         np.logical_or(taken, hit, out=taken)
@@ -369,22 +358,6 @@ def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
             np.copyto(target[..., first : first + C], source.transpose(2, 4, 0, 1, 3, 5))
 
 
-def _padded(x: Array, padding: tuple[int, int, int, int]) -> Array:
-    """``x`` (n, H, W, C) with zero rows/columns added (top, bottom, left, right)."""
-    PT, PB, PL, PR = padding
-    if not (PT or PB or PL or PR):
-        return x
-    n, H, W, C = x.shape
-    # only the border is zeroed: np.zeros would clear it all while holding the GIL
-    xpad = np.empty((n, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
-    xpad[:, :PT] = 0
-    xpad[:, PT + H :] = 0
-    xpad[:, PT : PT + H, :PL] = 0
-    xpad[:, PT : PT + H, PL + W :] = 0
-    xpad[:, PT : PT + H, PL : PL + W, :] = x
-    return xpad
-
-
 def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training=True):
     """NumPy only: ``relu(max_pool(conv2d(x)))`` for pooling windows that do not overlap.
 
@@ -407,7 +380,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     """
     if not _same_float_dtype(x, weight, bias):
         return None
-    from .im2col import output_size
+    from .im2col import output_size, pad2d
 
     F, C, KH, KW = weight.shape
     (SH, SW), (PKH, PKW), (PT, PB, PL, PR) = stride, pool, padding
@@ -434,7 +407,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
         for n0 in range(start, stop, block):
             n1 = min(n0 + block, stop)
             cols_b = cols[:, n0:n1] if training else scratch[:, : n1 - n0]
-            _fill_phase_windows(_padded(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b)
+            _fill_phase_windows(pad2d(x[n0:n1], padding), (KH, KW), (SH, SW), (PKH, PKW), cols_b)
             cols_b[..., K] = 1.0
             top, conv = out[n0:n1], phase_out[: n1 - n0]
             np.matmul(cols_b[0].reshape(-1, L), w_and_b, out=top.reshape(-1, F))

@@ -109,7 +109,13 @@ def pad2d(x: Array, padding: Padding) -> Array:
         return x
     xp = namespace(x)
     N, H, W, C = x.shape
-    out = xp.zeros((N, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    out = xp.empty((N, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    # only the border is zeroed (on NumPy a full zeroing holds the GIL, which the CPU
+    # threads of gpucnn.functional._cpu_threads need)
+    out[:, :PT, ...] = 0
+    out[:, PT + H :, ...] = 0
+    out[:, PT : PT + H, :PL, ...] = 0
+    out[:, PT : PT + H, PL + W :, ...] = 0
     out[:, PT : PT + H, PL : PL + W, :] = x
     return out
 
@@ -182,12 +188,17 @@ def col2im(cols: Array, padded_shape: tuple[int, int, int, int], stride: Pair) -
     -------
     x : array of shape ``padded_shape``; a pixel covered by several windows receives the sum.
     """
-    xp = namespace(cols)
-    KH, KW, N, OH, OW, C = cols.shape
+    x = namespace(cols).zeros(padded_shape, dtype=cols.dtype)
+    add_windows(x, cols, stride)
+    return x
+
+
+def add_windows(x: Array, cols: Array, stride: Pair) -> None:
+    """Add the windows ``cols`` (KH, KW, N, OH, OW, C) into the padded image ``x``
+    (N, H, W, C) they came from: the body of :func:`col2im`."""
+    KH, KW, _, OH, OW, _ = cols.shape
     SH, SW = stride
-    x = xp.zeros(padded_shape, dtype=cols.dtype)
     for i in range(KH):
         rows = window_slice(i, SH, OH)
         for j in range(KW):
             x[:, rows, window_slice(j, SW, OW), :] += cols[i, j, ...]
-    return x
