@@ -108,29 +108,26 @@ def _conv(graph: _Graph, layer: Conv2D) -> None:
     )
 
 
-def _max_pool(graph: _Graph, layer: MaxPool2D) -> None:
+def _pool(graph: _Graph, layer: MaxPool2D | AvgPool2D, op: str, **extra) -> None:
+    """An ONNX pooling node with the layer's window and stride, no padding, floor rule."""
     graph.node(
-        "MaxPool",
+        op,
         layer,
         [],
         kernel_shape=list(layer.pool_size),
         strides=list(layer.stride),
         pads=[0, 0, 0, 0],
         ceil_mode=0,
+        **extra,
     )
+
+
+def _max_pool(graph: _Graph, layer: MaxPool2D) -> None:
+    _pool(graph, layer, "MaxPool")
 
 
 def _avg_pool(graph: _Graph, layer: AvgPool2D) -> None:
-    graph.node(
-        "AveragePool",
-        layer,
-        [],
-        kernel_shape=list(layer.pool_size),
-        strides=list(layer.stride),
-        pads=[0, 0, 0, 0],
-        ceil_mode=0,
-        count_include_pad=0,
-    )
+    _pool(graph, layer, "AveragePool", count_include_pad=0)
 
 
 def _relu(graph: _Graph, layer: ReLU) -> None:
