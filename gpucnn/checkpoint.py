@@ -1,4 +1,4 @@
-"""Checkpoints: one ``.npz`` with the weights, optimizer state and a JSON description.
+"""Checkpoints: one ``.npz`` with the model state, optimizer state and a JSON description.
 
 The description (architecture, optimizer config, epoch, RNG states, anything the caller
 adds) is stored as a plain unicode array, so loading uses ``allow_pickle=False`` and never
@@ -26,11 +26,14 @@ NPZ_MAGIC = b"PK\x03\x04"
 MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError)
 
 FORMAT = "gpucnn-checkpoint"
-# Version 2: the rows of a Dense weight that follows Flatten are in the public (C, H, W)
-# feature order. Version 1 stored them in the internal (H, W, C) order; such files are
-# converted on load (weights and optimizer buffers), so they predict exactly as before.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3: the whole model state (parameters and buffers, named from their place in the layer
+# tree) under "model/". Version 2 held parameters only, under "param/" (models then had no
+# buffers, and their names are the same). Version 1 also stored the rows of a Dense weight
+# that follows Flatten in the internal (H, W, C) order; such files are converted on load
+# (weights and optimizer buffers) to the public (C, H, W) order, so they predict as before.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+STATE_PREFIXES = {1: "param/", 2: "param/", 3: "model/"}
 
 
 class CheckpointError(ValueError):
@@ -39,12 +42,19 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint file holds: ``meta`` (JSON data), ``params`` and ``optimizer`` arrays."""
+    """What a checkpoint file holds: ``meta`` (JSON data), the model state (parameters and
+    buffers, as ``model.state_dict()`` gives it), optimizer arrays and further ``state``
+    arrays (e.g. a callback's best weights)."""
 
     meta: dict[str, Any]
-    params: dict[str, np.ndarray]
+    model_state: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
     state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The model state (the name older code used, when it held parameters only)."""
+        return self.model_state
 
 
 def save_checkpoint(
@@ -72,7 +82,7 @@ def save_checkpoint(
         "model_random": model.random.get_state(),
         **meta,
     }
-    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    arrays = {f"{STATE_PREFIXES[VERSION]}{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         state = optimizer.state_dict()  # JSON parts to meta, buffers to arrays
         info["optimizer"] = {k: v for k, v in state.items() if k != "arrays"}
@@ -124,7 +134,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: expected checkpoint version {' or '.join(map(str, READABLE_VERSIONS))} "
             f"(a newer gpucnn may have written it); received {meta.get('version')!r}"
         )
-    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    prefix = STATE_PREFIXES[meta["version"]]
+    params = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
     state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
     if not isinstance(meta.get("architecture"), dict):
@@ -132,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for name, value in params.items():
         if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
             raise CheckpointError(
-                f"{path}: parameter {name} holds NaN/inf or non-float values (dtype {value.dtype}); "
+                f"{path}: model state {name} holds NaN/inf or non-float values (dtype {value.dtype}); "
                 "the file is corrupt or comes from a diverged run"
             )
     if meta["version"] == 1:
@@ -151,12 +162,12 @@ def _upgrade_version_1(
     except (*MALFORMED, MemoryError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
     image = None  # the internal (H, W, C) shape a Flatten received, until the next Dense
-    for layer in model.layers:
+    for layer in model.modules():  # version-1 models are flat: modules() is their layer list
         if isinstance(layer, Flatten):
             image = layer.input_shape if len(layer.input_shape) == 3 else None
         elif isinstance(layer, Dense) and image is not None:
             H, W, C = image
-            name = f"{layer.name}.weight"
+            name = f"{layer.path}.weight"
             buffers = [(optim, key) for key in optim if key.startswith(name + "/")]
             for store, key in [(params, name), *buffers]:
                 rows = store.get(key)
@@ -171,7 +182,7 @@ def _upgrade_version_1(
 
 
 def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
-    """Load weights into ``model`` after checking that the architectures are identical."""
+    """Load the model state into ``model`` after checking that the architectures are identical."""
     saved = checkpoint.meta["architecture"]
     current = model.get_config()
     if (
@@ -183,9 +194,9 @@ def restore_model(checkpoint: Checkpoint, model: Sequential) -> None:
             f"{_describe(current)}; received {_describe(saved)}"
         )
     try:
-        model.load_state_dict(checkpoint.params)
+        model.load_state_dict(checkpoint.model_state)
     except ValueError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from None
+        raise CheckpointError(f"checkpoint model state does not fit the model: {exc}") from None
     try:
         model.random.set_state(checkpoint.meta["model_random"])
     except MALFORMED as exc:
@@ -242,11 +253,24 @@ def _describe_bytes(head: bytes) -> str:
 
 
 def _describe(config: dict[str, Any]) -> str:
-    layers = ", ".join(
-        layer["type"]
-        + "("
-        + ", ".join(f"{k}={v}" for k, v in layer.items() if k not in ("type", "name"))
-        + ")"
-        for layer in config["layers"]
+    return f"input {tuple(config['input_shape'])} -> {_describe_layers(config['layers'])}"
+
+
+def _describe_layers(layers: list[dict[str, Any]]) -> str:
+    """``[Conv2D(filters=8, ...), Residual(layers=[...], shortcut=None)]`` for messages."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            return _describe_layers(v)
+        return _describe_layers([v])[1:-1] if isinstance(v, dict) else str(v)
+
+    return (
+        "["
+        + ", ".join(
+            f"{layer.get('type')}("
+            + ", ".join(f"{k}={value(v)}" for k, v in layer.items() if k not in ("type", "name"))
+            + ")"
+            for layer in layers
+        )
+        + "]"
     )
-    return f"input {tuple(config['input_shape'])} -> [{layers}]"

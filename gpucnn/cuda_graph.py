@@ -8,13 +8,14 @@ loss, backward, optimizer update) once and replays it with one launch. It applie
   H200 the replayed step equalled eager training bit for bit in the test suite and trained
   the ``reference`` network at 592,511 img/s against 84,616 eagerly at batch 128);
 * the optimizer is :class:`~gpucnn.optim.SGD` (Adam's bias corrections change every step
-  and would be frozen into the graph) and the model draws no dropout masks (the draw number
-  would be frozen too);
+  and would be frozen into the graph) and no layer anywhere in the model's tree draws random
+  numbers (``uses_randomness``, e.g. dropout masks: the draw number would be frozen too);
 * the batch has the shape the graph was recorded with (an epoch's last, smaller batch runs
   eagerly).
 
-The learning rate and the addresses of the weights and optimizer buffers are frozen into the
-recording, so when one changes (a schedule's next epoch, a restored checkpoint) the next
+The step recorded is :class:`gpucnn.step.TrainingStep`, the one every training path runs.
+Buffers (running statistics) are updated in place by the recorded kernels. The learning rate
+and the addresses of the weights, buffers and optimizer state are frozen into the recording, so when one changes (a schedule's next epoch, a restored checkpoint) the next
 batch runs eagerly and the one after records the step again. Everything the step allocates
 while recording is kept alive with the graph, so no later allocation can reuse memory the
 graph writes to. A step that
@@ -32,7 +33,7 @@ from typing import Any
 
 from .backend import Array, is_cupy
 from .functional._dispatch import graph_capture
-from .functional.losses import add_batch_sums
+from .step import TrainingStep
 
 GRAPHS_ENV = "GPUCNN_CUDA_GRAPHS"
 
@@ -42,28 +43,17 @@ StepFunction = Callable[[Array, Array], tuple[Array, Array]]
 def training_step(model, optimizer, sums: Array | None = None) -> StepFunction:
     """A function ``step(x, labels) -> (loss, logits)`` that trains ``model`` on one batch.
 
-    It runs forward, softmax cross-entropy, backward and ``optimizer.step``; ``x`` and
-    ``labels`` are arrays on the model's device, the results stay there. ``sums``, a (2,)
-    float64 array on that device, receives each batch's summed loss and correct count
-    (:func:`~gpucnn.functional.add_batch_sums`) within the step: a training loop then reads
-    nothing per batch. Where CUDA graphs apply (see the module docstring) the step is a
-    :class:`GraphedStep`, whose ``loss`` and ``logits`` are the same arrays at every replay:
-    copy them to keep them past the next step.
+    It is :class:`~gpucnn.step.TrainingStep` (forward, softmax cross-entropy, backward,
+    ``optimizer.step``); ``x`` and ``labels`` are arrays on the model's device, the results
+    stay there. ``sums``, a (2,) float64 array on that device, receives each batch's summed
+    loss and correct count within the step: a training loop then reads nothing per batch.
+    Where CUDA graphs apply (see the module docstring) the step is a :class:`GraphedStep`,
+    whose ``loss`` and ``logits`` are the same arrays at every replay: copy them to keep them
+    past the next step.
     """
     if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "1").strip() != "0":
         return GraphedStep(model, optimizer, sums)
-    return lambda x, labels: eager_step(model, optimizer, x, labels, sums)
-
-
-def eager_step(
-    model, optimizer, x: Array, labels: Array, sums: Array | None = None
-) -> tuple[Array, Array]:
-    """One training step, launched kernel by kernel."""
-    loss, logits = model.loss_and_backward(x, labels, check=False)
-    optimizer.step(model)
-    if sums is not None:
-        add_batch_sums(sums, loss, logits, labels)
-    return loss, logits
+    return TrainingStep(model, optimizer, sums)
 
 
 class GraphedStep:
@@ -73,10 +63,12 @@ class GraphedStep:
     ----------
     model : a :class:`~gpucnn.Sequential` on the CuPy backend.
     optimizer : the optimizer whose ``step`` is part of the recording.
+    sums : as for :func:`training_step`.
     """
 
     def __init__(self, model, optimizer, sums: Array | None = None):
         self.model, self.optimizer, self.sums = model, optimizer, sums
+        self.step = TrainingStep(model, optimizer, sums)
         self.xp = model.xp
         self.graph = None
         self.disabled_because = self._unsupported_reason()
@@ -85,18 +77,18 @@ class GraphedStep:
         self.replays = 0
 
     def _unsupported_reason(self) -> str | None:
-        from .layers import Dropout
         from .optim import SGD
 
         if type(self.optimizer) is not SGD:
             return f"the optimizer is {type(self.optimizer).__name__}, not SGD"
-        if any(isinstance(layer, Dropout) for layer in self.model.layers):
-            return "the model draws dropout masks"
+        for layer in self.model.modules():
+            if layer.uses_randomness:
+                return f"layer '{layer.path}' ({type(layer).__name__}) draws random numbers"
         return None
 
     def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
         if self.disabled_because is not None:
-            return eager_step(self.model, self.optimizer, x, labels, self.sums)
+            return self.step(x, labels)
         key = self._key(x, labels)
         if key == self.recorded_for:
             return self._replay(x, labels)
@@ -105,13 +97,13 @@ class GraphedStep:
         # Something the graph would freeze changed (batch shape, learning rate, the arrays of
         # the weights or the optimizer state, e.g. after a restore): one eager step first,
         # which also compiles every kernel and fills the memory pool; record on the next.
-        result = eager_step(self.model, self.optimizer, x, labels, self.sums)
+        result = self.step(x, labels)
         self._warmed = self._key(x, labels)
         return result
 
     def _key(self, x: Array, labels: Array) -> tuple:
         """What a recorded graph depends on: shapes, dtypes, the optimizer's settings, and the
-        device addresses of the weights and optimizer buffers it reads and writes."""
+        device addresses of the weights, buffers and optimizer state it reads and writes."""
         optimizer = self.optimizer
         if getattr(optimizer, "_restored", False):
             # restored state still on the host: the next eager step moves it to the device
@@ -121,6 +113,7 @@ class GraphedStep:
             buffers.append(p.data.data.ptr)
             slots = optimizer.state.get(p.name, {})
             buffers.extend(slots[name].data.ptr for name in sorted(slots))
+        buffers.extend(b.data.data.ptr for b in self.model.buffers())
         settings = (
             optimizer.lr, optimizer.weight_decay, optimizer.clip_norm,
             optimizer.momentum, optimizer.nesterov,
@@ -147,7 +140,7 @@ class GraphedStep:
         except Exception as exc:  # noqa: BLE001 - any failure to record means eager steps
             self.disabled_because = f"recording failed ({type(exc).__name__}: {exc})"
             self.graph = None
-            return eager_step(self.model, self.optimizer, x, labels, self.sums)
+            return self.step(x, labels)
         self.recorded_for = key
         return self._replay(x, labels)
 
@@ -160,13 +153,7 @@ class GraphedStep:
 
         def step():
             try:
-                loss_and_logits = self.model.loss_and_backward(
-                    self.static_x, self.static_labels, check=False
-                )
-                self.optimizer.step(self.model)
-                if self.sums is not None:
-                    add_batch_sums(self.sums, *loss_and_logits, self.static_labels)
-                return loss_and_logits
+                return self.step(self.static_x, self.static_labels)
             finally:
                 self.optimizer.steps = steps_before  # recording ran no update
 
@@ -265,7 +252,8 @@ class GraphedForward:
         model = self.model
         if self.disabled_because is not None:
             return model.forward(x, training=False, check=False)
-        key = (tuple(x.shape), x.dtype, *(p.data.data.ptr for p in model.parameters()))
+        arrays = [*model.parameters(), *model.buffers()]
+        key = (tuple(x.shape), x.dtype, *(a.data.data.ptr for a in arrays))
         entry = self.graphs.get(key)
         if entry is None and key in self._warmed:
             entry = self._record(x, key)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, is_cupy, namespace, synchronize, to_device, to_numpy
-from .parameter import Parameter
+from .parameter import Buffer, Parameter
 
 # The world size as MPI launchers export it: Open MPI, MPICH/Intel MPI (Hydra), MVAPICH2.
 WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -181,8 +181,9 @@ class MPICommunicator:
             offset += p.size
         return to_numpy(buffer[offset:]).astype(np.float64)
 
-    def broadcast_parameters(self, parameters: Iterable[Parameter]) -> None:
-        """Copy rank 0's parameter values to every rank (one ``Bcast`` of a flat buffer)."""
+    def broadcast_parameters(self, parameters: Iterable[Parameter | Buffer]) -> None:
+        """Copy rank 0's parameter (and buffer) values to every rank, in place (one ``Bcast``
+        of a flat buffer); all arrays share one dtype, the model's."""
         parameters = list(parameters)
         if not parameters:
             return
@@ -199,6 +200,23 @@ class MPICommunicator:
         for p in parameters:
             p.data[...] = xp.reshape(flat[offset : offset + p.size], p.shape)
             offset += p.size
+
+    def average_buffers(self, buffers: Iterable[Buffer]) -> None:
+        """Replace every buffer, in place, by its mean over ranks (one all-reduce).
+
+        Layers update their buffers (running statistics) from each rank's share of a batch;
+        averaging them once per epoch gives every rank, and so the saved model, the same state.
+        """
+        buffers = list(buffers)
+        if not buffers:
+            return
+        xp = namespace(buffers[0].data)
+        flat = xp.concat([xp.reshape(b.data, (-1,)) for b in buffers])
+        flat = self._reduce(flat, self.mpi.SUM) / self.size
+        offset = 0
+        for b in buffers:
+            b.data[...] = xp.reshape(flat[offset : offset + b.size], b.shape)
+            offset += b.size
 
     def sum(self, values: Iterable[float]) -> np.ndarray:
         """Sum a few host numbers over ranks; float64 array of the same length."""

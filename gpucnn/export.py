@@ -12,6 +12,8 @@ The graph uses opset 17 of the default ONNX domain (IR version 8, readable by ON
 
 Every weight is written as it is (cast to float32): the public layout of gpucnn is ONNX's.
 
+Each layer writes its own nodes (``Layer.to_onnx``); for the built-in ones:
+
 ======================  ============================================================
 gpucnn layer            ONNX
 ======================  ============================================================
@@ -25,25 +27,27 @@ ReLU                    Relu
 Flatten                 Flatten(axis=1): (N, C, H, W) -> (N, C*H*W), gpucnn's feature order
 Dense                   Gemm(x, weight (in, out), bias)
 Dropout                 nothing: it is the identity at inference
+Sequential (nested)     its layers' nodes
+Residual                the body's nodes, the shortcut's (if any) on the block's input,
+                        then Add
 ======================  ============================================================
 
-The export walks ``model.layers``; fused evaluation steps (:mod:`gpucnn.layers.fused`, e.g.
+The export walks the model's layer tree; fused evaluation steps (:mod:`gpucnn.layers.fused`, e.g.
 ReLU + MaxPool2D run as one) are an execution detail and appear as their separate nodes.
-A layer type not in this table (a user's own :class:`~gpucnn.layers.Layer` subclass) makes
-the export fail with :class:`ExportError` naming the layer.
+A layer without a ``to_onnx`` method (a user's own :class:`~gpucnn.layers.Layer` subclass
+that does not write one) makes the export fail with :class:`ExportError` naming the layer.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
+from .layers import Layer
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: the oldest runtimes can read it
@@ -79,83 +83,22 @@ class _Graph:
         self.current = input_name
 
     def weight(self, layer: Layer, key: str) -> str:
-        name = f"{layer.name}.{key}"
+        """Add the layer's array ``key`` (from the model state) as an initializer; its name."""
+        name = f"{layer.path}.{key}"
         array = np.ascontiguousarray(self.state[name], dtype=np.float32)
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
     def node(self, op: str, layer: Layer, inputs: list[str], **attributes: Any) -> None:
-        output = layer.name
+        """Append node ``op`` on the current tensor and ``inputs``; its output, named after the
+        layer's path, becomes the current tensor."""
+        output = layer.path
         self.nodes.append(
             self.onnx.helper.make_node(
-                op, [self.current, *inputs], [output], name=layer.name, **attributes
+                op, [self.current, *inputs], [output], name=layer.path, **attributes
             )
         )
         self.current = output
-
-
-def _conv(graph: _Graph, layer: Conv2D) -> None:
-    PT, PB, PL, PR = layer.padding
-    graph.node(
-        "Conv",
-        layer,
-        [graph.weight(layer, "weight"), graph.weight(layer, "bias")],
-        kernel_shape=list(layer.kernel_size),
-        strides=list(layer.stride),
-        pads=[PT, PL, PB, PR],
-        dilations=[1, 1],
-        group=1,
-    )
-
-
-def _pool(graph: _Graph, layer: MaxPool2D | AvgPool2D, op: str, **extra) -> None:
-    """An ONNX pooling node with the layer's window and stride, no padding, floor rule."""
-    graph.node(
-        op,
-        layer,
-        [],
-        kernel_shape=list(layer.pool_size),
-        strides=list(layer.stride),
-        pads=[0, 0, 0, 0],
-        ceil_mode=0,
-        **extra,
-    )
-
-
-def _max_pool(graph: _Graph, layer: MaxPool2D) -> None:
-    _pool(graph, layer, "MaxPool")
-
-
-def _avg_pool(graph: _Graph, layer: AvgPool2D) -> None:
-    _pool(graph, layer, "AveragePool", count_include_pad=0)
-
-
-def _relu(graph: _Graph, layer: ReLU) -> None:
-    graph.node("Relu", layer, [])
-
-
-def _flatten(graph: _Graph, layer: Flatten) -> None:
-    if len(layer.input_shape) == 3:  # a flat input passes through, as in gpucnn
-        graph.node("Flatten", layer, [], axis=1)
-
-
-def _dense(graph: _Graph, layer: Dense) -> None:
-    graph.node("Gemm", layer, [graph.weight(layer, "weight"), graph.weight(layer, "bias")])
-
-
-def _dropout(graph: _Graph, layer: Dropout) -> None:
-    """Identity at inference: no node."""
-
-
-CONVERTERS: dict[type, Callable[[_Graph, Any], None]] = {
-    Conv2D: _conv,
-    MaxPool2D: _max_pool,
-    AvgPool2D: _avg_pool,
-    ReLU: _relu,
-    Flatten: _flatten,
-    Dense: _dense,
-    Dropout: _dropout,
-}
 
 
 def to_onnx_model(model, probabilities: bool = False):
@@ -178,18 +121,17 @@ def to_onnx_model(model, probabilities: bool = False):
     from . import __version__
 
     helper, TensorProto = onnx.helper, onnx.TensorProto
-    for layer in model.layers:
-        if type(layer) not in CONVERTERS:
-            known = ", ".join(sorted(cls.__name__ for cls in CONVERTERS))
+    for layer in model.modules():
+        if not layer.exportable and not layer.children():
             raise ExportError(
-                f"cannot export layer '{layer.name}' of type {type(layer).__name__} to ONNX: "
-                f"expected one of {known}"
+                f"cannot export layer '{layer.path}' of type {type(layer).__name__} to ONNX: "
+                "expected a layer that writes its own ONNX nodes (a to_onnx method)"
             )
     image = len(model.input_shape) == 3
     input_name = INPUT_NAMES["image" if image else "vector"]
     graph = _Graph(onnx, model.state_dict(), input_name)
     for layer in model.layers:
-        CONVERTERS[type(layer)](graph, layer)
+        layer.to_onnx(graph)
     if graph.nodes and graph.nodes[-1].output[0] == graph.current:
         graph.nodes[-1].output[0] = LOGITS
     else:  # the last layers made no node (e.g. a trailing Dropout)
@@ -281,7 +223,6 @@ def compare_with_onnxruntime(
 
 
 __all__ = [
-    "CONVERTERS",
     "ExportError",
     "OPSET",
     "compare_with_onnxruntime",

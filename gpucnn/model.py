@@ -1,14 +1,15 @@
-"""Sequential: a stack of layers with shape inference, forward/backward, predict and summary.
+"""Sequential: a stack of layers, and the model facade (shape inference, forward/backward,
+predict, state, summary) when given an ``input_shape``.
 
 At its boundary a model speaks the public image layout ``(N, C, H, W)``; inside, activations
-are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`).
+are channels-last ``(N, H, W, C)`` (why: see :mod:`gpucnn.functional.im2col`). A Sequential
+without ``input_shape`` is a plain container layer, to nest inside a model or a block.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -20,9 +21,10 @@ from .backend import Array, Backend, select_backend, to_device, to_numpy
 from .cuda_graph import inference_step
 from .functional._cpu_threads import parallel as cpu_parallel
 from .functional.losses import softmax, softmax_cross_entropy
-from .layers import Layer, layer_from_config, plan
-from .layers.base import BuildContext, public_shape
-from .parameter import Parameter
+from .layers import Layer, layer_from_config
+from .layers.base import LAYERS, BuildContext, public_shape
+from .layers.containers import Container, child_config
+from .parameter import Buffer, Parameter
 from .random import Random
 
 DTYPES = ("float32", "float64")
@@ -35,37 +37,46 @@ GPU_INFERENCE_BATCH = 1024  # a GPU wants large batches; this bounds the activat
 StepHook = Callable[[str, str], contextlib.AbstractContextManager]
 
 
-class Sequential:
-    """A feed-forward stack of layers.
+@LAYERS.register("Sequential")
+class Sequential(Container):
+    """A feed-forward stack of layers; with ``input_shape``, a model.
 
     Parameters
     ----------
-    layers : the layers, in order; each is built here for the shape its predecessor produces.
+    layers : the layers (or their config dicts), in order; each is built for the shape its
+        predecessor produces. Containers (``Sequential``, ``Residual``) nest.
     input_shape : per-sample input shape, ``(C, H, W)`` for images or ``(D,)`` for vectors.
+        Without it (None) this Sequential is a container layer, built by the model it is
+        placed in; the model methods (predict, state_dict, summary...) need a model.
     dtype : ``"float32"`` (default) or ``"float64"``.
     backend : ``"auto"``, ``"numpy"``, ``"cupy"``, an array namespace module or a Backend.
     seed : seeds weight initialisation and dropout.
+    name : the name of a nested Sequential in its container.
 
     Examples
     --------
     >>> model = Sequential([Conv2D(8, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(10)],
     ...                    input_shape=(1, 28, 28), backend="numpy")
-    >>> logits = model.forward(x)          # x: (N, 1, 28, 28) -> (N, 10)
+    >>> logits = model.forward(x)                  # inference: x (N, 1, 28, 28) -> (N, 10)
+    >>> logits = model.forward(x, training=True)   # keeps what backward needs
     >>> grad_x = model.backward(grad_logits)
     """
 
     def __init__(
         self,
-        layers: Sequence[Layer],
-        input_shape: Sequence[int],
+        layers: Sequence[Layer | dict[str, Any]],
+        input_shape: Sequence[int] | None = None,
         dtype: str = "float32",
         backend: str | ModuleType | Backend | None = "auto",
         seed: int = 0,
+        name: str | None = None,
     ):
+        super().__init__(layers, name)
+        self.is_model = input_shape is not None
+        if not self.is_model:
+            return
         if str(dtype) not in DTYPES:
             raise ValueError(f"expected dtype in {DTYPES}; received {dtype!r}")
-        if not layers or not all(isinstance(layer, Layer) for layer in layers):
-            raise ValueError(f"expected a non-empty list of Layer objects; received {layers!r}")
         shape = tuple(input_shape)
         if len(shape) not in (1, 3) or not all(isinstance(n, int) and n >= 1 for n in shape):
             raise ValueError(
@@ -75,51 +86,26 @@ class Sequential:
         self.xp = self.backend.xp
         self.dtype_name = str(dtype)
         self.dtype = getattr(self.xp, self.dtype_name)
-        self.input_shape = shape
         self.seed = int(seed)
         self.random = Random(self.seed, self.xp)
-        self.layers = list(layers)
-        self._claim_layers()
         context = BuildContext(self.xp, self.dtype, self.random)
         inner = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
-        counts: dict[str, int] = {}
-        for layer in self.layers:
-            if layer.name is None:
-                kind = type(layer).__name__.lower()
-                counts[kind] = counts.get(kind, 0) + 1
-                layer.name = f"{kind}_{counts[kind]}"
-            inner = layer.build(inner, context)
-        names = [layer.name for layer in self.layers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"expected unique layer names; received {names}")
-        self.output_shape = public_shape(inner)
-        self.steps = plan(self.layers)  # fused layer runs, see gpucnn.layers.fused
+        self.path = ""  # the root: its children are named from the top (conv2d_1.weight)
+        self.output_shape = public_shape(self._build(inner, context))
+        self.input_shape = shape  # public shapes at a model's boundary
         self._backward_ready = False  # set by a training forward pass
         self._batch_size = 0  # N of the last forward pass, which backward must match
 
-    def _claim_layers(self) -> None:
-        """Refuse a layer listed twice or already part of another (live) model: building it
-        again would replace the weights the other model trains."""
-        seen: set[int] = set()
-        for layer in self.layers:
-            if id(layer) in seen:
-                raise ValueError(
-                    f"layer {layer!r} appears twice in this model; create one layer object per position"
-                )
-            seen.add(id(layer))
-            owner = getattr(layer, "_model", None)
-            if owner is not None and owner() is not None:
-                raise ValueError(
-                    f"layer '{layer.name}' ({type(layer).__name__}) already belongs to another "
-                    "Sequential; create a new layer (e.g. layer_from_config(layer.get_config())) "
-                    "for this model"
-                )
-        for layer in self.layers:
-            layer._model = weakref.ref(self)
+    def _require_model(self, what: str) -> None:
+        if not self.is_model:
+            raise ValueError(
+                f"Sequential '{self.name}': {what} needs a model: expected a Sequential built "
+                "with input_shape (this one is a container inside another)"
+            )
 
     # ------------------------------------------------------------------ forward / backward
     def forward(
-        self, x: Any, training: bool = True, check: bool = True, step_hook: StepHook | None = None
+        self, x: Any, training: bool = False, check: bool = True, step_hook: StepHook | None = None
     ) -> Array:
         """Run the network on one batch.
 
@@ -127,7 +113,8 @@ class Sequential:
         ----------
         x : array of shape (N, *input_shape), NumPy or of the model's namespace; floating
             point (it is cast to the model's dtype).
-        training : keep what ``backward`` needs and apply dropout. False for inference.
+        training : False (default): inference, which never changes the model. True: keep what
+            ``backward`` needs, draw dropout masks and update buffers (running statistics).
         check : also reject NaN/inf inputs; this reads one flag back from the device, so the
             trainer validates its data once and passes False.
         step_hook : optional ``hook(step_name, "forward")`` returning a context manager
@@ -138,6 +125,8 @@ class Sequential:
         out : array of shape (N, *output_shape) in the model's namespace (logits for a
             classifier); a model whose output is an image returns it as (N, C, H, W).
         """
+        if not self.is_model:  # a container inside another model: internal arrays
+            return super().forward(x, training)
         x = self._prepare_input(x, check)
         self._backward_ready = training
         self._batch_size = x.shape[0]
@@ -178,6 +167,8 @@ class Sequential:
         ValueError : ``grad_out`` is not of shape (N, *output_shape) for the N of the last
             forward pass; the message names the output layer.
         """
+        if not self.is_model:
+            return super().backward(grad_out, need_input_grad)
         if not self._backward_ready:
             raise RuntimeError("backward() needs a preceding forward(x, training=True)")
         expected = (self._batch_size, *self.output_shape)
@@ -252,6 +243,7 @@ class Sequential:
 
         ``batch_size`` defaults to :attr:`inference_batch_size`.
         """
+        self._require_model("predict_proba()")
         forward = self.inference_function()
         chunks = [
             to_numpy(softmax(forward(self._input_on_device(batch, check=True))))
@@ -288,45 +280,55 @@ class Sequential:
         """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""
         return np.argmax(self.predict_proba(x, batch_size), axis=1)
 
-    # ------------------------------------------------------------------ parameters
-    def parameters(self) -> Iterator[Parameter]:
-        """Yield every :class:`~gpucnn.parameter.Parameter`, layer by layer; each is named
-        ``"<layer>.<key>"``, e.g. ``conv2d_1.weight``."""
-        for layer in self.layers:
-            yield from layer.parameters()
-
-    @property
-    def num_params(self) -> int:
-        return sum(layer.num_params for layer in self.layers)
-
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """All parameters as host NumPy arrays keyed by parameter name."""
-        return {p.name: to_numpy(p.data).copy() for p in self.parameters()}
+        """The model state: every parameter and buffer of the tree as a host NumPy copy, keyed
+        by its qualified name (``conv2d_1.weight``, ``residual_1.batchnorm2d_1.running_mean``).
+
+        Everything that saves, copies or compares a model (checkpoints, early stopping, the
+        scikit-learn estimator, ONNX export) goes through this one state."""
+        self._require_model("state_dict()")
+        return {a.name: to_numpy(a.data).copy() for a in self._state_arrays()}
+
+    def _state_arrays(self) -> list[Parameter | Buffer]:
+        return [*self.parameters(), *self.buffers()]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy parameters in; keys and shapes must match this architecture exactly."""
-        parameters = {p.name: p for p in self.parameters()}
-        missing = sorted(set(parameters) - set(state))
-        extra = sorted(set(state) - set(parameters))
+        """Copy a :meth:`state_dict` in; names and shapes must match this architecture exactly.
+
+        Parameters get new arrays (in the model's dtype); buffers are overwritten in place, so
+        their arrays keep their addresses."""
+        self._require_model("load_state_dict()")
+        arrays = {a.name: a for a in self._state_arrays()}
+        missing = sorted(set(arrays) - set(state))
+        extra = sorted(set(state) - set(arrays))
         if missing or extra:
             raise ValueError(
-                f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
+                f"model state does not match the architecture: missing {missing}, unexpected {extra}"
             )
-        for name, p in parameters.items():
+        for name, target in arrays.items():
             value = state[name]
-            if tuple(value.shape) != p.shape:
+            if tuple(value.shape) != target.shape:
                 raise ValueError(
-                    f"parameter {name}: expected shape {p.shape}; received {tuple(value.shape)}"
+                    f"{name}: expected shape {target.shape}; received {tuple(value.shape)}"
                 )
-            p.data = to_device(np.asarray(to_numpy(value)), self.xp, self.dtype)
+        for name, target in arrays.items():  # nothing changes unless everything fits
+            value = to_device(np.asarray(to_numpy(state[name])), self.xp, target.data.dtype)
+            if isinstance(target, Buffer):
+                target.data[...] = value
+            else:
+                target.data = value
 
     # ------------------------------------------------------------------ description
     def get_config(self) -> dict[str, Any]:
-        """The architecture as JSON-compatible data (see :meth:`from_config`)."""
+        """The architecture as JSON-compatible data (see :meth:`from_config`): for a model
+        ``{"input_shape", "dtype", "layers"}``, for a nested Sequential its layer config."""
+        if not self.is_model:
+            return super().get_config()
         return {
             "input_shape": list(self.input_shape),
             "dtype": self.dtype_name,
-            "layers": [dict(layer.get_config(), name=layer.name) for layer in self.layers],
+            "layers": [child_config(layer) for layer in self.layers],
         }
 
     @classmethod
@@ -362,12 +364,16 @@ class Sequential:
         return export_onnx(self, path, probabilities=probabilities)
 
     def summary(self, print_fn=print) -> str:
-        """Print (and return) a table of each layer's output shape and parameter count."""
+        """Print (and return) a table of each layer's output shape and parameter count; the
+        layers of a block are indented under it (a block's count includes them)."""
+        self._require_model("summary()")
         rows = [("Layer (type)", "Output shape", "Params")]
         rows.append(("input", str(("N", *self.input_shape)).replace("'", ""), "0"))
-        for layer in self.layers:
+        for layer in list(self.modules())[1:]:
             shape = str(("N", *public_shape(layer.output_shape))).replace("'", "")
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.num_params:,}"))
+            indent = "  " * layer.path.count(".")
+            label = f"{indent}{layer.name} ({type(layer).__name__})"
+            rows.append((label, shape, f"{layer.num_params:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         rule = "-" * (sum(widths) + 4)
         lines = [rule]

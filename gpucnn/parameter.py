@@ -1,4 +1,9 @@
-"""Parameter: a trainable array with its gradient, owned by a layer and updated by an optimizer."""
+"""Parameter and Buffer: the arrays a layer owns.
+
+A :class:`Parameter` is trainable: it has a gradient and an optimizer updates it. A
+:class:`Buffer` is persistent but not trainable (running statistics and the like): it is saved,
+copied and broadcast with the parameters, and its layer updates it in place during training.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,41 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.shape}, decay={self.decay})"
 
 
+class Buffer:
+    """One persistent, non-trainable array of a layer (e.g. a running mean).
+
+    Parameters
+    ----------
+    data : the array (any shape), on the model's device.
+    name : qualified name, ``"<layer path>.<key>"`` (e.g. ``"residual_1.batchnorm2d_1.running_mean"``);
+        it keys saved model state next to the parameters' names.
+
+    The owning layer writes new values into ``data`` in place (``data[...] = new``) and only in
+    training mode, so the array keeps its address: a recorded CUDA graph that updates it stays
+    valid, and nothing outside training changes it.
+    """
+
+    __slots__ = ("data", "name")
+
+    def __init__(self, data: Array, name: str):
+        self.data = data
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for n in self.data.shape:
+            count *= n
+        return count
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, shape={self.shape})"
+
+
 class ParameterView(MutableMapping):
     """``layer.params`` / ``layer.grads``: a dict-like view of one attribute of a layer's
     parameters, keyed by the local name (``"weight"``, ``"bias"``).
@@ -83,4 +123,4 @@ class ParameterView(MutableMapping):
         return repr(dict(self))
 
 
-__all__ = ["Parameter", "ParameterView"]
+__all__ = ["Buffer", "Parameter", "ParameterView"]

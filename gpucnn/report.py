@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from .backend import to_numpy
 from .layers import Conv2D
 from .model import Sequential
 
@@ -101,9 +102,9 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
 
 def first_conv_filters(model: Sequential) -> tuple[str, np.ndarray] | None:
     """Name and weight, shape (F, C, KH, KW), of the model's first Conv2D; None without one."""
-    for layer in model.layers:
+    for layer in model.modules():
         if isinstance(layer, Conv2D):
-            return layer.name, model.state_dict()[f"{layer.name}.weight"]
+            return layer.path, to_numpy(layer.weight.data).copy()
     return None
 
 

@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .cuda_graph import GraphedStep, training_step
 from .data.files import is_disk_backed
-from .functional.losses import add_batch_sums, check_labels, count_correct, softmax_cross_entropy
+from .functional.losses import check_labels, count_correct, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
@@ -272,6 +272,9 @@ class Trainer:
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
         self.model = model
+        xp = self.model.xp
+        # the epoch's running sums, filled in place by every step (a graph records where)
+        self._sums = xp.zeros((2,), dtype=xp.float64)
         self.optimizer = optimizer or SGD(lr=0.05, momentum=0.9)
         if clip_norm is not None:
             self.optimizer.clip_norm = float(clip_norm)
@@ -286,12 +289,6 @@ class Trainer:
         self.log = None if quiet else log
         self.augment = augment
         self.epoch = 0  # completed epochs
-        xp = self.model.xp
-        # the epoch's running sums, filled in place by every step (a graph records where)
-        self._sums = xp.zeros((2,), dtype=xp.float64)
-        step = training_step(self.model, self.optimizer, self._sums)
-        # a CUDA-graph step (on CuPy unless GPUCNN_CUDA_GRAPHS=0), else None: the loop runs eagerly
-        self._graphed_step = step if isinstance(step, GraphedStep) else None
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False
         self._position: dict[str, Any] | None = None  # inside an interrupted epoch
@@ -349,13 +346,15 @@ class Trainer:
         x_dev = x if is_disk_backed(x) else to_device(x, xp, self.model.dtype)
         y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
         self.stop_training = False
-        if comm is not None:  # every rank starts from rank 0's weights
-            comm.broadcast_parameters(self.model.parameters())
+        if comm is not None:  # every rank starts from rank 0's model state
+            comm.broadcast_parameters([*self.model.parameters(), *self.model.buffers()])
         target = self.epoch + epochs
         # a diverging run is reported once by _check_finite, not by NumPy's overflow warnings
         with self._signals_caught(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.epoch < target and not self.stop_training:
                 logs = self._run_epoch(x_dev, y_dev, batch_size)
+                if comm is not None:  # each rank updated its buffers from its own share
+                    comm.average_buffers(self.model.buffers())
                 if validation_data is not None:
                     logs["val_loss"], logs["val_accuracy"] = evaluate(
                         self.model, *validation_data, communicator=comm
@@ -377,6 +376,19 @@ class Trainer:
         a checkpoint of its last epoch, which needs no more epochs."""
         for callback in self.callbacks:
             callback.on_train_end(self)
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The optimizer; assigning another one rebuilds the training step around it."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Optimizer) -> None:
+        self._optimizer = optimizer
+        # the one training step; a CUDA-graph step on CuPy (unless GPUCNN_CUDA_GRAPHS=0)
+        self._step = training_step(self.model, optimizer, self._sums)
+        # distributed steps run eagerly: the all-reduce sits between backward and update
+        self._eager_step = self._step.step if isinstance(self._step, GraphedStep) else self._step
 
     @property
     def clip_norm(self) -> float | None:
@@ -528,15 +540,11 @@ class Trainer:
 
     def _train_batch(self, epoch: _Epoch, b: int, xb, yb) -> Array:
         """Forward, backward, finiteness check when due, optimizer step; returns the loss."""
-        model = self.model
-        if self._graphed_step is not None:  # update and sums are part of the replayed graph
-            loss, _ = self._graphed_step(xb, yb)
+        if isinstance(self._step, GraphedStep):  # the update is part of the replayed graph
+            loss, _ = self._step(xb, yb)
             self._check_if_due(epoch, b, loss)
-        else:
-            loss, logits = model.loss_and_backward(xb, yb, check=False)
-            self._check_if_due(epoch, b, loss)  # before the update, which it may prevent
-            self.optimizer.step(model)
-            add_batch_sums(epoch.sums, loss, logits, yb)
+        else:  # the check comes before the update, which it may prevent
+            loss, _ = self._step(xb, yb, lambda loss, _: self._check_if_due(epoch, b, loss))
         epoch.seen += xb.shape[0]
         return loss
 
@@ -557,7 +565,7 @@ class Trainer:
         count = index.shape[0]
         if count:
             xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
-            loss, logits = model.loss_and_backward(xb, yb, check=False)
+            loss, logits = self._eager_step.forward_backward(xb, yb)
             loss_sum, correct = loss * count, count_correct(logits, yb)
         else:  # a last global batch smaller than the number of ranks leaves this one idle
             for p in model.parameters():
@@ -571,7 +579,7 @@ class Trainer:
         self._agreed_signal = (self._signal or signal.SIGTERM) if flag else None
         loss = loss_sum / total
         self._check_if_due(epoch, b, loss)
-        self.optimizer.step(model)
+        self._eager_step.update()
         epoch.sums[0] = epoch.sums[0] + loss_sum
         epoch.sums[1] = epoch.sums[1] + round(correct)
         epoch.seen += total

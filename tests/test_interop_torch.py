@@ -102,7 +102,7 @@ def test_torch_gives_the_same_gradients(name):
             layer.rate = 0.0
     x = np.random.default_rng(5).random((4, *model.input_shape))
     labels = np.array([0, 2, 1, 2])
-    _, grad = softmax_cross_entropy(model.forward(x), labels)
+    _, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
     grad_x = host(model.backward(grad))
 
     net = to_torch(model).train()
@@ -128,7 +128,7 @@ def test_an_image_output_and_its_gradient_match_torch_in_n_c_h_w():
     )
     rng = np.random.default_rng(6)
     x = rng.random((3, 2, 6, 8))
-    out = host(model.forward(x))
+    out = host(model.forward(x, training=True))
     G = rng.standard_normal(out.shape)
     grad_x = host(model.backward(G))
 

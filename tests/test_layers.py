@@ -62,7 +62,7 @@ def test_layer_gradients_match_central_differences(xp, rng, factory, in_shape, o
     def loss(x_):
         if random:  # the same dropout mask on every call
             random.set_state(state)
-        return float(np.sum(host(layer.forward(on(xp, x_))) * g))
+        return float(np.sum(host(layer.forward(on(xp, x_), training=True)) * g))
 
     g = rng.standard_normal((2, *out_shape))
     loss(x)

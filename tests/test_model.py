@@ -53,11 +53,11 @@ def test_whole_network_gradients_match_central_differences(xp, rng, net):
 
     def loss(x_):
         model.random.set_state(state)  # the same dropout mask on every call
-        logits = model.forward(on(xp, x_), check=False)
+        logits = model.forward(on(xp, x_), training=True, check=False)
         return float(softmax_cross_entropy(logits, on(xp, labels))[0])
 
     model.random.set_state(state)
-    _, grad = softmax_cross_entropy(model.forward(on(xp, x)), on(xp, labels))
+    _, grad = softmax_cross_entropy(model.forward(on(xp, x), training=True), on(xp, labels))
     grad_x = host(model.backward(grad))
     assert grad_x.shape == x.shape  # returned in the public (N, C, H, W) layout
     analytic = {param.name: host(param.grad) for param in model.parameters()}
@@ -88,7 +88,7 @@ def test_shape_inference_and_summary_of_the_reference_network():
 def test_forward_backward_public_api(xp, rng):
     model = reference_net(backend=xp, dtype="float32", seed=0)
     x = rng.random((4, 1, 28, 28)).astype(np.float32)
-    logits = model.forward(on(xp, x))
+    logits = model.forward(on(xp, x), training=True)
     assert tuple(logits.shape) == (4, 10) and logits.dtype == xp.float32
     grad_x = model.backward(on(xp, np.ones((4, 10), np.float32)))
     assert tuple(grad_x.shape) == (4, 1, 28, 28)
@@ -207,13 +207,13 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
     x = rng.standard_normal((3, 1, 11, 11))
     x[0, 0, :4, :4] = -1.0  # a region whose windows are all <= 0 after the first conv too
     g = rng.standard_normal((3, 2))
-    fused_out = host(model.forward(on(xp, x)))
+    fused_out = host(model.forward(on(xp, x), training=True))
     fused_grad = host(model.backward(on(xp, g)))
     fused_params = {param.name: host(param.grad) for param in model.parameters()}
 
     h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
     for layer in model.layers:  # the layers one by one, in the order the user wrote them
-        h = layer.forward(h)
+        h = layer.forward(h, training=True)
     np.testing.assert_allclose(host(h), fused_out, rtol=1e-13, atol=1e-13)
     grad = on(xp, g)
     for layer in reversed(model.layers):
@@ -268,12 +268,12 @@ def test_fused_conv_relu_pool_training_equals_the_layers_one_by_one(xp, rng):
     x = rng.standard_normal((4, *model.input_shape))
     x[0, :, :5, :5] = -3.0  # windows whose maximum is not positive: no gradient
     g = rng.standard_normal((4, 3))
-    fused_out = host(model.forward(on(xp, x)))
+    fused_out = host(model.forward(on(xp, x), training=True))
     fused_grad = host(model.backward(on(xp, g)))
     fused_params = {param.name: host(param.grad) for param in model.parameters()}
     h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
     for layer in model.layers:
-        h = layer.forward(h)
+        h = layer.forward(h, training=True)
     np.testing.assert_allclose(host(h), fused_out, rtol=1e-13, atol=1e-13)
     grad = on(xp, g)
     for layer in reversed(model.layers):

@@ -46,7 +46,7 @@ def test_flatten_emits_features_in_c_h_w_order(xp, rng):
 def test_flatten_layer_alone_round_trips(xp, rng):
     layer = Sequential([Flatten()], input_shape=(3, 2, 4), backend=xp).layers[0]
     x = rng.standard_normal((2, 3, 2, 4))
-    out = host(layer.forward(on(xp, nhwc(x))))
+    out = host(layer.forward(on(xp, nhwc(x)), training=True))
     np.testing.assert_array_equal(out, x.reshape(2, 24))
     back = host(layer.backward(on(xp, out)))
     np.testing.assert_array_equal(nchw(back), x)
@@ -58,7 +58,7 @@ def test_image_output_is_n_c_h_w_and_backward_takes_n_c_h_w(xp, rng):
     assert model.output_shape == (3, 5, 6)
     x = rng.standard_normal((2, 2, 5, 6))
     w, b = (host(model.layers[0].params[k]) for k in ("weight", "bias"))
-    out = host(model.forward(on(xp, x)))
+    out = host(model.forward(on(xp, x), training=True))
     np.testing.assert_allclose(out, conv2d_naive(x, w, b, (1, 1), (1, 1, 1, 1)), atol=1e-12)
 
     # d/dw of sum(out * G) for a G in the public layout, against central differences
@@ -87,7 +87,7 @@ def test_predict_proba_of_an_image_output_is_a_softmax_over_channels(rng):
 )
 def test_a_gradient_of_the_wrong_shape_is_refused_naming_the_layer(shape, why):
     model = conv_only("numpy")
-    model.forward(np.zeros((2, 2, 5, 6)))
+    model.forward(np.zeros((2, 2, 5, 6)), training=True)
     expected = "Conv2D 'conv2d_1': expected a gradient of the model output's shape (2, 3, 5, 6)"
     with pytest.raises(
         ValueError, match=re.escape(expected) + f".*received {re.escape(str(shape))}"
@@ -97,7 +97,7 @@ def test_a_gradient_of_the_wrong_shape_is_refused_naming_the_layer(shape, why):
 
 def test_a_classifier_refuses_a_gradient_of_the_wrong_width():
     model = Sequential([Flatten(), Dense(4)], input_shape=(1, 2, 2), backend="numpy")
-    model.forward(np.zeros((2, 1, 2, 2)))
+    model.forward(np.zeros((2, 1, 2, 2)), training=True)
     with pytest.raises(ValueError, match=r"Dense 'dense_1'.*\(2, 4\).*received \(2, 5\)"):
         model.backward(np.zeros((2, 5)))
 
@@ -144,8 +144,8 @@ def test_a_version_1_checkpoint_resumes_with_its_optimizer_state():
 def _rewrite_as_version_1(path: Path, flatten_input_chw: tuple[int, int, int], dense: str):
     """Rewrite a current file in the version-1 layout: rows of ``dense`` in (H, W, C) order."""
     C, H, W = flatten_input_chw
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    with np.load(path, allow_pickle=False) as data:  # version 1 held parameters under param/
+        arrays = {k.replace("model/", "param/", 1): data[k] for k in data.files}
     for key in list(arrays):
         if key == f"param/{dense}.weight" or key.startswith(f"optim/{dense}.weight/"):
             rows = arrays[key]

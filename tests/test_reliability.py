@@ -19,7 +19,7 @@ import pytest
 from helpers import python_path
 
 from gpucnn import SGD, Sequential
-from gpucnn.checkpoint import load_checkpoint, save_checkpoint
+from gpucnn.checkpoint import STATE_PREFIXES, load_checkpoint, save_checkpoint
 from gpucnn.cli import main
 from gpucnn.data import write_idx
 from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -62,7 +62,9 @@ def png(width: int, height: int, idat: bytes, ihdr: bytes | None = None) -> byte
 
 
 def npz_with_meta(path: Path, meta, params=None) -> None:
-    arrays = {f"param/{k}": v for k, v in (params or {}).items()}
+    version = meta.get("version") if isinstance(meta, dict) else None
+    prefix = STATE_PREFIXES.get(version, "param/")
+    arrays = {f"{prefix}{k}": v for k, v in (params or {}).items()}
     np.savez(path, meta=np.array(meta if isinstance(meta, str) else json.dumps(meta)), **arrays)
 
 
@@ -433,7 +435,7 @@ def test_a_layer_cannot_join_two_models():
 
 def test_backward_with_a_wrong_gradient_shape_names_the_layer():
     model = small_net()
-    model.forward(np.zeros((5, 1, 8, 8), np.float32))
+    model.forward(np.zeros((5, 1, 8, 8), np.float32), training=True)
     with pytest.raises(
         ValueError, match=r"Dense 'dense_1': expected a gradient of the model output"
     ):

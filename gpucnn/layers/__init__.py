@@ -1,9 +1,11 @@
-"""Layers: objects that own parameters and forward caches and delegate math to ``functional``."""
+"""Layers: objects that own parameters, buffers and forward caches and delegate math to
+``functional``; containers (``Residual``, and ``gpucnn.Sequential``) hold layers and nest."""
 
 from __future__ import annotations
 
-from ..parameter import Parameter
+from ..parameter import Buffer, Parameter
 from .base import LAYERS, BuildContext, Layer, layer_from_config, public_shape
+from .containers import Container, Residual
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, ReLU
 from .fused import Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
@@ -13,7 +15,9 @@ LAYER_TYPES: dict[str, type[Layer]] = LAYERS.classes
 
 __all__ = [
     "AvgPool2D",
+    "Buffer",
     "BuildContext",
+    "Container",
     "Conv2D",
     "Conv2DReLUMaxPool2D",
     "Dense",
@@ -26,6 +30,7 @@ __all__ = [
     "Parameter",
     "ReLU",
     "ReLUMaxPool2D",
+    "Residual",
     "layer_from_config",
     "plan",
     "public_shape",

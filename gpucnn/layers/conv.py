@@ -82,7 +82,7 @@ class Conv2D(Layer):
         )
         return (OH, OW, self.filters)
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         out, cols = conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding)
         self._cache = (cols, tuple(x.shape)) if training else None
@@ -101,6 +101,15 @@ class Conv2D(Layer):
         )
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
+
+    def to_onnx(self, graph: Any) -> None:
+        """Conv with explicit pads [PT, PL, PB, PR], so an asymmetric "same" stays exact."""
+        PT, PB, PL, PR = self.padding
+        graph.node(
+            "Conv", self, [graph.weight(self, "weight"), graph.weight(self, "bias")],
+            kernel_shape=list(self.kernel_size), strides=list(self.stride),
+            pads=[PT, PL, PB, PR], dilations=[1, 1], group=1,
+        )  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
         padding = (

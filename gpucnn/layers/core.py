@@ -48,7 +48,7 @@ class Dense(Layer):
         )
         return (self.units,)
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         self._cache = x if training else None
         return dense_forward(x, self.weight.data, self.bias.data)
@@ -60,6 +60,9 @@ class Dense(Layer):
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
+    def to_onnx(self, graph: Any) -> None:
+        graph.node("Gemm", self, [graph.weight(self, "weight"), graph.weight(self, "bias")])
+
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "units": self.units}
 
@@ -68,7 +71,7 @@ class Dense(Layer):
 class ReLU(Layer):
     """Rectified linear unit ``max(x, 0)``; any shape in, same shape out."""
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         out = relu_forward(x)
         self._cache = out if training else None
@@ -76,6 +79,9 @@ class ReLU(Layer):
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return relu_backward(grad_out, self._cache)
+
+    def to_onnx(self, graph: Any) -> None:
+        graph.node("Relu", self, [])
 
 
 @LAYERS.register("Flatten")
@@ -90,7 +96,7 @@ class Flatten(Layer):
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         return (math.prod(input_shape),)
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         xp = namespace(x)
         if x.ndim == 4:
@@ -105,6 +111,10 @@ class Flatten(Layer):
         grad = xp.reshape(grad_out, (grad_out.shape[0], C, H, W))
         return xp.permute_dims(grad, (0, 2, 3, 1))
 
+    def to_onnx(self, graph: Any) -> None:
+        if len(self.input_shape) == 3:  # a flat input passes through, as here
+            graph.node("Flatten", self, [], axis=1)
+
 
 @LAYERS.register("Dropout")
 class Dropout(Layer):
@@ -115,6 +125,8 @@ class Dropout(Layer):
     ----------
     rate : drop probability in [0, 1).
     """
+
+    uses_randomness = True
 
     def __init__(self, rate: float = 0.5, name: str | None = None):
         super().__init__(name)
@@ -127,7 +139,7 @@ class Dropout(Layer):
         self.dtype = context.dtype
         return input_shape
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         if not training or self.rate == 0.0:
             self._cache = None
@@ -139,6 +151,9 @@ class Dropout(Layer):
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
+
+    def to_onnx(self, graph: Any) -> None:
+        """Identity at inference: no node."""
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rate": self.rate}

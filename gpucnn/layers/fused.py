@@ -1,8 +1,11 @@
 """Fusions: layer sequences that run faster as one step, with results identical to the layers.
 
-:func:`plan` turns a model's layers into the steps it executes. The layers themselves keep
-their places (summary, configs, checkpoints); only evaluation changes. A step has ``name``,
-``forward(x, training)`` and ``backward(grad_out, need_input_grad)``, like a layer.
+:func:`plan` turns a container's children into the steps it executes; every container of a
+model's tree plans its own children (so a block nested in a ``Residual`` fuses too). The
+layers themselves keep their places (summary, configs, checkpoints); only evaluation changes.
+A step has ``name``, ``forward(x, training)`` and ``backward(grad_out, need_input_grad)``, like
+a layer. Each fused step declares the run of layer types it replaces (``pattern``) and, where
+needed, ``accepts(*layers)``; adding one means adding its class to ``FUSIONS``.
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ class ReLUMaxPool2D:
     Input (N, H, W, C) -> output (N, OH, OW, C), as ``pool``.
     """
 
+    pattern = (ReLU, MaxPool2D)
+
     def __init__(self, relu: ReLU, pool: MaxPool2D):
         self.pool = pool
-        self.name = f"{relu.name}+{pool.name}"  # as profiles report the step
+        self.name = f"{relu.path}+{pool.path}"  # as profiles report the step
         self._cache = None
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    @staticmethod
+    def accepts(relu: ReLU, pool: MaxPool2D) -> bool:
+        return True
+
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.pool.check_input(x)
         out = max_pool2d_forward(x, self.pool.pool_size, self.pool.stride, relu=True)
         self._cache = (x, out) if training else None
@@ -69,9 +78,11 @@ class Conv2DReLUMaxPool2D:
     Input (N, H, W, C) -> output (N, PH, PW, F), as ``pool``. Sets ``conv``'s gradients.
     """
 
+    pattern = (Conv2D, ReLU, MaxPool2D)
+
     def __init__(self, conv: Conv2D, relu: ReLU, pool: MaxPool2D):
         self.conv, self.pool = conv, pool
-        self.name = f"{conv.name}+{relu.name}+{pool.name}"
+        self.name = f"{conv.path}+{relu.path}+{pool.path}"
         self._cache = None
 
     @staticmethod
@@ -79,7 +90,7 @@ class Conv2DReLUMaxPool2D:
         """Whether the layers fit the fused op: pooling windows that tile without overlap."""
         return tuple(pool.stride) == tuple(pool.pool_size)
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    def forward(self, x: Array, training: bool = False) -> Array:
         conv = self.conv
         conv.check_input(x)
         out, cache = conv2d_relu_max_pool2d_forward(
@@ -100,12 +111,8 @@ class Conv2DReLUMaxPool2D:
         return grad_x
 
 
-# (layer types in order, the step that runs them); the first match at each position wins,
-# among those whose step's ``accepts(*layers)`` (where it has one) agrees
-FUSIONS: list[tuple[tuple[type[Layer], ...], type]] = [
-    ((Conv2D, ReLU, MaxPool2D), Conv2DReLUMaxPool2D),
-    ((ReLU, MaxPool2D), ReLUMaxPool2D),
-]
+# the fused steps, tried in this order at each position (the first that matches wins)
+FUSIONS: list[type] = [Conv2DReLUMaxPool2D, ReLUMaxPool2D]
 
 
 def plan(layers: Sequence[Layer]) -> list:
@@ -115,15 +122,15 @@ def plan(layers: Sequence[Layer]) -> list:
     """
     steps, index = [], 0
     while index < len(layers):
-        for types, fused in FUSIONS:
-            run = layers[index : index + len(types)]
+        for fused in FUSIONS:
+            run = layers[index : index + len(fused.pattern)]
             if (
-                len(run) == len(types)
-                and all(type(a) is t for a, t in zip(run, types, strict=True))
-                and getattr(fused, "accepts", lambda *_: True)(*run)
+                len(run) == len(fused.pattern)
+                and all(type(a) is t for a, t in zip(run, fused.pattern, strict=True))
+                and fused.accepts(*run)
             ):
                 steps.append(fused(*run))
-                index += len(types)
+                index += len(run)
                 break
         else:
             steps.append(layers[index])

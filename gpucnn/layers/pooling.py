@@ -44,6 +44,17 @@ class _Pool2D(Layer):
             )
         return (OH, OW, C)
 
+    onnx_op = ""  # the ONNX pooling operator
+    onnx_attributes: dict[str, Any] = {}
+
+    def to_onnx(self, graph: Any) -> None:
+        """An ONNX pooling node with this window and stride, no padding, floor rounding."""
+        graph.node(
+            self.onnx_op, self, [],
+            kernel_shape=list(self.pool_size), strides=list(self.stride),
+            pads=[0, 0, 0, 0], ceil_mode=0, **self.onnx_attributes,
+        )  # fmt: skip
+
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
@@ -62,10 +73,12 @@ class MaxPool2D(_Pool2D):
     pool_size : KH = KW as an int, or (KH, KW). Default 2.
     stride : int or pair; defaults to ``pool_size``.
 
-    Input (N, H, W, C) -> output (N, OH, OW, C); no parameters.
+    Input (N, H, W, C) -> output (N, OH, OW, C); no parameters. ONNX: MaxPool.
     """
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    onnx_op = "MaxPool"
+
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         out = max_pool2d_forward(x, self.pool_size, self.stride)
         self._cache = (x, out) if training else None
@@ -78,9 +91,16 @@ class MaxPool2D(_Pool2D):
 
 @LAYERS.register("AvgPool2D")
 class AvgPool2D(_Pool2D):
-    """Average pooling; same parameters and shapes as :class:`MaxPool2D`."""
+    """Average pooling; same parameters and shapes as :class:`MaxPool2D`.
 
-    def forward(self, x: Array, training: bool = True) -> Array:
+    ONNX: AveragePool; every window lies inside the image, so the mean is over KH*KW values,
+    as here (count_include_pad is moot).
+    """
+
+    onnx_op = "AveragePool"
+    onnx_attributes = {"count_include_pad": 0}
+
+    def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         self._cache = tuple(x.shape) if training else None
         return avg_pool2d_forward(x, self.pool_size, self.stride)
