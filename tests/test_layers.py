@@ -6,6 +6,8 @@ from helpers import assert_gradient, host, on
 
 from gpucnn.layers import (
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     BuildContext,
     Conv2D,
     Dense,
@@ -29,6 +31,8 @@ LAYERS = [
     (lambda: Dense(4), (7,), (4,)),
     (lambda: ReLU(), (3, 4, 2), (3, 4, 2)),
     (lambda: Dropout(0.3), (3, 4, 2), (3, 4, 2)),
+    (lambda: BatchNorm2D(), (3, 4, 2), (3, 4, 2)),
+    (lambda: BatchNorm1D(momentum=0.3), (5,), (5,)),
 ]
 IDS = [
     "conv",
@@ -41,6 +45,8 @@ IDS = [
     "dense",
     "relu",
     "dropout",
+    "batchnorm2d",
+    "batchnorm1d",
 ]
 
 

@@ -8,7 +8,18 @@ from helpers import assert_gradient, host, on
 
 from gpucnn import Sequential
 from gpucnn.functional import softmax, softmax_cross_entropy
-from gpucnn.layers import AvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from gpucnn.layers import (
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Residual,
+)
 
 
 def deep_net(xp, dtype="float64", seed=3):
@@ -44,7 +55,23 @@ def pooled_conv_net(xp, dtype="float64", seed=5):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("net", [deep_net, pooled_conv_net])
+def residual_net(xp, dtype="float64", seed=6):
+    """A tree: BatchNorm, an identity and a projected Residual block (dropout inside), and a
+    nested Sequential head with BatchNorm1D."""
+    return Sequential(
+        [
+            Conv2D(3, 3, padding=1), BatchNorm2D(), ReLU(),
+            Residual([Conv2D(3, 3, padding="same"), BatchNorm2D(), ReLU(), Dropout(0.2),
+                      Conv2D(3, 3, padding=1)]),
+            Residual([Conv2D(4, 3, stride=2, padding=1), ReLU(), MaxPool2D(2)],
+                     shortcut=Sequential([Conv2D(4, 1, stride=2), AvgPool2D(2)])),
+            Sequential([Flatten(), Dense(5), BatchNorm1D(), ReLU(), Dense(3)]),
+        ],
+        input_shape=(2, 9, 8), dtype=dtype, backend=xp, seed=seed,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("net", [deep_net, pooled_conv_net, residual_net])
 def test_whole_network_gradients_match_central_differences(xp, rng, net):
     model = net(xp)
     x = rng.standard_normal((3, *model.input_shape))
@@ -69,7 +96,8 @@ def test_whole_network_gradients_match_central_differences(xp, rng, net):
             param.data = on(xp, v)
             return loss(x)
 
-        assert_gradient(loss_p, p, analytic[param.name], max_entries=30)
+        # a bias followed by a BatchNorm has a zero gradient (the mean removes it)
+        assert_gradient(loss_p, p, analytic[param.name], max_entries=30, atol=1e-8)
         param.data = on(xp, p)
 
 

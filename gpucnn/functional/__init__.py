@@ -21,6 +21,7 @@ from .losses import (
     softmax,
     softmax_cross_entropy,
 )
+from .normalization import batch_norm_backward, batch_norm_forward, batch_norm_statistics
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -31,6 +32,9 @@ from .pooling import (
 __all__ = [
     "avg_pool2d_backward",
     "avg_pool2d_forward",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_statistics",
     "check_labels",
     "col2im",
     "conv2d_backward",

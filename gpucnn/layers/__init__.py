@@ -9,12 +9,15 @@ from .containers import Container, Residual
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, ReLU
 from .fused import Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
+from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import AvgPool2D, MaxPool2D
 
 LAYER_TYPES: dict[str, type[Layer]] = LAYERS.classes
 
 __all__ = [
     "AvgPool2D",
+    "BatchNorm1D",
+    "BatchNorm2D",
     "Buffer",
     "BuildContext",
     "Container",

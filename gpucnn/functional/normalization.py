@@ -1,0 +1,79 @@
+"""Batch normalisation over every axis but the last (the channels, or the features).
+
+Shapes: ``x`` is (N, H, W, C) (images, channels-last) or (N, D) (features); the statistics,
+``weight`` and ``bias`` are (C,) (or (D,)). ``M`` below is the number of values each channel's
+statistics are taken over: N*H*W for images, N for features.
+"""
+
+from __future__ import annotations
+
+from ..backend import Array, namespace
+
+
+def _axes(x: Array) -> tuple[int, ...]:
+    return tuple(range(x.ndim - 1))
+
+
+def batch_norm_statistics(x: Array) -> tuple[Array, Array]:
+    """Per-channel mean and biased variance of ``x``: two (C,) arrays.
+
+    The variance is the mean of squared deviations (two passes: no cancellation as in
+    E[x^2] - E[x]^2)."""
+    xp = namespace(x)
+    mean = xp.mean(x, axis=_axes(x))
+    var = xp.mean((x - mean) ** 2, axis=_axes(x))
+    return mean, var
+
+
+def batch_norm_forward(
+    x: Array, weight: Array, bias: Array, mean: Array, var: Array, eps: float
+) -> tuple[Array, tuple[Array, Array]]:
+    """``(x - mean) / sqrt(var + eps) * weight + bias``, channel by channel.
+
+    Parameters
+    ----------
+    x : (N, ..., C); weight, bias, mean, var : (C,). Training passes the batch's own
+        statistics (:func:`batch_norm_statistics`); inference the running ones.
+    eps : added to the variance.
+
+    Returns
+    -------
+    out : array of ``x.shape``.
+    cache : ``(x_hat, inv_std)``, the normalised input and (C,) ``1 / sqrt(var + eps)``, which
+        :func:`batch_norm_backward` needs (for batch statistics).
+    """
+    xp = namespace(x)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    x_hat = (x - mean) * inv_std
+    return x_hat * weight + bias, (x_hat, inv_std)
+
+
+def batch_norm_backward(
+    grad_out: Array, cache: tuple[Array, Array], weight: Array, need_input_grad: bool = True
+) -> tuple[Array | None, Array, Array]:
+    """Gradients of :func:`batch_norm_forward` with the batch's own statistics.
+
+    The mean and variance depend on every value of the channel, so the input gradient is
+    ``inv_std * (g - mean(g) - x_hat * mean(g * x_hat))`` with ``g = grad_out * weight`` and
+    means over the M values of the channel.
+
+    Returns
+    -------
+    grad_x : (N, ..., C) or None; grad_weight, grad_bias : (C,).
+    """
+    xp = namespace(grad_out)
+    x_hat, inv_std = cache
+    axes = _axes(grad_out)
+    grad_bias = xp.sum(grad_out, axis=axes)
+    grad_weight = xp.sum(grad_out * x_hat, axis=axes)
+    if not need_input_grad:
+        return None, grad_weight, grad_bias
+    count = 1
+    for n in grad_out.shape[:-1]:
+        count *= n
+    g = grad_out * weight
+    grad_x = (g - grad_bias * weight / count - x_hat * (grad_weight * weight / count)) * inv_std
+    return grad_x, grad_weight, grad_bias
+
+
+__all__ = ["batch_norm_backward", "batch_norm_forward", "batch_norm_statistics"]
