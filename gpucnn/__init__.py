@@ -6,13 +6,14 @@
 
 from .backend import Backend, BackendError, select_backend
 from .model import Sequential
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW
 from .parameter import Parameter
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "AdamW",
     "Backend",
     "BackendError",
     "Parameter",

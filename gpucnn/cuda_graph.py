@@ -40,7 +40,9 @@ GRAPHS_ENV = "GPUCNN_CUDA_GRAPHS"
 StepFunction = Callable[[Array, Array], tuple[Array, Array]]
 
 
-def training_step(model, optimizer, sums: Array | None = None) -> StepFunction:
+def training_step(
+    model, optimizer, sums: Array | None = None, label_smoothing: float = 0.0
+) -> StepFunction:
     """A function ``step(x, labels) -> (loss, logits)`` that trains ``model`` on one batch.
 
     It is :class:`~gpucnn.step.TrainingStep` (forward, softmax cross-entropy, backward,
@@ -49,11 +51,11 @@ def training_step(model, optimizer, sums: Array | None = None) -> StepFunction:
     loss and correct count within the step: a training loop then reads nothing per batch.
     Where CUDA graphs apply (see the module docstring) the step is a :class:`GraphedStep`,
     whose ``loss`` and ``logits`` are the same arrays at every replay: copy them to keep them
-    past the next step.
+    past the next step. ``label_smoothing`` as for the step.
     """
     if is_cupy(model.xp) and os.environ.get(GRAPHS_ENV, "1").strip() != "0":
-        return GraphedStep(model, optimizer, sums)
-    return TrainingStep(model, optimizer, sums)
+        return GraphedStep(model, optimizer, sums, label_smoothing)
+    return TrainingStep(model, optimizer, sums, label_smoothing=label_smoothing)
 
 
 class GraphedStep:
@@ -66,9 +68,11 @@ class GraphedStep:
     sums : as for :func:`training_step`.
     """
 
-    def __init__(self, model, optimizer, sums: Array | None = None):
+    def __init__(
+        self, model, optimizer, sums: Array | None = None, label_smoothing: float = 0.0
+    ):
         self.model, self.optimizer, self.sums = model, optimizer, sums
-        self.step = TrainingStep(model, optimizer, sums)
+        self.step = TrainingStep(model, optimizer, sums, label_smoothing=label_smoothing)
         self.xp = model.xp
         self.graph = None
         self.disabled_because = self._unsupported_reason()

@@ -193,15 +193,21 @@ class Sequential(Container):
         return self.xp.permute_dims(g, (0, 3, 1, 2))
 
     def loss_and_backward(
-        self, x: Any, labels: Any, check: bool = True, step_hook: StepHook | None = None
+        self,
+        x: Any,
+        labels: Any,
+        check: bool = True,
+        step_hook: StepHook | None = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[Array, Array]:
-        """One training pass: forward, softmax cross-entropy, backward (input grad skipped).
+        """One training pass: forward, softmax cross-entropy (with ``label_smoothing``, see
+        :func:`~gpucnn.functional.softmax_cross_entropy`), backward (input grad skipped).
 
         Returns the 0-d loss and the (N, K) logits, both still on the device.
         """
         logits = self.forward(x, training=True, check=check, step_hook=step_hook)
         labels = to_device(labels, self.xp)
-        loss, grad = softmax_cross_entropy(logits, labels, check_range=check)
+        loss, grad = softmax_cross_entropy(logits, labels, check, label_smoothing)
         self.backward(grad, need_input_grad=False, step_hook=step_hook)
         return loss, logits
 

@@ -342,6 +342,24 @@ class Adam(Optimizer):
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
 
+@OPTIMIZERS.register("adamw")
+class AdamW(Adam):
+    """:class:`Adam` with decoupled weight decay on by default (``weight_decay=0.01``, as
+    PyTorch's ``AdamW``): ``w <- w - lr * weight_decay * w`` at every step, apart from the
+    gradient's moments; biases and normalisation parameters are not decayed."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        clip_norm: float | None = None,
+    ):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, clip_norm)
+
+
 class Schedule:
     """A learning-rate multiplier as a function of the 0-based epoch: ``lr = base_lr * s(epoch)``."""
 
@@ -408,6 +426,33 @@ class CosineLR(Schedule):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epochs": self.epochs, "min_factor": self.min_factor}
+
+
+@SCHEDULES.register("warmup")
+class WarmupLR(Schedule):
+    """Linear warm-up over the first ``epochs`` epochs, multiplying another schedule.
+
+    ``s(epoch) = min(1, (epoch + 1) / (epochs + 1)) * then(epoch)``: the first epoch trains at
+    ``1 / (epochs + 1)`` of the rate, epoch ``epochs`` at the full rate of ``then`` (planned
+    over the whole run, so a cosine decay still ends where it would).
+
+    Parameters
+    ----------
+    epochs : warm-up epochs, >= 1.
+    then : the schedule after (and under) the warm-up, or its config; default constant.
+    """
+
+    def __init__(self, epochs: int = 1, then: Schedule | dict[str, Any] | None = None):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"WarmupLR: expected epochs as an int >= 1; received {epochs!r}")
+        self.epochs = epochs
+        self.then = then if isinstance(then, Schedule) else make_schedule(then)
+
+    def __call__(self, epoch: int) -> float:
+        return min(1.0, (epoch + 1) / (self.epochs + 1)) * self.then(epoch)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "epochs": self.epochs, "then": self.then.get_config()}
 
 
 def make_optimizer(config: dict[str, Any]) -> Optimizer:

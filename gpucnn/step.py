@@ -43,6 +43,13 @@ class DTypePolicy:
         return cls(model.dtype_name, model.dtype_name)
 
 
+def check_label_smoothing(value: float) -> float:
+    """``value`` as a float in [0, 1), or ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"expected label_smoothing in [0, 1); received {value!r}")
+    return float(value)
+
+
 class TrainingStep:
     """``step(x, labels) -> (loss, logits)`` trains ``model`` on one batch.
 
@@ -53,6 +60,7 @@ class TrainingStep:
     sums : optional (2,) float64 array on the model's device; each step adds the batch's summed
         loss and correct count to it in place, so a loop reads nothing per batch.
     policy : the dtype policy (default: the model's dtype for everything).
+    label_smoothing : epsilon of the training loss's label smoothing, in [0, 1).
 
     ``x`` is (N, *input_shape) and ``labels`` (N,) int, on the model's device; the 0-d loss and
     (N, K) logits stay there.
@@ -72,7 +80,9 @@ class TrainingStep:
     def forward_backward(self, x: Array, labels: Array) -> tuple[Array, Array]:
         """Forward in training mode, softmax cross-entropy, backward (no input gradient):
         every parameter's ``grad`` is set. Returns ``(loss, logits)``."""
-        return self.model.loss_and_backward(x, labels, check=False)
+        return self.model.loss_and_backward(
+            x, labels, check=False, label_smoothing=self.label_smoothing
+        )
 
     def update(self) -> None:
         """The optimizer's step on the gradients now held by the parameters."""

@@ -44,6 +44,7 @@ from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
 from .resources import peak_rss_mib, retain_freed_memory
+from .step import check_label_smoothing
 
 if TYPE_CHECKING:
     from .distributed import MPICommunicator
@@ -242,6 +243,8 @@ class Trainer:
     log : called with one line per epoch; None for silence.
     augment : an :class:`gpucnn.augment.Augment` applied to every training batch (never to
         validation data); None for none.
+    label_smoothing : epsilon in [0, 1) of the training loss's label smoothing (validation and
+        test losses are plain cross-entropy).
     communicator : an :class:`~gpucnn.distributed.MPICommunicator` for data-parallel
         training: ``batch_size`` is then the global batch, split over the ranks; gradients
         are averaged over ranks before the optimizer step (so clipping sees the averaged
@@ -268,10 +271,12 @@ class Trainer:
         log=print,
         augment: Augment | None = None,
         communicator: MPICommunicator | None = None,
+        label_smoothing: float = 0.0,
     ):
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
         self.model = model
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         xp = self.model.xp
         # the epoch's running sums, filled in place by every step (a graph records where)
         self._sums = xp.zeros((2,), dtype=xp.float64)
@@ -386,7 +391,7 @@ class Trainer:
     def optimizer(self, optimizer: Optimizer) -> None:
         self._optimizer = optimizer
         # the one training step; a CUDA-graph step on CuPy (unless GPUCNN_CUDA_GRAPHS=0)
-        self._step = training_step(self.model, optimizer, self._sums)
+        self._step = training_step(self.model, optimizer, self._sums, self.label_smoothing)
         # distributed steps run eagerly: the all-reduce sits between backward and update
         self._eager_step = self._step.step if isinstance(self._step, GraphedStep) else self._step
 

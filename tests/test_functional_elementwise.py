@@ -67,6 +67,19 @@ def test_cross_entropy_matches_naive_and_its_gradient(xp, rng):
     )
 
 
+def test_label_smoothing_matches_naive_and_its_gradient(xp, rng):
+    logits, labels, eps = rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2]), 0.2
+    target = np.full((5, 4), eps / 4) + (1 - eps) * np.eye(4)[labels]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss, grad = softmax_cross_entropy(on(xp, logits), on(xp, labels), label_smoothing=eps)
+    np.testing.assert_allclose(float(loss), -np.sum(target * log_probs) / 5, rtol=1e-12)
+    assert_gradient(
+        lambda v: float(softmax_cross_entropy(on(xp, v), on(xp, labels), label_smoothing=eps)[0]),
+        logits, host(grad),
+    )  # fmt: skip
+
+
 def test_cross_entropy_is_stable_for_huge_logits(xp):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32)
     loss, grad = softmax_cross_entropy(on(xp, logits), on(xp, np.array([1, 2])))

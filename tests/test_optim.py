@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 from helpers import host, on
 
-from gpucnn import SGD, Adam, Sequential
+from gpucnn import SGD, Adam, Parameter, Sequential
 from gpucnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from gpucnn.optim import (
+    AdamW,
     ConstantLR,
     CosineLR,
     ExponentialLR,
     StepLR,
+    WarmupLR,
     clip_grad_norm,
     grad_square_norm,
     make_optimizer,
@@ -163,10 +165,13 @@ def test_load_state_dict_refuses_another_optimizer():
 def test_optimizers_and_schedules_rebuild_from_their_configs():
     for optimizer in (SGD(0.1, momentum=0.9, clip_norm=1.0), Adam(weight_decay=0.1)):
         assert make_optimizer(optimizer.get_config()).get_config() == optimizer.get_config()
-    for schedule in (ConstantLR(), StepLR(2, 0.5), ExponentialLR(0.9), CosineLR(5, 0.1)):
+    warmup = WarmupLR(2, CosineLR(5, 0.1))
+    for schedule in (ConstantLR(), StepLR(2, 0.5), ExponentialLR(0.9), CosineLR(5, 0.1), warmup):
         clone = make_schedule(schedule.get_config())
         assert type(clone) is type(schedule) and clone.get_config() == schedule.get_config()
-    with pytest.raises(ValueError, match=r"expected an optimizer type in \['adam', 'sgd'\]"):
+    with pytest.raises(
+        ValueError, match=r"expected an optimizer type in \['adam', 'adamw', 'sgd'\]"
+    ):
         make_optimizer({"type": "rmsprop"})
     with pytest.raises(ValueError, match="bad arguments for schedule step"):
         make_schedule({"type": "step", "size": 3})
@@ -181,3 +186,31 @@ def test_restored_state_for_other_parameters_is_refused(grads):
     again.load_state_dict(state)
     with pytest.raises(ValueError, match=r"optimizer state for parameters \['dense_9.bias'"):
         again.step(tiny_model(np))
+
+
+def test_warmup_ramps_linearly_then_follows_its_schedule():
+    cosine = CosineLR(8)
+    warmup = WarmupLR(3, cosine)
+    assert [warmup(e) for e in range(3)] == pytest.approx(
+        [c * (e + 1) / 4 for e, c in enumerate(map(cosine, range(3)))]
+    )
+    assert [warmup(e) for e in range(3, 8)] == [cosine(e) for e in range(3, 8)]
+    assert WarmupLR(1)(0) == 0.5 and WarmupLR(1)(5) == 1.0
+    with pytest.raises(ValueError, match="WarmupLR: expected epochs as an int >= 1; received 0"):
+        WarmupLR(0)
+
+
+def test_adamw_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0, grads = rng.standard_normal((3, 4)), [rng.standard_normal((3, 4)) for _ in range(5)]
+    ours = Parameter(w0.copy(), "w", decay=True)
+    theirs = torch.nn.Parameter(torch.tensor(w0.copy()))
+    optimizer, reference = AdamW(0.01), torch.optim.AdamW([theirs], lr=0.01)
+    assert optimizer.weight_decay == reference.defaults["weight_decay"] == 0.01
+    for g in grads:
+        ours.grad = g.copy()
+        optimizer.step([ours])
+        theirs.grad = torch.tensor(g.copy())
+        reference.step()
+    np.testing.assert_allclose(ours.data, theirs.detach().numpy(), rtol=1e-12)

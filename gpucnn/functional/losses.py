@@ -42,7 +42,7 @@ def check_labels(
 
 
 def softmax_cross_entropy(
-    logits: Array, labels: Array, check_range: bool = True
+    logits: Array, labels: Array, check_range: bool = True, label_smoothing: float = 0.0
 ) -> tuple[Array, Array]:
     """Mean softmax cross-entropy over the batch and its gradient.
 
@@ -51,23 +51,30 @@ def softmax_cross_entropy(
     logits : array of shape (N, K)
     labels : integer array of shape (N,) with values in [0, K)
     check_range : see :func:`check_labels`
+    label_smoothing : epsilon in [0, 1): the target puts ``1 - epsilon + epsilon / K`` on the
+        label and ``epsilon / K`` on every other class (PyTorch's and Keras's convention).
 
     Returns
     -------
-    loss : 0-d array, ``mean(-log softmax(logits)[n, labels[n]])``
-    grad_logits : array of shape (N, K), ``(softmax(logits) - onehot(labels)) / N``
+    loss : 0-d array, ``mean(-sum_k target[n, k] * log softmax(logits)[n, k])``
+    grad_logits : array of shape (N, K), ``(softmax(logits) - target) / N``
     """
     xp = namespace(logits, labels)
     N, K = logits.shape
     check_labels(labels, N, K, check_range)
-    cuda = cuda_kernels(xp)
+    cuda = cuda_kernels(xp) if label_smoothing == 0.0 else None
     fused = cuda.softmax_cross_entropy(logits, labels) if cuda else None
     if fused is not None:
         return fused[0], fused[1]
     log_probs = log_softmax(logits)
     onehot = xp.expand_dims(labels, axis=1) == xp.arange(K, dtype=labels.dtype)
-    loss = -xp.sum(xp.where(onehot, log_probs, 0.0)) / N
-    grad = (xp.exp(log_probs) - xp.astype(onehot, logits.dtype)) / N
+    if label_smoothing == 0.0:
+        loss = -xp.sum(xp.where(onehot, log_probs, 0.0)) / N
+        target = xp.astype(onehot, logits.dtype)
+    else:
+        target = xp.astype(onehot, logits.dtype) * (1.0 - label_smoothing) + label_smoothing / K
+        loss = -xp.sum(target * log_probs) / N
+    grad = (xp.exp(log_probs) - target) / N
     return loss, grad
 
 
