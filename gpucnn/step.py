@@ -67,9 +67,15 @@ class TrainingStep:
     """
 
     def __init__(
-        self, model, optimizer, sums: Array | None = None, policy: DTypePolicy | None = None
+        self,
+        model,
+        optimizer,
+        sums: Array | None = None,
+        policy: DTypePolicy | None = None,
+        label_smoothing: float = 0.0,
     ):
         self.model, self.optimizer, self.sums = model, optimizer, sums
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.policy = policy or DTypePolicy.of(model)
         if self.policy.compute_dtype != model.dtype_name:
             raise ValueError(
