@@ -57,7 +57,51 @@ def _small(num_classes: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-BUILTIN = {"reference": _reference, "lenet": _lenet, "small": _small}
+def _bn() -> dict[str, Any]:
+    return {"type": "BatchNorm2D"}
+
+
+def _small_bn(num_classes: int) -> list[dict[str, Any]]:
+    # the small network with BatchNorm after each convolution and the hidden Dense layer
+    return [
+        _conv(16, 3, padding="same"), _bn(), RELU, POOL,
+        _conv(32, 3, padding="same"), _bn(), RELU, POOL,
+        FLATTEN, _dense(64), {"type": "BatchNorm1D"}, RELU, _dense(num_classes),
+    ]  # fmt: skip
+
+
+def _basic_block(filters: int, stride: int) -> list[dict[str, Any]]:
+    """A post-activation ResNet basic block: conv-BN-ReLU-conv-BN plus the shortcut (a strided
+    1x1 convolution with BN where the shape changes), then ReLU."""
+    body = [
+        _conv(filters, 3, stride=stride, padding=1), _bn(), RELU,
+        _conv(filters, 3, padding=1), _bn(),
+    ]  # fmt: skip
+    block: dict[str, Any] = {"type": "Residual", "layers": body}
+    if stride != 1:
+        block["shortcut"] = {
+            "type": "Sequential",
+            "layers": [_conv(filters, 1, stride=stride), _bn()],
+        }
+    return [block, RELU]
+
+
+def _resnet(num_classes: int) -> list[dict[str, Any]]:
+    # A small ResNet for 28x28 grey or 32x32 colour images: a 3x3 stem, three stages of
+    # 16/32/64 filters (the last two halve the size), global average pooling and one Dense.
+    layers = [_conv(16, 3, padding=1), _bn(), RELU]
+    for filters, stride in ((16, 1), (16, 1), (32, 2), (32, 1), (64, 2), (64, 1)):
+        layers += _basic_block(filters, stride)
+    return layers + [{"type": "GlobalAvgPool2D"}, _dense(num_classes)]
+
+
+BUILTIN = {
+    "reference": _reference,
+    "lenet": _lenet,
+    "small": _small,
+    "small_bn": _small_bn,
+    "resnet": _resnet,
+}
 
 
 def architecture(spec: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
