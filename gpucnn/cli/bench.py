@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..architectures import BUILTIN
 from ..backend import BACKEND_CHOICES
+from .outputs import check_output, write_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-layer breakdown")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bench.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --json replace a model, checkpoint or run file (refused otherwise)",
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import run_bench
 
-    return run_bench(args)
+    if args.json:  # refused before minutes of measuring
+        check_output(args.json, "--json", [args.model], args.overwrite)
+    report = run_bench(args)
+    if args.json:
+        write_output(Path(args.json), json.dumps(report, indent=2))
+    return 0

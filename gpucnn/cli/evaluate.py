@@ -13,6 +13,7 @@ from ..backend import BACKEND_CHOICES
 from ..checkpoint import load_model
 from ..data import DATASETS, Dataset, load_dataset
 from .common import UsageError, load_run_data
+from .outputs import check_output, write_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +29,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-download", action="store_true")
     ev.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --json replace a model, checkpoint or run file (refused otherwise)",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.json:  # refused before the model and the data are read
+        check_output(args.json, "--json", [args.model_path], args.overwrite)
     model, checkpoint = load_model(args.model_path, backend=args.backend)
     run = checkpoint.meta.get("run") or {}
+    if args.json and run.get("data") and not args.dataset:
+        check_output(args.json, "--json", [run["data"]], args.overwrite)
     if run.get("data") and not args.dataset:  # the user's own data: its seeded test split
         data = load_run_data(run, download=False, warn=False)
     else:
@@ -48,7 +58,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = classification_report(data, model.predict(data.x_test))
     _print_classification_report(report)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_output(Path(args.json), json.dumps(report, indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_model
+from .outputs import check_output, write_failed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +27,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the file in ONNX Runtime on random inputs and print the largest difference",
     )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let -o replace a model, checkpoint or run file (refused otherwise)",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import OPSET, compare_with_onnxruntime, export_onnx, require_onnx
 
     require_onnx()  # before loading the model: a missing extra is the likelier mistake
-    model, _ = load_model(args.model_path, backend="numpy")
     output = Path(args.output) if args.output else Path(args.model_path).with_suffix(".onnx")
-    export_onnx(model, output, probabilities=args.probabilities)
+    check_output(output, "-o" if args.output else "the output", [args.model_path], args.overwrite)
+    model, _ = load_model(args.model_path, backend="numpy")
+    try:
+        export_onnx(model, output, probabilities=args.probabilities)
+    except OSError as exc:
+        raise write_failed(output, exc) from None
     outputs = "logits, probabilities" if args.probabilities else "logits"
     print(
         f"wrote {output} ({output.stat().st_size:,} bytes, ONNX opset {OPSET}): input "
