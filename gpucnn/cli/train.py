@@ -26,6 +26,7 @@ from ..recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedu
 from ..trainer import EarlyStopping, Trainer, evaluate
 from .common import STATE, UsageError, border_median, load_run_data
 from .evaluate import classification_report
+from .outputs import same_file
 from .report import write_run_report
 
 
@@ -62,8 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="with --data: seeded, stratified test hold-out when the data has no test split",
+        default=None,
+        help="with --data: seeded, stratified test hold-out when the data has no test split "
+        "(default 0.2)",
     )
     train.add_argument(
         "--stream",
@@ -75,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--augment-shift",
         type=int,
-        default=0,
+        default=None,
         metavar="P",
         help="augment: shift each training image by up to P pixels (= random crop with P "
         "pixels of zero padding); default 0 (off)",
@@ -83,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--augment-flip",
         action="store_true",
+        default=None,
         help="augment: random horizontal flips (for photos; wrong for digits and text)",
     )
     train.add_argument(
@@ -126,8 +129,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run saved in DIR/checkpoint.npz; only --epochs (a larger total), "
-        "--data-dir, --no-download, --backend, --progress and --report may be given with it",
+        help="continue the run saved in DIR/checkpoint.npz; --epochs (a larger total), "
+        "--data-dir, --no-download, --backend, --progress and --report may be given with it, "
+        "other flags only with the run's own values",
     )
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     train.add_argument(
@@ -146,15 +150,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 PREPROCESSING_SAMPLE = 512  # training images whose borders tell the background polarity
 
-# Flags that describe a run: given with --resume they would change it, so they are refused.
+# Flags that describe a run: given with --resume they are compared with the run's recorded
+# values (its own command line plus --resume is the natural way to continue it), and refused
+# when they differ. --out is compared with the resumed folder; --overwrite is always refused.
 RUN_FLAGS = (
-    "dataset", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
-    "schedule", "clip_norm", "val_fraction", "patience", "dtype", "seed", "out", "overwrite",
+    "dataset", "data", "image_size", "channels", "test_fraction", "stream", "augment_shift",
+    "augment_flip", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov",
+    "weight_decay", "schedule", "clip_norm", "val_fraction", "patience", "dtype", "seed", "out",
+    "overwrite",
 )  # fmt: skip
 TRAIN_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
     "val_fraction": 0.1, "dtype": "float32", "seed": 0,
 }  # fmt: skip
+# what a run recorded before these settings existed (or without --data) amounts to
+RECORDED_DEFAULTS = {"augment_shift": 0, "augment_flip": False, "test_fraction": 0.2}
+# scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
+MAX_SEED = 2**32 - 2
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -197,6 +209,7 @@ def _claim_run_folder(
 ) -> None:
     """Refuse to overwrite an earlier run, create the folder and hold its lock (via ``stack``)."""
     if checkpoint is None:
+        _refuse_inputs_in_out(args, out)
         earlier = runfolder.earlier_results(out)
         if earlier and not args.overwrite:
             raise UsageError(
@@ -206,6 +219,26 @@ def _claim_run_folder(
     runfolder.prepare(out, "--resume" if checkpoint is not None else "--out")
     stack.enter_context(runfolder.locked(out, report=lambda line: print(line, flush=True)))
     runfolder.remove_stale_temporaries(out)
+
+
+def _refuse_inputs_in_out(args: argparse.Namespace, out: Path) -> None:
+    """Refuse an --out folder that is the --data folder, or whose result files would replace
+    the --data or --model file (even with --overwrite: they are this run's inputs)."""
+    inputs = [("--data", args.data), ("--model", args.model if args.model not in BUILTIN else None)]
+    for flag, source in inputs:
+        if source is None:
+            continue
+        if same_file(out, source):
+            raise UsageError(
+                f"--out {out} is the {flag} path {source}: the run's files would be mixed "
+                "with its input; choose another --out"
+            )
+        for name in runfolder.RESULT_FILES:
+            if same_file(out / name, source):
+                raise UsageError(
+                    f"--out {out} would replace the {flag} file {source} with the run's {name}; "
+                    "choose another --out"
+                )
 
 
 def _train(
@@ -316,13 +349,18 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     cpu_threads()  # a bad GPUCNN_CPU_THREADS is refused before any data is read
     if args.data and (args.dataset or args.data_dir):
         raise UsageError("--data cannot be combined with --dataset or --data-dir")
-    if not args.data and (args.image_size or args.channels or args.stream is not None):
+    # with --resume they are compared with the run's own values instead (see _resume_conflicts)
+    if (
+        not args.resume
+        and not args.data
+        and (args.image_size or args.channels or args.stream is not None)
+    ):
         raise UsageError("--image-size, --channels and --stream apply to --data only")
     if args.image_size and min(args.image_size) < 1:
         raise UsageError(f"--image-size must be >= 1 pixel; received {args.image_size}")
-    if args.augment_shift < 0:
+    if args.augment_shift is not None and args.augment_shift < 0:
         raise UsageError(f"--augment-shift must be >= 0; received {args.augment_shift}")
-    if not 0 < args.test_fraction < 1:
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
         raise UsageError(f"--test-fraction must be in (0, 1); received {args.test_fraction}")
     for flag in ("epochs", "batch_size"):
         value = getattr(args, flag)
@@ -340,20 +378,13 @@ def _check_train_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0; received {value}")
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1); received {args.val_fraction}")
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer; received {args.seed}")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(
+            f"--seed must be an integer from 0 to {MAX_SEED} (2**32 - 2); received {args.seed}"
+        )
     if args.patience is not None and args.patience < 1:
         raise UsageError(f"--patience must be >= 1; received {args.patience}")
-    if args.resume:
-        given = [f for f in RUN_FLAGS if getattr(args, f) not in (None, False)]
-        if given:
-            names = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise UsageError(
-                f"--resume continues a run with its own settings; {names} would change it: "
-                "drop them, or start a new run with --out (only --epochs, --data-dir, "
-                "--no-download, --backend, --progress and --report go with --resume)"
-            )
-    elif args.patience is not None and args.val_fraction == 0:
+    if not args.resume and args.patience is not None and args.val_fraction == 0:
         raise UsageError("--patience needs validation data; received --val-fraction 0")
 
 
@@ -423,6 +454,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         if not isinstance(run, dict) or not all(k in run for k in required):
             raise CheckpointError(f"{out / 'checkpoint.npz'} holds no run configuration to resume")
         run = dict(run)
+        _refuse_resume_conflicts(args, run, out)
         if args.epochs is not None:
             run["epochs"] = args.epochs
         if args.data_dir is not None:
@@ -438,7 +470,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
             "data": str(Path(args.data).resolve()),
             "image_size": args.image_size,
             "channels": args.channels,
-            "test_fraction": args.test_fraction,
+            "test_fraction": 0.2 if args.test_fraction is None else args.test_fraction,
             "stream": args.stream,
         }
         if args.data
@@ -447,8 +479,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
     run = run_config(
         "custom" if args.data else args.dataset or "digits",
         **own,
-        augment_shift=args.augment_shift,
-        augment_flip=args.augment_flip,
+        augment_shift=args.augment_shift or 0,
+        augment_flip=bool(args.augment_flip),
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         model=model,
         epochs=args.epochs,
@@ -463,6 +495,68 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
     name = Path(args.data).stem if args.data else run["dataset"]
     default_out = Path("runs") / f"{name}-{Path(run['model']).stem}-{stamp}"
     return run, Path(args.out) if args.out else default_out, None
+
+
+def _resume_conflicts(
+    args: argparse.Namespace, run: dict[str, Any], out: Path
+) -> list[tuple[str, Any, Any]]:
+    """The run flags given with --resume whose value differs from the one the run recorded:
+    ``(flag, given, recorded)``; paths are compared as files (symlinks, ``./``)."""
+    conflicts = []
+    for flag in RUN_FLAGS:
+        given = getattr(args, flag)
+        if given is None:
+            continue
+        if flag == "out":
+            recorded, same = str(out), same_file(given, out)
+        elif flag == "overwrite":
+            recorded, same = None, not given  # replacing the run is never a way to resume it
+        else:
+            recorded = run.get(flag, RECORDED_DEFAULTS.get(flag))
+            if flag == "data":
+                same = recorded is not None and same_file(given, recorded)
+            elif flag == "model" and given not in BUILTIN:
+                same = recorded is not None and same_file(given, recorded)
+            elif flag == "image_size":
+                same = recorded is not None and list(given) == list(recorded)
+            else:  # JSON keeps floats exactly: --lr 0.05 equals the recorded 0.05
+                same = given == recorded
+        if not same:
+            conflicts.append((flag, given, recorded))
+    return conflicts
+
+
+def _refuse_resume_conflicts(args: argparse.Namespace, run: dict[str, Any], out: Path) -> None:
+    conflicts = _resume_conflicts(args, run, out)
+    if not conflicts:
+        return
+    names = ", ".join(_flag(f) for f, _, _ in conflicts)
+    details = "; ".join(
+        f"{_flag(f)} is never given with --resume"
+        if f == "overwrite"
+        else f"received {_shown(f, given)}, the run has {_shown(f, recorded)}"
+        for f, given, recorded in conflicts
+    )
+    raise UsageError(
+        f"--resume continues a run with its own settings; {names} would change it ({details}): "
+        "drop them or give the run's values, or start a new run with --out (--epochs, "
+        "--data-dir, --no-download, --backend, --progress and --report may differ)"
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(name: str, value: Any) -> str:
+    """A flag with its value as a command line gives it (``--seed 7``, ``--no-stream``)."""
+    if value is None or value is False and name != "stream":
+        return f"no {_flag(name)}"
+    if isinstance(value, bool):
+        return _flag(name) if value else f"--no-{name}"
+    if isinstance(value, list | tuple):
+        return f"{_flag(name)} " + " ".join(str(v) for v in value)
+    return f"{_flag(name)} {value}"
 
 
 def _build_trainer(
