@@ -92,13 +92,13 @@ def write_output(path: Path, text: str) -> None:
 
     Raises :class:`UsageError` naming ``path`` when the write fails.
     """
-    # a symlink stays a symlink: the file it points to is what gets replaced
-    target = path.resolve() if path.is_symlink() else path
-    if target.exists() and not target.is_file():
+    if path.exists() and not path.is_file():  # through links: /dev/stdout may be a pipe
         try:
-            with open(target, "w", encoding="utf-8") as f:
+            with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         return
+    # a symlink stays a symlink: the file it points to is what gets replaced
+    target = path.resolve() if path.is_symlink() else path
     runfolder.atomic_write(target, lambda f: f.write(text.encode()), UsageError)
