@@ -7,11 +7,9 @@ on a GPU the device is synchronised before each clock read.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,7 +121,8 @@ def layer_profile(model: Sequential, batch_size: int, repeats: int) -> list[dict
     ]
 
 
-def run_bench(args) -> int:
+def run_bench(args) -> dict[str, Any]:
+    """Measure and print what ``gpucnn bench`` reports; returns the report (its --json)."""
     if min(args.batch_size) < 1 or args.infer_batch_size < 1 or args.repeats < 1 or args.steps < 1:
         raise ValueError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
     backend = select_backend(args.backend)
@@ -170,6 +169,4 @@ def run_bench(args) -> int:
     print(
         f"peak RSS {report['peak_rss_mib']:.0f} MiB; backend {backend.name}; BLAS {report.get('blas')} x{report.get('blas_threads')}; CPU threads {report['cpu_threads']}"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0
+    return report

@@ -28,12 +28,18 @@ Agg canvas), so drawing never needs a display and never changes pyplot's global 
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import html
 import json
 import math
+import os
+import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +88,42 @@ class Report:
     predict_seconds: float = 0.0
 
 
+def _writable_folder(folder: Path) -> bool:
+    """Whether ``folder`` exists or can be made, and can be written (as matplotlib checks)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def _quiet_matplotlib_folders() -> None:
+    """Point ``MPLCONFIGDIR`` at a temporary folder, before matplotlib is imported, when its
+    default config or cache folder cannot be written (HOME read-only or missing): matplotlib
+    would otherwise log "mkdir -p failed" and "is not a writable directory" lines on stderr
+    before making such a folder itself. Only Linux/BSD defaults are known here."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    if not sys.platform.startswith(("linux", "freebsd")):
+        return
+    try:
+        home = Path.home()
+    except RuntimeError:  # no home folder at all
+        defaults = None
+    else:
+        config = os.environ.get("XDG_CONFIG_HOME") or home / ".config"
+        cache = os.environ.get("XDG_CACHE_HOME") or home / ".cache"
+        defaults = [Path(config) / "matplotlib", Path(cache) / "matplotlib"]
+    if defaults is not None and all(_writable_folder(f.resolve()) for f in defaults):
+        return
+    folder = tempfile.mkdtemp(prefix="gpucnn-matplotlib-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = folder
+
+
 def require_matplotlib() -> None:
     """Raise :class:`ReportError` naming the ``plot`` extra when matplotlib does not import."""
+    _quiet_matplotlib_folders()
     try:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
@@ -119,6 +159,7 @@ def _has_values(values: list[float]) -> bool:
 
 # ---------------------------------------------------------------------- drawing
 def _figure(name: str):
+    _quiet_matplotlib_folders()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -129,8 +170,19 @@ def _figure(name: str):
 
 
 def _save(figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI, format="png")  # no bbox_inches: the size stays SIZES[name]
+    with _naming(path):
+        figure.savefig(path, dpi=DPI, format="png")  # no bbox_inches: the size stays SIZES[name]
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (a full disk: "[Errno 28] No space left on
+    device" names no file) into a :class:`ReportError` that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def draw_curves(history: dict[str, Sequence[float]], path: Path) -> Path:
@@ -370,7 +422,8 @@ def write_html(
     for name, picture in pictures.items():
         parts += [f"<h2>{captions[name]}</h2>", f"<p>{_embedded(picture, captions[name])}</p>"]
     parts += ["</body></html>", ""]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    with _naming(path):
+        path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
 
@@ -405,9 +458,10 @@ def write_report(
     require_matplotlib()
     start = time.perf_counter()
     folder = Path(run_dir) / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in SIZES:  # a picture that no longer applies must not survive from an older report
-        (folder / stale).unlink(missing_ok=True)
+    with _naming(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in SIZES:  # a picture that no longer applies must not survive an older report
+            (folder / stale).unlink(missing_ok=True)
     report = Report(folder)
     pictures: dict[str, Path] = {}
     data: dict[str, Any] = {}
@@ -510,6 +564,7 @@ def write_report(
     data["notes"] = report.notes
     data["pictures"] = {name: list(SIZES[name]) for name in pictures}
     report.files["report.json"] = folder / "report.json"
-    report.files["report.json"].write_text(json.dumps(data, indent=2))
+    with _naming(report.files["report.json"]):
+        report.files["report.json"].write_text(json.dumps(data, indent=2))
     report.seconds = time.perf_counter() - start
     return report

@@ -162,7 +162,7 @@ CASES = [
     ("train --resume {tmp}", 2, "checkpoint.npz not found"),
     ("train --resume {bad}/final_only", 2, "final_only/checkpoint.npz: this checkpoint holds final weights only"),
     # flags
-    ("train --seed -1", 2, "--seed must be a non-negative integer"),
+    ("train --seed -1", 2, "--seed must be an integer from 0 to 4294967294"),
     ("train --val-fraction 0.9999 --out {tmp}/o", 2, "leaves no training images"),
     ("train --val-fraction 0.0001 --out {tmp}/o", 2, "leaves no validation images"),
     ("train --val-fraction 1.5", 2, "--val-fraction must be in [0, 1)"),

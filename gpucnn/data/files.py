@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import COLOUR_MODES, ImageError, fit_channels, read_image, to_nchw
+from .images import (
+    COLOUR_MODES,
+    ImageError,
+    allowed_size_quietly,
+    fit_channels,
+    read_image,
+    to_nchw,
+)
 from .mnist import DatasetError
 
 SkipHook = Callable[[str, str], None]
@@ -225,7 +232,7 @@ def scan_image_folder(
     kept, kept_labels, skipped, sizes, colour = [], [], [], Counter(), False
     for path, label in zip(paths, labels, strict=True):
         try:
-            with Image.open(path) as image:
+            with allowed_size_quietly(Image), Image.open(path) as image:
                 width, height = image.size
                 colour = colour or image.mode in COLOUR_MODES
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

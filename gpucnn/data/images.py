@@ -15,7 +15,10 @@ Every reader returns float32 images scaled to [0, 1]. How a picture becomes a mo
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,19 @@ def _pil():
     return Image
 
 
+@contextlib.contextmanager
+def allowed_size_quietly(Image) -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning (two lines on stderr) inside the block.
+
+    Pillow warns for images between ``MAX_IMAGE_PIXELS`` and twice that and raises
+    ``DecompressionBombError`` above; that error is the limit here (see :func:`_bomb_message`),
+    so an image under it is allowed and the warning tells the user nothing to act on.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -84,7 +100,8 @@ def read_image(
         raise ValueError(f"expected channels 1 or 3; received {channels!r}")
     kind = _format_of(Image, path)
     try:
-        image = Image.open(path)
+        with allowed_size_quietly(Image):
+            image = Image.open(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
     except Image.DecompressionBombError as exc:
@@ -99,8 +116,9 @@ def read_image(
     with image:
         kind = image.format or kind
         try:
-            image.load()
-            pixels = _to_array(Image, image, channels, size)
+            with allowed_size_quietly(Image):
+                image.load()
+                pixels = _to_array(Image, image, channels, size)
         except Image.DecompressionBombError as exc:
             raise ImageError(_bomb_message(Image, path, kind, exc)) from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:

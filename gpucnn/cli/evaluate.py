@@ -1,0 +1,103 @@
+"""``gpucnn evaluate``: accuracy, per-class precision/recall/F1 and the confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend import BACKEND_CHOICES
+from ..checkpoint import load_model
+from ..data import DATASETS, Dataset, load_dataset
+from .common import UsageError, load_run_data
+from .outputs import check_output, write_output
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` and its flags to the subcommands ``sub``."""
+    ev = sub.add_parser(
+        "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
+    )
+    ev.add_argument("model_path", metavar="MODEL.npz")
+    ev.add_argument(
+        "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"
+    )
+    ev.add_argument("--data-dir")
+    ev.add_argument("--no-download", action="store_true")
+    ev.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --json replace a model, checkpoint or run file (refused otherwise)",
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.json:  # refused before the model and the data are read
+        check_output(args.json, "--json", [args.model_path], args.overwrite)
+    model, checkpoint = load_model(args.model_path, backend=args.backend)
+    run = checkpoint.meta.get("run") or {}
+    if args.json and run.get("data") and not args.dataset:
+        check_output(args.json, "--json", [run["data"]], args.overwrite)
+    if run.get("data") and not args.dataset:  # the user's own data: its seeded test split
+        data = load_run_data(run, download=False, warn=False)
+    else:
+        name = args.dataset or run.get("dataset") or "digits"
+        seed = run.get("seed", 0) if name == run.get("dataset") else 0
+        data = load_dataset(name, args.data_dir or run.get("data_dir"), not args.no_download, seed)
+    if model.input_shape != data.input_shape or model.output_shape != (data.num_classes,):
+        raise UsageError(
+            f"{args.model_path}: the model takes {model.input_shape} to {model.output_shape}; "
+            f"{data.name} has images {data.input_shape} and {data.num_classes} classes "
+            "(choose the matching --dataset)"
+        )
+    report = classification_report(data, model.predict(data.x_test))
+    _print_classification_report(report)
+    if args.json:
+        write_output(Path(args.json), json.dumps(report, indent=2))
+    return 0
+
+
+def classification_report(data: Dataset, predictions: np.ndarray) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of test predictions."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(data.num_classes))
+    confusion = confusion_matrix(data.y_test, predictions, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        data.y_test, predictions, labels=labels, zero_division=0
+    )
+    return {
+        "dataset": data.name,
+        "accuracy": float(np.mean(predictions == data.y_test)),
+        "per_class_accuracy": recall.tolist(),  # the share of each true class found
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "classes": data.classes,
+    }
+
+
+def _print_classification_report(report: dict[str, Any]) -> None:
+    confusion = np.array(report["confusion_matrix"])
+    print(
+        f"{report['dataset']} test set: {confusion.sum()} images, accuracy {report['accuracy']:.4f}"
+    )
+    width = max(len(c) for c in report["classes"])
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for i, name in enumerate(report["classes"]):
+        print(
+            f"{name:<{width}}  {report['precision'][i]:9.3f}  {report['recall'][i]:6.3f}  "
+            f"{report['f1'][i]:5.3f}  {report['support'][i]:7d}"
+        )
+    print("confusion matrix (rows: true, columns: predicted):")
+    cell = max(len(str(confusion.max())), 3)
+    print(" " * 5 + " ".join(f"{i:>{cell}}" for i in range(len(confusion))))
+    for i, row in enumerate(confusion):
+        print(f"{i:>4} " + " ".join(f"{v:>{cell}}" for v in row))

@@ -1,0 +1,40 @@
+"""``gpucnn info``: version, backend and why, device, BLAS and CPU threads."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+from .. import __version__
+from ..backend import BACKEND_CHOICES, blas_info, device_info, select_backend
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``info`` and its flags to the subcommands ``sub``."""
+    info = sub.add_parser("info", help="version, backend and why, device, BLAS threads")
+    info.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    backend = select_backend(args.backend)
+    details = {
+        "gpucnn": __version__,
+        "python": platform.python_version(),
+        **device_info(backend),
+        **blas_info(),
+        "cpu_threads": _cpu_threads_line(),
+    }
+    for key, value in details.items():
+        print(f"{key:>16}: {value}")
+    return 0
+
+
+def _cpu_threads_line() -> str:
+    """The threads each NumPy op splits its images over, or why the setting is refused (a
+    diagnostic command reports it rather than failing)."""
+    from ..functional._cpu_threads import cpu_threads
+
+    try:
+        return str(cpu_threads())
+    except ValueError as exc:
+        return f"refused: {exc}"
