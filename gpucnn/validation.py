@@ -191,14 +191,16 @@ def check_sequence_of(
     describe: str | None = None,
 ) -> list[Any]:
     """``value`` as a list when it is a list or tuple whose items are all instances of
-    ``types``. A string or a single item is refused (a common slip: ``callbacks=stop``)."""
+    ``types``. A string or a single item is refused (a common slip: ``callbacks=stop``);
+    ``describe`` names the item type in the message (default: the class names)."""
     kinds = types if isinstance(types, tuple) else (types,)
-    what = describe or " or ".join(t.__name__ for t in kinds) + " objects"
+    what = describe or " or ".join(t.__name__ for t in kinds)
     if not isinstance(value, (list, tuple)):
-        raise fail(name, f"to be a list of {what}", value, owner)
+        raise fail(name, f"to be a list of {what} objects", value, owner)
     for index, item in enumerate(value):
         if not isinstance(item, types):
-            raise fail(f"{name}[{index}]", f"to be one of the {what}", item, owner)
+            article = "an" if what[0].lower() in "aeiou" else "a"
+            raise fail(f"{name}[{index}]", f"to be {article} {what}", item, owner)
     return list(value)
 
 
@@ -214,11 +216,12 @@ def check_int_tuple(
     """``value`` as a tuple of ints, each >= ``minimum``, whose length is one of ``lengths``
     (shapes and sizes: ``input_shape``, ``image_size``). A string is refused, not iterated.
 
-    ``describe`` words the expectation, e.g. ``"(C, H, W) or (D,) of positive ints"``.
+    ``describe`` words the expectation after the name, e.g. ``"(C, H, W) or (D,) of positive
+    ints"``.
     """
     counts = " or ".join(str(n) for n in lengths)
     floor = "" if minimum is None else f" >= {minimum}"
-    expected = describe or f"a tuple of {counts} ints{floor}"
+    expected = describe or f"to be a tuple of {counts} ints{floor}"
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise fail(name, expected, value, owner)
     items = tuple(value)
