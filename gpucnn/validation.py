@@ -36,7 +36,16 @@ class ArgumentError(ValueError):
 
 
 def _received(value: Any, show_type: bool) -> str:
-    text = repr(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # an array: its kind, not its values
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (tuple, list)) and any(hasattr(v, "shape") for v in value):
+        items = ", ".join(_received(v, False) for v in value)  # arrays inside, e.g. (x_val,)
+        if isinstance(value, list):
+            text = f"[{items}]"
+        else:
+            text = f"({items},)" if len(value) == 1 else f"({items})"
+        return f"{text} ({type(value).__name__})" if show_type else text
+    text = " ".join(repr(value).split())  # one line, whatever the value prints as
     if len(text) > 80:  # a large array or list would drown the message
         text = text[:77] + "..."
     return f"{text} ({type(value).__name__})" if show_type else text
@@ -269,11 +278,22 @@ def check_array(
     return array
 
 
-def check_callable(name: str, value: Any, *, owner: str | None = None) -> Callable:
-    """``value`` when it can be called (a function, a bound method, a class)."""
+def check_callable(
+    name: str, value: Any, *, owner: str | None = None, describe: str = "callable"
+) -> Callable:
+    """``value`` when it can be called (a function, a bound method, a class); ``describe``
+    words the expectation (``"a function f(epoch) -> float"``)."""
     if not callable(value):
-        raise fail(name, "to be callable", value, owner)
+        raise fail(name, f"to be {describe}", value, owner)
     return value
+
+
+def check_pair(name: str, value: Any, *, owner: str | None = None, describe: str) -> tuple:
+    """``value`` as a tuple when it is a tuple or list of two items (``(x_val, y_val)``);
+    ``describe`` words the pair, e.g. ``"a pair (x_val, y_val)"``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise fail(name, f"to be {describe}", value, owner)
+    return tuple(value)
 
 
 __all__ = [
@@ -286,6 +306,7 @@ __all__ = [
     "check_instance",
     "check_int",
     "check_int_tuple",
+    "check_pair",
     "check_sequence_of",
     "fail",
     "is_int",
