@@ -301,7 +301,7 @@ class Trainer:
         if checkpoint_path is not None:
             check_instance(
                 "checkpoint_path", checkpoint_path, (str, os.PathLike), owner=owner,
-                describe="a path (str or os.PathLike), or None",
+                describe="a str or os.PathLike, or None",
             )  # fmt: skip
         if checkpoint_meta is not None:
             check_instance("checkpoint_meta", checkpoint_meta, dict, owner=owner)

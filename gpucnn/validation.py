@@ -75,13 +75,18 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _number(bound: float) -> str:
+    return str(bound) if is_int(bound) else f"{bound:g}"  # ints in full: 4294967295
+
+
 def _bounds_text(low: Any, high: Any, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        return f"in {left}{_number(low)}, {_number(high)}{right}"
     if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_number(low)}"
     if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
+        return f"{'<' if high_open else '<='} {_number(high)}"
     return ""
 
 
@@ -156,14 +161,24 @@ def check_bool(name: str, value: Any, *, owner: str | None = None) -> bool:
     return bool(value)
 
 
-def check_choice(name: str, value: Any, choices: Iterable[T], *, owner: str | None = None) -> T:
+def check_choice(
+    name: str,
+    value: Any,
+    choices: Iterable[T],
+    *,
+    owner: str | None = None,
+    describe: str | None = None,
+) -> T:
     """The one of ``choices`` that equals ``value`` (so ``np.str_("sgd")`` gives ``"sgd"``);
-    a bool never matches a number (``True`` is not the choice ``1``)."""
+    a bool never matches a number (``True`` is not the choice ``1``). ``describe`` replaces
+    ``"<name> in <choices>"`` in the message (``"a dataset in ('digits', ...)"``)."""
     choices = tuple(choices)
     is_bool = isinstance(value, (bool, np.bool_))
     for choice in choices:
         if is_bool == isinstance(choice, bool) and _equal(value, choice):
             return choice
+    if describe:
+        raise fail("", describe, value, owner)
     raise fail(name, f"in {choices}", value, owner)
 
 
