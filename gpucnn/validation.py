@@ -36,7 +36,8 @@ class ArgumentError(ValueError):
 
 
 def _received(value: Any, show_type: bool) -> str:
-    if hasattr(value, "shape") and hasattr(value, "dtype"):  # an array: its kind, not its values
+    is_array = hasattr(value, "shape") and hasattr(value, "dtype")
+    if is_array and not isinstance(value, np.generic):  # an array: its kind, not its values
         return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
     if isinstance(value, (tuple, list)) and any(hasattr(v, "shape") for v in value):
         items = ", ".join(_received(v, False) for v in value)  # arrays inside, e.g. (x_val,)
