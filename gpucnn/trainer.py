@@ -285,6 +285,11 @@ class Trainer:
     ):
         owner = "Trainer"
         check_instance("model", model, Sequential, owner=owner)
+        if not model.is_model:  # a container has no backend or input shape to train on
+            raise ArgumentError(
+                f"{owner}: expected model to be a Sequential built with input_shape; received "
+                "a container Sequential (input_shape=None)"
+            )
         if optimizer is not None:
             check_instance(
                 "optimizer", optimizer, Optimizer, owner=owner,
