@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array, namespace, to_device
+from .validation import check_array, check_bool, check_int
 
 
 class Augment:
@@ -37,10 +38,9 @@ class Augment:
     """
 
     def __init__(self, shift: int = 0, flip: bool = False, seed: int = 0):
-        if not isinstance(shift, (int, np.integer)) or isinstance(shift, bool) or shift < 0:
-            raise ValueError(f"expected shift an integer >= 0; received {shift!r}")
-        self.shift, self.flip = int(shift), bool(flip)
-        self.rng = np.random.default_rng(seed)
+        self.shift = check_int("shift", shift, 0, owner="Augment")
+        self.flip = check_bool("flip", flip, owner="Augment")
+        self.rng = np.random.default_rng(check_int("seed", seed, 0, owner="Augment"))
         self._base: dict[Any, Array] = {}  # (C, H, W) gather offsets per shape and namespace
 
     @property
@@ -68,6 +68,7 @@ class Augment:
         -------
         array of shape (N, C, H, W), same namespace and dtype; labels are unchanged.
         """
+        x = check_array("x", x, owner="Augment", describe="an array of images")
         if x.ndim != 4:
             raise ValueError(f"augment: expected images of shape (N, C, H, W); received {x.shape}")
         if not self.active:

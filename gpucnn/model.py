@@ -26,6 +26,13 @@ from .layers.base import LAYERS, BuildContext, public_shape
 from .layers.containers import Container, child_config
 from .parameter import Buffer, Parameter
 from .random import Random
+from .validation import (
+    ArgumentError,
+    check_array,
+    check_choice,
+    check_int,
+    check_int_tuple,
+)
 
 DTYPES = ("float32", "float64")
 # Images per block for CPU inference in predict_proba: a block's activations stay in cache,
@@ -75,18 +82,18 @@ class Sequential(Container):
         self.is_model = input_shape is not None
         if not self.is_model:
             return
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"expected dtype in {DTYPES}; received {dtype!r}")
-        shape = tuple(input_shape)
-        if len(shape) not in (1, 3) or not all(isinstance(n, int) and n >= 1 for n in shape):
-            raise ValueError(
-                f"expected input_shape (C, H, W) or (D,) of positive ints; received {input_shape!r}"
-            )
+        owner = "Sequential"
+        dtype = check_choice("dtype", _dtype_name(dtype), DTYPES, owner=owner)
+        shape = check_int_tuple(
+            "input_shape", input_shape, (1, 3), owner=owner,
+            describe="(C, H, W) or (D,) of positive ints",
+        )  # fmt: skip
+        seed = check_int("seed", seed, 0, owner=owner)
         self.backend = select_backend(backend)
         self.xp = self.backend.xp
-        self.dtype_name = str(dtype)
+        self.dtype_name = dtype
         self.dtype = getattr(self.xp, self.dtype_name)
-        self.seed = int(seed)
+        self.seed = seed
         self.random = Random(self.seed, self.xp)
         context = BuildContext(self.xp, self.dtype, self.random)
         inner = (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
@@ -247,13 +254,15 @@ class Sequential(Container):
     def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities, computed in batches: (N, *input_shape) -> NumPy (N, K).
 
-        ``batch_size`` defaults to :attr:`inference_batch_size`.
+        ``x`` may also be nested lists of numbers. ``batch_size`` defaults to
+        :attr:`inference_batch_size`.
         """
         self._require_model("predict_proba()")
+        x, batch_size = self._inference_args(x, batch_size, "Sequential.predict_proba")
         forward = self.inference_function()
         chunks = [
             to_numpy(softmax(forward(self._input_on_device(batch, check=True))))
-            for batch in _batches(x, batch_size or self.inference_batch_size)
+            for batch in _batches(x, batch_size)
         ]
         return np.concatenate(chunks) if chunks else np.zeros((0, *self.output_shape), np.float32)
 
@@ -284,7 +293,21 @@ class Sequential(Container):
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""
+        self._require_model("predict()")
+        x, batch_size = self._inference_args(x, batch_size, "Sequential.predict")
         return np.argmax(self.predict_proba(x, batch_size), axis=1)
+
+    def _inference_args(self, x: Any, batch_size: Any, owner: str) -> tuple[Any, int]:
+        """``x`` as an array (lists converted) and ``batch_size`` as an int >= 1 (None: the
+        default), refused with a message naming ``owner`` otherwise."""
+        x = check_array("x", x, owner=owner, describe="an array of images")
+        if len(x.shape) == 0:
+            raise ArgumentError(
+                f"{owner}: expected x of shape {('N', *self.input_shape)}; received a 0-d array"
+            )
+        if batch_size is None:
+            return x, self.inference_batch_size
+        return x, check_int("batch_size", batch_size, 1, owner=owner)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -397,9 +420,19 @@ class Sequential(Container):
         return text
 
 
+def _dtype_name(dtype: Any) -> Any:
+    """``"float32"`` for ``np.float32`` or ``np.dtype("float32")``; other values unchanged,
+    for the dtype check to report."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return dtype
+
+
 def _batches(x: Any, batch_size: int) -> Iterator[Any]:
-    if batch_size < 1:
-        raise ValueError(f"expected batch_size >= 1; received {batch_size}")
+    batch_size = check_int("batch_size", batch_size, 1)
     for start in range(0, x.shape[0], batch_size):
         yield x[start : start + batch_size]
 

@@ -21,6 +21,7 @@ from .backend import Array, namespace, to_device, to_numpy
 from .functional._dispatch import cuda_kernels
 from .parameter import Parameter
 from .registry import Registry
+from .validation import check_bool, check_float, check_int
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
@@ -69,16 +70,15 @@ class Optimizer:
     """
 
     def __init__(self, lr: float, weight_decay: float = 0.0, clip_norm: float | None = None):
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"expected a learning rate lr > 0; received {lr!r}")
-        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ValueError(f"expected weight_decay >= 0; received {weight_decay!r}")
-        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
-            raise ValueError(f"expected clip_norm > 0 or None; received {clip_norm!r}")
-        self.lr = float(lr)
-        self.base_lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        owner = type(self).__name__
+        lr = check_float("lr", lr, 0, low_open=True, owner=owner, describe="a learning rate lr")
+        weight_decay = check_float("weight_decay", weight_decay, 0, owner=owner)
+        if clip_norm is not None:
+            clip_norm = check_float("clip_norm", clip_norm, 0, low_open=True, owner=owner)
+        self.lr = lr
+        self.base_lr = lr
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
         self.state: dict[str, dict[str, Any]] = {}  # parameter name -> slot -> array
         self.steps = 0
         self._restored = False  # host buffers from load_state_dict, not yet on the device
@@ -258,12 +258,12 @@ class SGD(Optimizer):
         clip_norm: float | None = None,
     ):
         super().__init__(lr, weight_decay, clip_norm)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"expected momentum in [0, 1); received {momentum!r}")
+        momentum = check_float("momentum", momentum, 0, 1, high_open=True, owner="SGD")
+        nesterov = check_bool("nesterov", nesterov, owner="SGD")
         if nesterov and momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0; received momentum=0")
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
+        self.momentum = momentum
+        self.nesterov = nesterov
 
     def _update(self, p, slots, decay):
         velocity = _sgd_update(
@@ -310,10 +310,9 @@ class Adam(Optimizer):
         clip_norm: float | None = None,
     ):
         super().__init__(lr, weight_decay, clip_norm)
-        for label, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"expected {label} in [0, 1); received {beta!r}")
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.beta1 = check_float("beta1", beta1, 0, 1, high_open=True, owner="Adam")
+        self.beta2 = check_float("beta2", beta2, 0, 1, high_open=True, owner="Adam")
+        self.eps = check_float("eps", eps, 0, owner="Adam")
 
     def _update(self, p, slots, decay):
         if "m" not in slots:
@@ -382,11 +381,8 @@ class StepLR(Schedule):
     """Multiply by ``gamma`` every ``step_size`` epochs."""
 
     def __init__(self, step_size: int = 1, gamma: float = 0.5):
-        if step_size < 1 or not 0 < gamma <= 1:
-            raise ValueError(
-                f"expected step_size >= 1 and gamma in (0, 1]; received {step_size}, {gamma}"
-            )
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = check_int("step_size", step_size, 1, owner="StepLR")
+        self.gamma = check_float("gamma", gamma, 0, 1, low_open=True, owner="StepLR")
 
     def __call__(self, epoch: int) -> float:
         return self.gamma ** (epoch // self.step_size)
@@ -400,9 +396,7 @@ class ExponentialLR(Schedule):
     """Multiply by ``gamma`` every epoch."""
 
     def __init__(self, gamma: float = 0.9):
-        if not 0 < gamma <= 1:
-            raise ValueError(f"expected gamma in (0, 1]; received {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_float("gamma", gamma, 0, 1, low_open=True, owner="ExponentialLR")
 
     def __call__(self, epoch: int) -> float:
         return self.gamma**epoch
@@ -416,9 +410,9 @@ class CosineLR(Schedule):
     """Cosine decay from 1 to ``min_factor`` over ``epochs`` epochs."""
 
     def __init__(self, epochs: int, min_factor: float = 0.0):
-        if epochs < 1:
-            raise ValueError(f"expected epochs >= 1 for the cosine schedule; received {epochs}")
-        self.epochs, self.min_factor = int(epochs), float(min_factor)
+        self.epochs = check_int("epochs", epochs, 1, owner="CosineLR")
+        # a factor above 1 would make the "decay" raise the learning rate
+        self.min_factor = check_float("min_factor", min_factor, 0, 1, owner="CosineLR")
 
     def __call__(self, epoch: int) -> float:
         progress = min(epoch, self.epochs) / self.epochs

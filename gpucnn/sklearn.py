@@ -52,6 +52,7 @@ from .model import DTYPES, Sequential
 from .optim import SGD, Adam, ConstantLR, Optimizer, make_optimizer, make_schedule
 from .recipes import SCHEDULE_NAMES, schedule_config
 from .trainer import HISTORY_KEYS, EarlyStopping, Trainer
+from .validation import check_bool, check_choice, check_float, check_int
 
 FLOAT_DTYPES = (np.float32, np.float64)
 OPTIMIZERS = ("sgd", "adam")
@@ -93,7 +94,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     backend : ``"auto"``, ``"numpy"`` or ``"cupy"``; everything returned is NumPy either way.
     dtype : ``"float32"`` or ``"float64"``.
     random_state : int, RandomState or None; seeds weights, shuffling and the validation split.
-    verbose : 0 silent, 1 one line per epoch, 2 also a progress bar.
+    verbose : 0 silent, 1 one line per epoch, 2 also a progress bar (``True`` counts as 1).
 
     Attributes
     ----------
@@ -290,20 +291,29 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 f"{path}: expected a file written by CNNClassifier.save; received a checkpoint "
                 "without estimator data (use gpucnn.checkpoint.load_model for it)"
             )
-        params = dict(fitted["params"])
-        if isinstance(params.get("image_shape"), list):
-            params["image_shape"] = tuple(params["image_shape"])
-        if backend is not None:
-            params["backend"] = backend
-        estimator = cls(**params)
-        estimator.classes_ = np.asarray(fitted["classes"], dtype=np.dtype(fitted["classes_dtype"]))
-        estimator.n_features_in_ = fitted["n_features_in"]
-        if "feature_names_in" in fitted:
-            estimator.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
-        estimator.input_shape_ = tuple(fitted["input_shape"])
-        estimator.history_ = {k: list(v) for k, v in fitted["history"].items()}
-        estimator.n_iter_ = fitted["n_iter"]
-        estimator._seed = fitted["seed"]
+        try:
+            params = dict(fitted["params"])
+            if isinstance(params.get("image_shape"), list):
+                params["image_shape"] = tuple(params["image_shape"])
+            if backend is not None:
+                params["backend"] = backend
+            estimator = cls(**params)
+            estimator.classes_ = np.asarray(
+                fitted["classes"], dtype=np.dtype(fitted["classes_dtype"])
+            )
+            estimator.n_features_in_ = fitted["n_features_in"]
+            if "feature_names_in" in fitted:
+                estimator.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
+            estimator.input_shape_ = tuple(fitted["input_shape"])
+            estimator.history_ = {k: list(v) for k, v in fitted["history"].items()}
+            estimator.n_iter_ = fitted["n_iter"]
+            estimator._seed = fitted["seed"]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # a file edited by hand or written by another version: say so, not KeyError
+            raise CheckpointError(
+                f"{path}: expected the estimator data CNNClassifier.save writes; received "
+                f"incomplete or malformed data ({type(exc).__name__}: {exc})"
+            ) from None
         estimator._restore(checkpoint)
         return estimator
 
@@ -341,26 +351,24 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> None:
         """Reject bad hyper-parameters with "expected ...; received ..." before any work."""
 
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"expected {name} to be an int >= 1; received {value!r}")
-
-        positive_int("epochs")
-        positive_int("batch_size")
-        positive_int("patience")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"expected dtype in {DTYPES}; received {self.dtype!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"expected optimizer in {OPTIMIZERS}; received {self.optimizer!r}")
-        if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"expected schedule in {SCHEDULE_NAMES}; received {self.schedule!r}")
-        if not (
-            isinstance(self.validation_fraction, numbers.Real) and 0 < self.validation_fraction < 1
-        ):
-            raise ValueError(
-                f"expected validation_fraction in (0, 1); received {self.validation_fraction!r}"
-            )
+        # scikit-learn's convention: check in fit, never rewrite the parameters (clone needs them)
+        owner = type(self).__name__
+        for name in ("epochs", "batch_size", "patience"):
+            check_int(name, getattr(self, name), 1, owner=owner)
+        check_choice("dtype", self.dtype, DTYPES, owner=owner)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS, owner=owner)
+        check_choice("schedule", self.schedule, SCHEDULE_NAMES, owner=owner)
+        check_float(
+            "validation_fraction", self.validation_fraction, 0, 1, low_open=True, high_open=True,
+            owner=owner,
+        )  # fmt: skip
+        if self.lr is not None:
+            check_float("lr", self.lr, 0, low_open=True, owner=owner, describe="a learning rate lr")
+        check_float("momentum", self.momentum, 0, 1, high_open=True, owner=owner)
+        check_float("weight_decay", self.weight_decay, 0, owner=owner)
+        check_bool("early_stopping", self.early_stopping, owner=owner)
+        if not isinstance(self.verbose, bool):  # verbose=True is scikit-learn usage
+            check_int("verbose", self.verbose, 0, owner=owner)
         if self.image_shape is not None:
             shape = _image_shape(self.image_shape)
             if shape is None:

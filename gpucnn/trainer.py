@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -45,6 +46,18 @@ from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
 from .progress import progress_bar
 from .resources import peak_rss_mib, retain_freed_memory
 from .step import check_label_smoothing
+from .validation import (
+    ArgumentError,
+    check_array,
+    check_bool,
+    check_callable,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_pair,
+    check_sequence_of,
+)
 
 if TYPE_CHECKING:
     from .distributed import MPICommunicator
@@ -103,10 +116,11 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        if monitor not in HISTORY_KEYS:
-            raise ValueError(f"expected monitor in {HISTORY_KEYS}; received {monitor!r}")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
-        self.restore_best = restore_best
+        owner = "EarlyStopping"
+        self.monitor = check_choice("monitor", monitor, HISTORY_KEYS, owner=owner)
+        self.patience = check_int("patience", patience, 0, owner=owner)
+        self.min_delta = check_float("min_delta", min_delta, 0, owner=owner)
+        self.restore_best = check_bool("restore_best", restore_best, owner=owner)
         self.sign = 1.0 if "accuracy" in monitor else -1.0
         self.best = -math.inf
         self.best_epoch = None
@@ -273,8 +287,40 @@ class Trainer:
         communicator: MPICommunicator | None = None,
         label_smoothing: float = 0.0,
     ):
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"expected clip_norm > 0; received {clip_norm!r}")
+        owner = "Trainer"
+        check_instance("model", model, Sequential, owner=owner)
+        if not model.is_model:  # a container has no backend or input shape to train on
+            raise ArgumentError(
+                f"{owner}: expected model to be a Sequential built with input_shape; received "
+                "a container Sequential (input_shape=None)"
+            )
+        if optimizer is not None:
+            check_instance(
+                "optimizer", optimizer, Optimizer, owner=owner,
+                describe="an Optimizer such as SGD(lr=0.05, momentum=0.9), or None",
+            )  # fmt: skip
+        if schedule is not None:  # a Schedule, or any function of the epoch
+            check_callable(
+                "schedule", schedule, owner=owner,
+                describe="a Schedule such as CosineLR(epochs), a function epoch -> factor, or None",
+            )  # fmt: skip
+        if clip_norm is not None:
+            clip_norm = check_float("clip_norm", clip_norm, 0, low_open=True, owner=owner)
+        callbacks = check_sequence_of("callbacks", callbacks, Callback, owner=owner)
+        if checkpoint_path is not None:
+            check_instance(
+                "checkpoint_path", checkpoint_path, (str, os.PathLike), owner=owner,
+                describe="a str or os.PathLike, or None",
+            )  # fmt: skip
+        if checkpoint_meta is not None:
+            check_instance("checkpoint_meta", checkpoint_meta, dict, owner=owner)
+        seed = check_int("seed", seed, 0, owner=owner)
+        if progress is not None:
+            progress = check_bool("progress", progress, owner=owner)
+        if log is not None:
+            check_callable("log", log, owner=owner, describe="a function of one str, or None")
+        if augment is not None:
+            check_instance("augment", augment, Augment, owner=owner)
         self.model = model
         self.label_smoothing = check_label_smoothing(label_smoothing)
         xp = self.model.xp
@@ -327,10 +373,28 @@ class Trainer:
         history : per-epoch lists under ``loss``, ``accuracy``, ``val_loss``,
             ``val_accuracy``, ``lr``, ``time_s``, ``images_per_second``.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"expected batch_size >= 1; received {batch_size!r}")
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"expected epochs >= 1; received {epochs!r}")
+        owner = "Trainer.fit"
+        batch_size = check_int("batch_size", batch_size, 1, owner=owner)
+        epochs = check_int("epochs", epochs, 1, owner=owner)
+        x = check_array("x", x, owner=owner, describe="an array of images")
+        y = check_array("y", y, owner=owner, describe="an array of labels")
+        if len(x.shape) == 0 or x.shape[0] == 0:
+            raise ArgumentError(
+                f"{owner}: expected at least one training sample; received x of shape {x.shape}"
+            )
+        if validation_data is not None:
+            x_val, y_val = check_pair(
+                "validation_data", validation_data, owner=owner,
+                describe="a pair (x_val, y_val) or None",
+            )  # fmt: skip
+            x_val = check_array("x_val", x_val, owner=owner, describe="an array of images")
+            y_val = check_array("y_val", y_val, owner=owner, describe="an array of labels")
+            if len(x_val.shape) == 0 or x_val.shape[0] == 0:
+                raise ArgumentError(
+                    f"{owner}: expected at least one validation sample (or validation_data=None); "
+                    f"received x_val of shape {x_val.shape}"
+                )
+            validation_data = (x_val, y_val)
         comm = self.communicator
         if comm is not None and batch_size < comm.size:
             raise ValueError(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import check_bool, check_choice, check_instance, check_int
 from .digits import load_digits
 from .mnist import FASHION_MNIST, MNIST, load_fashion_mnist, load_mnist
 from .split import train_val_split
@@ -54,12 +55,18 @@ def load_dataset(
     ------
     ValueError for an unknown name; DatasetError / DownloadError from the loaders.
     """
+    owner = "load_dataset"
+    name = check_choice("name", name, DATASETS, owner=owner, describe=f"a dataset in {DATASETS}")
+    if data_dir is not None:
+        check_instance(
+            "data_dir", data_dir, (str, Path), owner=owner, describe="a str or Path, or None"
+        )
+    download = check_bool("download", download, owner=owner)
+    seed = check_int("seed", seed, 0, 2**32 - 1, owner=owner)  # scikit-learn's seed range
     if name == "digits":
         x, y = load_digits()
         (x_train, y_train), (x_test, y_test) = train_val_split(x, y, DIGITS_TEST_FRACTION, seed)
         return Dataset(name, x_train, y_train, x_test, y_test, [str(d) for d in range(10)])
-    if name not in DATASETS:
-        raise ValueError(f"expected a dataset in {DATASETS}; received {name!r}")
     loader, spec = (load_mnist, MNIST) if name == "mnist" else (load_fashion_mnist, FASHION_MNIST)
     (x_train, y_train), (x_test, y_test) = loader(data_dir, download=download)
     return Dataset(name, x_train, y_train, x_test, y_test, list(spec.classes))

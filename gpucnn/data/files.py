@@ -25,9 +25,19 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_int_tuple,
+)
 from .images import (
     COLOUR_MODES,
     ImageError,
@@ -279,9 +289,25 @@ def load_image_folder(
     classes : the class names.
     skipped : the paths skipped.
     """
+    root, image_size, channels = _check_common("load_image_folder", root, image_size, channels)
+    if on_skip is not None:
+        check_callable("on_skip", on_skip, owner="load_image_folder")
     on_skip = on_skip or _warn
     scanned = scan_image_folder(root, image_size, channels, on_skip)
     return _decode_all(root, *scanned, on_skip)
+
+
+def _check_common(owner: str, path: Any, image_size: Any, channels: Any) -> tuple[Path, Any, Any]:
+    """The path, ``image_size`` (None or an (H, W) tuple) and ``channels`` (None, 1 or 3)
+    checked for the loaders, the path as a :class:`~pathlib.Path`."""
+    check_instance("path", path, (str, os.PathLike), owner=owner, describe="a str or os.PathLike")
+    if image_size is not None:
+        image_size = check_int_tuple(
+            "image_size", image_size, (2,), owner=owner, describe="(H, W) with H, W >= 1"
+        )
+    if channels is not None:
+        channels = check_choice("channels", channels, (1, 3), owner=owner)
+    return Path(path), image_size, channels
 
 
 def _decode_all(root, source: FolderImages, labels, classes, skipped, on_skip: SkipHook):
@@ -446,11 +472,13 @@ def load_data(
     from .catalog import Dataset
     from .split import train_val_split
 
-    path = Path(path)
-    if channels not in (None, 1, 3):
-        raise DatasetError(f"expected channels 1 or 3; received {channels!r}")
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise DatasetError(f"expected image_size (H, W) with H, W >= 1; received {image_size!r}")
+    path, image_size, channels = _check_common("load_data", path, image_size, channels)
+    test_fraction = check_float("test_fraction", test_fraction, owner="load_data")
+    seed = check_int("seed", seed, 0, 2**32 - 1, owner="load_data")  # scikit-learn's seed range
+    if stream is not None:
+        stream = check_bool("stream", stream, owner="load_data")
+    if on_skip is not None:
+        check_callable("on_skip", on_skip, owner="load_data")
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
     skipped: list[str] = []

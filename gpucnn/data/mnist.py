@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from platformdirs import user_cache_path
 
+from ..validation import check_bool, check_instance
 from .download import DownloadError, download_file, sha256_of
 from .idx import IdxError, decompress, parse_idx
 from .images import to_nchw
@@ -156,6 +157,16 @@ def load_idx_dataset(
     (x_train, y_train), (x_test, y_test) : images float32 of shape (N, 1, 28, 28) scaled to
         [0, 1]; labels int64 of shape (N,).
     """
+    owner = {"mnist": "load_mnist", "fashion-mnist": "load_fashion_mnist"}.get(
+        spec.name, "load_idx_dataset"
+    )
+    if root is not None:
+        check_instance(
+            "root", root, (str, os.PathLike), owner=owner, describe="a str or os.PathLike, or None"
+        )
+    download = check_bool("download", download, owner=owner)
+    if progress is not None:
+        progress = check_bool("progress", progress, owner=owner)
     root = Path(root) if root is not None else default_root()
     arrays = {}
     for key, name in SPLIT_FILES.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from ..validation import ArgumentError, check_array, check_float, check_int
+
 
 def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int):
     """Hold out ``round(len(x) * val_fraction)`` samples, chosen with ``seed``.
@@ -15,8 +17,16 @@ def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
 
     Returns ``(x_train, y_train), (x_val, y_val)``; the validation part may be empty.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"expected val_fraction in [0, 1); received {val_fraction!r}")
+    owner = "train_val_split"
+    val_fraction = check_float("val_fraction", val_fraction, 0, 1, high_open=True, owner=owner)
+    seed = check_int("seed", seed, 0, 2**32 - 1, owner=owner)  # scikit-learn's seed range
+    x = check_array("x", x, owner=owner)
+    y = check_array("y", y, owner=owner, describe="an array of labels")
+    if len(x.shape) == 0 or len(y.shape) != 1 or y.shape[0] != x.shape[0]:
+        raise ArgumentError(
+            f"{owner}: expected y of shape ({x.shape[0] if x.shape else 'N'},), one label per "
+            f"sample of x; received y of shape {tuple(y.shape)} for x of shape {tuple(x.shape)}"
+        )
     n_val = int(round(len(x) * val_fraction))
     if n_val == 0:
         return (x, y), (x.subset([]) if hasattr(x, "subset") else x[:0], y[:0])
@@ -38,5 +48,6 @@ def standardize(x_train: np.ndarray, *others: np.ndarray):
 
     Returns the standardised training array followed by ``others`` transformed alike.
     """
-    mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
-    return tuple(((a - mean) / std).astype(np.float32) for a in (x_train, *others))
+    arrays = [check_array("x", a, owner="standardize") for a in (x_train, *others)]
+    mean, std = float(arrays[0].mean()), float(arrays[0].std()) or 1.0
+    return tuple(((a - mean) / std).astype(np.float32) for a in arrays)

@@ -28,6 +28,7 @@ iteration moves one strided slice of the whole batch.
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ..validation import ArgumentError, is_int
 from ._numpy_kernels import fill_windows_fast
 
 Pair = tuple[int, int]
@@ -36,18 +37,17 @@ Padding = tuple[int, int, int, int]  # (PT, PB, PL, PR)
 
 def as_pair(value: int | tuple[int, int], name: str, minimum: int = 1) -> Pair:
     """Normalise an int or a pair of ints to a pair, checking each is >= ``minimum``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        pair = (value, value)
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
+    if is_int(value):  # NumPy integers count, bools do not
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise ValueError(f"expected {name} to be an int or a pair of ints; received {value!r}")
+        raise ArgumentError(
+            f"expected {name} to be an int or a pair of ints; received {value!r} "
+            f"({type(value).__name__})"
+        )
     if min(pair) < minimum:
-        raise ValueError(f"expected {name} >= {minimum}; received {name}={value!r}")
+        raise ArgumentError(f"expected {name} >= {minimum}; received {value!r}")
     return pair
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from ..backend import Array
 from ..functional.conv import conv2d_backward, conv2d_forward
 from ..functional.im2col import as_pair, output_size, resolve_padding
+from ..validation import check_int
 from .base import LAYERS, BuildContext, Layer, Shape, public_shape
 
 
@@ -40,9 +41,7 @@ class Conv2D(Layer):
         name: str | None = None,
     ):
         super().__init__(name)
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-            raise ValueError(f"Conv2D: expected filters to be an int >= 1; received {filters!r}")
-        self.filters = filters
+        self.filters = check_int("filters", filters, 1, owner="Conv2D")
         self.kernel_size = as_pair(kernel_size, "Conv2D kernel_size")
         self.stride = as_pair(stride, "Conv2D stride")
         try:  # the functional validator, on a size any valid padding accepts

@@ -8,6 +8,7 @@ from typing import Any
 from ..backend import Array, namespace
 from ..functional.activations import dropout_backward, dropout_forward, relu_backward, relu_forward
 from ..functional.dense import dense_backward, dense_forward
+from ..validation import check_float, check_int
 from .base import LAYERS, BuildContext, Layer, Shape, public_shape
 
 
@@ -30,9 +31,7 @@ class Dense(Layer):
 
     def __init__(self, units: int, name: str | None = None):
         super().__init__(name)
-        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-            raise ValueError(f"Dense: expected units to be an int >= 1; received {units!r}")
-        self.units = units
+        self.units = check_int("units", units, 1, owner="Dense")
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         if len(input_shape) != 1:
@@ -130,9 +129,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5, name: str | None = None):
         super().__init__(name)
-        if not (isinstance(rate, (int, float)) and 0.0 <= float(rate) < 1.0):
-            raise ValueError(f"Dropout: expected rate in [0, 1); received {rate!r}")
-        self.rate = float(rate)
+        self.rate = check_float("rate", rate, 0, 1, high_open=True, owner="Dropout")
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         self.random = context.random
