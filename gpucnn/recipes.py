@@ -14,14 +14,18 @@ from .model import Sequential
 from .optim import Optimizer, Schedule, make_optimizer, make_schedule
 
 # The default recipe per dataset: model, epochs, batch size, learning rate, schedule.
+# digits: small_bn at lr 0.1 scored 0.9861/0.9833/0.9889/0.9889 test accuracy with seeds 0-3,
+# against 0.9582/0.9805/0.9833/0.9861 for small at lr 0.05 (`gpucnn train --model M --lr X
+# --seed S`, the other settings as here).
 RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
+    "digits": {"model": "small_bn", "epochs": 10, "batch_size": 32, "lr": 0.1, "schedule": "cosine"},
     "mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
     "fashion-mnist": {"model": "reference", "epochs": 3, "batch_size": 128, "lr": 0.05, "schedule": "cosine"},
     # your own data (--data PATH): the small network adapts to any image size
     "custom": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
 }  # fmt: skip
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 
 
 def run_config(dataset: str, **settings: Any) -> dict[str, Any]:
@@ -38,13 +42,12 @@ def optimizer_config(run: dict[str, Any]) -> dict[str, Any]:
 
     Gradient clipping belongs to the optimizer; a run stores it as ``clip_norm``.
     """
-    config: dict[str, Any] = {"lr": run["lr"], "weight_decay": run.get("weight_decay", 0.0)}
-    if run.get("optimizer", "sgd") == "adam":
-        config["type"] = "adam"
-    else:
-        config.update(
-            type="sgd", momentum=run.get("momentum", 0.0), nesterov=run.get("nesterov", False)
-        )
+    name = run.get("optimizer", "sgd")
+    config: dict[str, Any] = {"type": name, "lr": run["lr"]}
+    if run.get("weight_decay") is not None or name != "adamw":  # adamw has its own default
+        config["weight_decay"] = run.get("weight_decay") or 0.0
+    if name == "sgd":
+        config.update(momentum=run.get("momentum", 0.0), nesterov=run.get("nesterov", False))
     if run.get("clip_norm") is not None:
         config["clip_norm"] = run["clip_norm"]
     return config
@@ -69,7 +72,11 @@ def build_optimizer(run: dict[str, Any]) -> Optimizer:
 
 
 def build_schedule(run: dict[str, Any]) -> Schedule:
-    return make_schedule(schedule_config(run["schedule"], run["epochs"]))
+    """The run's schedule, after a linear warm-up when it has ``warmup_epochs``."""
+    config = schedule_config(run["schedule"], run["epochs"])
+    if run.get("warmup_epochs"):
+        config = {"type": "warmup", "epochs": run["warmup_epochs"], "then": config}
+    return make_schedule(config)
 
 
 def build_model(
@@ -98,6 +105,7 @@ def build_model(
 
 
 __all__ = [
+    "OPTIMIZER_NAMES",
     "RECIPES",
     "SCHEDULE_NAMES",
     "build_model",

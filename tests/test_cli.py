@@ -1,6 +1,7 @@
 """The gpucnn command: end-to-end training on digits, resume, signals, every exit code."""
 
 import json
+import re
 import os
 import signal
 import struct
@@ -304,3 +305,34 @@ def test_a_signal_leaves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, sig):
         )
         == 0
     )
+
+
+def test_adamw_warmup_and_label_smoothing_flags_are_recorded_and_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--optimizer", "adamw", "--lr", 0.002, "--warmup-epochs", 2,
+             "--label-smoothing", 0.1, "--backend", "numpy", "--no-progress"]  # fmt: skip
+    assert run("train", "--epochs", 3, "--out", out, *flags) == 0
+    meta = load_checkpoint(out / "checkpoint.npz").meta
+    config = meta["optimizer"]["config"]
+    assert config["type"] == "adamw" and config["weight_decay"] == 0.01
+    assert meta["run"]["label_smoothing"] == 0.1
+    lrs = json.loads((out / "metrics.json").read_text())["history"]["lr"]
+    cosine = [0.002 * 0.5 * (1 + np.cos(np.pi * e / 3)) for e in range(3)]
+    np.testing.assert_allclose(lrs, [cosine[0] / 3, cosine[1] * 2 / 3, cosine[2]], rtol=1e-12)
+    assert run("train", "--resume", out, "--epochs", 4, *flags) == 0  # the run's own values
+    capsys.readouterr()
+    assert run("train", "--resume", out, "--epochs", 5, "--label-smoothing", 0.2) == 2
+    assert "--label-smoothing would change it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--label-smoothing", 1.0, r"--label-smoothing must be in \[0, 1\); received 1.0"),
+        ("--warmup-epochs", -1, "--warmup-epochs must be >= 0; received -1"),
+    ],
+)
+def test_bad_new_training_flags_exit_2(flag, value, message, tmp_path, capsys):
+    assert run("train", flag, value, "--out", tmp_path / "r", "--backend", "numpy") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err)

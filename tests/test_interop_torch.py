@@ -14,48 +14,78 @@ from gpucnn.architectures import BUILTIN, architecture  # noqa: E402
 from gpucnn.functional import softmax_cross_entropy  # noqa: E402
 from gpucnn.layers import (  # noqa: E402
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
     MaxPool2D,
     ReLU,
+    Residual,
 )
 
 
+class TorchResidual(nn.Module):
+    """``body(x) + shortcut(x)``, as gpucnn's Residual."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
 def to_torch(model: Sequential) -> nn.Sequential:
-    """The equivalent torch network, holding ``model``'s weights in float64."""
+    """The equivalent torch network, holding ``model``'s state in float64 (in eval mode)."""
     state = {k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()}
-    modules = []
-    for layer in model.layers:
-        if isinstance(layer, Conv2D):
-            weight, bias = state[f"{layer.name}.weight"], state[f"{layer.name}.bias"]
-            F, C, KH, KW = weight.shape
-            PT, PB, PL, PR = layer.padding
-            if (PT, PL) != (PB, PR):  # an asymmetric "same": torch pads both sides equally
-                modules.append(nn.ZeroPad2d((PL, PR, PT, PB)))
-                PT = PL = 0
-            conv = nn.Conv2d(C, F, (KH, KW), stride=layer.stride, padding=(PT, PL))
-            conv.weight.data, conv.bias.data = weight.clone(), bias.clone()  # as they are
-            modules.append(conv)
-        elif isinstance(layer, Dense):
-            weight, bias = state[f"{layer.name}.weight"], state[f"{layer.name}.bias"]
-            linear = nn.Linear(*weight.shape)
-            linear.weight.data, linear.bias.data = weight.T.clone(), bias.clone()  # transposed
-            modules.append(linear)
-        elif isinstance(layer, MaxPool2D):
-            modules.append(nn.MaxPool2d(layer.pool_size, layer.stride))
-        elif isinstance(layer, AvgPool2D):
-            modules.append(nn.AvgPool2d(layer.pool_size, layer.stride))
-        elif isinstance(layer, ReLU):
-            modules.append(nn.ReLU())
-        elif isinstance(layer, Flatten):
-            modules.append(nn.Flatten())
-        elif isinstance(layer, Dropout):
-            modules.append(nn.Dropout(layer.rate))
-        else:
-            raise AssertionError(f"no torch counterpart for {layer!r}")
-    return nn.Sequential(*modules).double().eval()
+    return nn.Sequential(*(torch_layer(layer, state) for layer in model.layers)).double().eval()
+
+
+def torch_layer(layer, state) -> nn.Module:
+    """One gpucnn layer (containers recursively) as a torch module with its state."""
+    if isinstance(layer, Residual):
+        shortcut = nn.Identity() if layer.shortcut is None else torch_layer(layer.shortcut, state)
+        body = nn.Sequential(*(torch_layer(child, state) for child in layer.layers))
+        return TorchResidual(body, shortcut)
+    if isinstance(layer, Sequential):
+        return nn.Sequential(*(torch_layer(child, state) for child in layer.layers))
+    if isinstance(layer, Conv2D):
+        weight, bias = state[f"{layer.path}.weight"], state[f"{layer.path}.bias"]
+        F, C, KH, KW = weight.shape
+        PT, PB, PL, PR = layer.padding
+        pad = None
+        if (PT, PL) != (PB, PR):  # an asymmetric "same": torch pads both sides equally
+            pad = nn.ZeroPad2d((PL, PR, PT, PB))
+            PT = PL = 0
+        conv = nn.Conv2d(C, F, (KH, KW), stride=layer.stride, padding=(PT, PL))
+        conv.weight.data, conv.bias.data = weight.clone(), bias.clone()  # as they are
+        return conv if pad is None else nn.Sequential(pad, conv)
+    if isinstance(layer, (BatchNorm2D, BatchNorm1D)):
+        kind = nn.BatchNorm2d if isinstance(layer, BatchNorm2D) else nn.BatchNorm1d
+        bn = kind(layer.weight.shape[0], eps=layer.eps, momentum=layer.momentum)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, key).data = state[f"{layer.path}.{key}"].clone()
+        return bn
+    if isinstance(layer, Dense):
+        weight, bias = state[f"{layer.path}.weight"], state[f"{layer.path}.bias"]
+        linear = nn.Linear(*weight.shape)
+        linear.weight.data, linear.bias.data = weight.T.clone(), bias.clone()  # transposed
+        return linear
+    if isinstance(layer, MaxPool2D):
+        return nn.MaxPool2d(layer.pool_size, layer.stride)
+    if isinstance(layer, AvgPool2D):
+        return nn.AvgPool2d(layer.pool_size, layer.stride)
+    if isinstance(layer, ReLU):
+        return nn.ReLU()
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate)
+    if type(layer).__name__ == "GlobalAvgPool2D":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    raise AssertionError(f"no torch counterpart for {layer!r}")
 
 
 MIXED = (
@@ -97,7 +127,7 @@ def test_torch_gives_the_same_logits(name):
 @pytest.mark.parametrize("name", ["reference", "mixed"])
 def test_torch_gives_the_same_gradients(name):
     model = build(name)
-    for layer in model.layers:  # dropout masks are not shared with torch
+    for layer in model.modules():  # dropout masks are not shared with torch
         if isinstance(layer, Dropout):
             layer.rate = 0.0
     x = np.random.default_rng(5).random((4, *model.input_shape))
@@ -109,8 +139,8 @@ def test_torch_gives_the_same_gradients(name):
     x_t = torch.from_numpy(x).requires_grad_()
     nn.functional.cross_entropy(net(x_t), torch.from_numpy(labels)).backward()
     np.testing.assert_allclose(grad_x, x_t.grad.numpy(), atol=1e-12)
-    torch_layers = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
-    ours = [layer for layer in model.layers if isinstance(layer, (Conv2D, Dense))]
+    torch_layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ours = [layer for layer in model.modules() if isinstance(layer, (Conv2D, Dense))]
     for layer, module in zip(ours, torch_layers, strict=True):
         weight_grad = module.weight.grad.numpy()
         if isinstance(layer, Dense):

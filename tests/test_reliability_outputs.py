@@ -94,7 +94,7 @@ CASES = [
     ("train --resume {run} --out {tmp}", 2, "--out would change it"),
     # the run's own values are accepted: the refusal that remains is the finished run's
     ("train --resume {run} --seed 7", 2, "already trained 1 of 1 epochs"),
-    ("train --resume {run} --seed 7 --dataset digits --model small --batch-size 32 --lr 0.05 "
+    ("train --resume {run} --seed 7 --dataset digits --model small_bn --batch-size 32 --lr 0.1 "
      "--momentum 0.9 --augment-shift 0 --out {run}/.", 2, "already trained 1 of 1 epochs"),
     # seeds: the range scikit-learn's split takes (seed + 1 <= 2**32 - 1)
     ("train --seed 18446744073709551616", 2, "--seed must be an integer from 0 to 4294967294"),

@@ -22,7 +22,14 @@ from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_chec
 from ..data import DATASETS, Dataset, train_val_split
 from ..distributed import MPICommunicator, mpi_world_size
 from ..model import Sequential
-from ..recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
+from ..recipes import (
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    run_config,
+)
 from ..trainer import EarlyStopping, Trainer, evaluate
 from .common import STATE, UsageError, border_median, load_run_data
 from .evaluate import classification_report
@@ -103,13 +110,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
+    train.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        help="default: sgd; adam and adamw decay weights apart from the gradient (adamw: 0.01 "
+        "unless --weight-decay)",
+    )
     train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     train.add_argument("--nesterov", action="store_true", default=None)
     train.add_argument(
         "--weight-decay", type=float, help="applied to weights, not biases (default 0)"
     )
     train.add_argument("--schedule", choices=SCHEDULE_NAMES, help="default: cosine")
+    train.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help="raise the learning rate linearly over the first N epochs (default 0)",
+    )
+    train.add_argument(
+        "--label-smoothing",
+        type=float,
+        help="epsilon in [0, 1) of the training loss's label smoothing (default 0)",
+    )
     train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     train.add_argument(
         "--val-fraction", type=float, help="held out from the training split (default 0.1)"
@@ -156,15 +178,18 @@ PREPROCESSING_SAMPLE = 512  # training images whose borders tell the background 
 RUN_FLAGS = (
     "dataset", "data", "image_size", "channels", "test_fraction", "stream", "augment_shift",
     "augment_flip", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-    "weight_decay", "schedule", "clip_norm", "val_fraction", "patience", "dtype", "seed", "out",
-    "overwrite",
+    "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "clip_norm", "val_fraction",
+    "patience", "dtype", "seed", "out", "overwrite",
 )  # fmt: skip
 TRAIN_DEFAULTS = {
-    "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
-    "val_fraction": 0.1, "dtype": "float32", "seed": 0,
+    "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": None,
+    "warmup_epochs": 0, "label_smoothing": 0.0, "val_fraction": 0.1, "dtype": "float32", "seed": 0,
 }  # fmt: skip
 # what a run recorded before these settings existed (or without --data) amounts to
-RECORDED_DEFAULTS = {"augment_shift": 0, "augment_flip": False, "test_fraction": 0.2}
+RECORDED_DEFAULTS = {
+    "augment_shift": 0, "augment_flip": False, "test_fraction": 0.2, "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+}  # fmt: skip
 # scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
 MAX_SEED = 2**32 - 2
 
@@ -382,6 +407,10 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--seed must be an integer from 0 to {MAX_SEED} (2**32 - 2); received {args.seed}"
         )
+    if args.warmup_epochs is not None and args.warmup_epochs < 0:
+        raise UsageError(f"--warmup-epochs must be >= 0; received {args.warmup_epochs}")
+    if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
+        raise UsageError(f"--label-smoothing must be in [0, 1); received {args.label_smoothing}")
     if args.patience is not None and args.patience < 1:
         raise UsageError(f"--patience must be >= 1; received {args.patience}")
     if not args.resume and args.patience is not None and args.val_fraction == 0:
@@ -578,6 +607,7 @@ def _build_trainer(
         checkpoint_path=out / "checkpoint.npz",
         checkpoint_meta={"run": run},
         seed=run["seed"],
+        label_smoothing=run.get("label_smoothing", 0.0),
         progress=progress,
         log=lambda line: print(line, flush=True),
     )
