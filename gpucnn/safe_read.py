@@ -136,15 +136,16 @@ def read_text(
 
 
 def read_json(
-    path: str | os.PathLike, what: str = "JSON file", limit: int = MAX_JSON_BYTES,
+    path: str | os.PathLike, what: str = "JSON file", limit: int | None = None,
     error: Error = UnreadableFileError,
 ) -> Any:  # fmt: skip
-    """Parse the JSON file ``path`` (UTF-8, at most ``limit`` bytes).
+    """Parse the JSON file ``path`` (UTF-8, at most ``limit`` bytes, default
+    :data:`MAX_JSON_BYTES`).
 
     Raises ``error`` naming ``path`` (and ``what`` it is) for a non-regular or oversized file,
     bytes that are not UTF-8, invalid JSON, or nesting too deep to parse.
     """
-    data = read_bytes(path, limit, what, error)
+    data = read_bytes(path, MAX_JSON_BYTES if limit is None else limit, what, error)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
