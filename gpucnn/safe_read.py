@@ -212,14 +212,14 @@ def read_npy(path: str | os.PathLike, check=None, error: Error = UnreadableFileE
     file's, ``check(header)`` (when given) may refuse it, and the memory must suffice."""
     with open_regular(path, ".npy file", error) as f:
         header = read_npy_header(f, str(path), error)
+        if check is not None:  # first: what the caller expects says most about a wrong header
+            check(header)
         size = os.fstat(f.fileno()).st_size - header.header_bytes
         if header.nbytes != size:
             raise error(
                 f"{path}: its header declares {header.describe()} ({header.nbytes:,} bytes); "
                 f"the file holds {size:,}"
             )
-        if check is not None:
-            check(header)
         check_allocation(header.nbytes, f"{path} ({header.describe()})")
         f.seek(0)
         try:
