@@ -476,7 +476,8 @@ def write_report(
 
     Raises
     ------
-    ReportError : matplotlib is missing (the message names the ``plot`` extra).
+    ReportError : matplotlib is missing (the message names the ``plot`` extra), or ``metrics``
+        does not have the shape of a ``metrics.json`` (see :func:`check_metrics`).
     """
     require_matplotlib()
     check_metrics(metrics)

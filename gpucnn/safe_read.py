@@ -91,7 +91,7 @@ def open_regular(
         # O_NONBLOCK: were the path replaced by a pipe since the check, open must not wait
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -113,7 +113,7 @@ def read_bytes(
             size = os.fstat(f.fileno()).st_size
             data = f.read(limit + 1) if size <= limit else b""
         except OSError as exc:
-            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+            raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if size > limit or len(data) > limit:
         received = max(size, len(data))
         raise error(
