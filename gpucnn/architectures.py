@@ -7,9 +7,10 @@ dataset) or ``{"input_shape": [C, H, W], "layers": [...]}``, each layer as produ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from .safe_read import read_json
 
 
 def _conv(filters: int, kernel: int, **options: Any) -> dict[str, Any]:
@@ -118,14 +119,8 @@ def architecture(spec: str, input_shape: tuple[int, ...], num_classes: int) -> d
         raise ValueError(
             f"expected a model name in {sorted(BUILTIN)} or a JSON file; received {spec!r}"
         )
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read architecture file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"architecture file {path} is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ValueError(f"architecture file {path}: JSON nested too deeply to read") from None
+    # a pipe or device is refused, and the size is bounded: `--model /dev/zero` never ends
+    data = read_json(path, "architecture file", error=ValueError)
     if isinstance(data, list):
         data = {"input_shape": list(input_shape), "layers": data}
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):

@@ -9,8 +9,8 @@ renamed over the target: a crash mid-write leaves the previous checkpoint intact
 from __future__ import annotations
 
 import json
+import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from .backend import Backend
 from .layers import Dense, Flatten
 from .model import Sequential
 from .runfolder import atomic_write
+from .safe_read import MAX_JSON_BYTES, NpyHeader, NpzArchive, open_regular
 
 NPZ_MAGIC = b"PK\x03\x04"
 MALFORMED = (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError)
@@ -100,27 +101,66 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint without unpickling anything."""
+    """Read a checkpoint without unpickling anything.
+
+    Only the members a checkpoint holds are read, each after its declared shape (from the
+    ``.npy`` header, read without inflating the data) is checked against the saved
+    architecture: a small file cannot inflate into gigabytes (see :mod:`gpucnn.safe_read`).
+
+    Raises
+    ------
+    CheckpointError naming ``path`` for a missing, non-regular, corrupt or mismatched file.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path, "checkpoint file", CheckpointError) as f:
+        try:
             head = f.read(512)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not head.startswith(NPZ_MAGIC):
         raise CheckpointError(
             f"{path} is not a gpucnn checkpoint: expected a .npz archive; received {_describe_bytes(head)}"
         )
+    with NpzArchive(path, "gpucnn checkpoint", CheckpointError) as archive:
+        meta = _read_meta(path, archive)
+        expected = _expected_shapes(path, meta)
+        prefix = STATE_PREFIXES[meta["version"]]
+        arrays = {}
+        for name in archive.names:
+            if name != "meta":
+                _check_member(path, name, archive.header(name), expected, prefix)
+        for name in archive.names:
+            if name != "meta":
+                arrays[name] = archive.read(name)
+    params = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+    state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+    for name, value in params.items():
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(
+                f"{path}: model state {name} holds NaN/inf or non-float values (dtype {value.dtype}); "
+                "the file is corrupt or comes from a diverged run"
+            )
+    if meta["version"] == 1:
+        _upgrade_version_1(path, meta, params, optim)
+    return Checkpoint(meta, params, optim, state)
+
+
+def _read_meta(path: Path, archive: NpzArchive) -> dict[str, Any]:
+    """The checkpoint's JSON description, bounded like any JSON file, format and version checked."""
+    if "meta" not in archive:
+        raise CheckpointError(f"{path} is not a gpucnn checkpoint (no readable 'meta' entry)")
+    header = archive.header("meta")
+    if header.shape != () or header.dtype.kind != "U" or header.nbytes > 4 * MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{path}: expected 'meta' to be one text string of at most {MAX_JSON_BYTES:,} "
+            f"characters; received {header.describe()}"
+        )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, zipfile.BadZipFile, EOFError, MemoryError, *MALFORMED) as exc:
-        raise CheckpointError(f"{path} is not a readable gpucnn checkpoint ({exc})") from None
-    try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except (KeyError, json.JSONDecodeError, RecursionError):
+        meta = json.loads(str(archive.read("meta")))
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(
             f"{path} is not a gpucnn checkpoint (no readable 'meta' entry)"
         ) from None
@@ -134,21 +174,81 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: expected checkpoint version {' or '.join(map(str, READABLE_VERSIONS))} "
             f"(a newer gpucnn may have written it); received {meta.get('version')!r}"
         )
-    prefix = STATE_PREFIXES[meta["version"]]
-    params = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-    optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
-    state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
     if not isinstance(meta.get("architecture"), dict):
         raise CheckpointError(f"{path}: malformed checkpoint: no architecture description")
-    for name, value in params.items():
-        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+    return meta
+
+
+def _expected_shapes(path: Path, meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter and buffer of the saved architecture (what the arrays
+    must have); rebuilding it on NumPy is the one source of those shapes."""
+    try:
+        model = Sequential.from_config(meta["architecture"], backend="numpy")
+    except (*MALFORMED, MemoryError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the saved architecture ({exc})") from None
+    return {name: tuple(value.shape) for name, value in model.state_dict().items()}
+
+
+def _check_member(
+    path: Path, name: str, header: NpyHeader, expected: dict[str, tuple[int, ...]], prefix: str
+) -> None:
+    """Refuse a member the architecture does not imply, before its data is inflated.
+
+    ``<prefix><p>`` (the model state: ``model/`` from version 3, ``param/`` before) and
+    ``optim/<p>/<slot>`` must have the shape of parameter or buffer ``p``; ``state/...``
+    arrays (callback state, e.g. the best weights) that end in a parameter name must have
+    its shape, and any other may be at most as large as the whole model state.
+    """
+    kind, _, rest = name.partition("/")
+    received = f"received {header.describe()}"
+    if kind in (prefix[:-1], "optim", "state") and header.dtype.kind not in "fiub":
+        raise CheckpointError(f"{path}: member {name!r}: expected numbers; {received}")
+    if kind == prefix[:-1]:
+        if rest not in expected:
             raise CheckpointError(
-                f"{path}: model state {name} holds NaN/inf or non-float values (dtype {value.dtype}); "
+                f"{path}: model state {rest!r} is not in the saved architecture "
+                f"(expected names in {sorted(expected)})"
+            )
+        if header.dtype.kind != "f":
+            raise CheckpointError(
+                f"{path}: model state {rest} holds NaN/inf or non-float values (dtype {header.dtype}); "
                 "the file is corrupt or comes from a diverged run"
             )
-    if meta["version"] == 1:
-        _upgrade_version_1(path, meta, params, optim)
-    return Checkpoint(meta, params, optim, state)
+        if header.shape != expected[rest]:
+            raise CheckpointError(
+                f"{path}: model state {rest}: expected shape {expected[rest]} (the saved "
+                f"architecture's); {received}"
+            )
+    elif kind == "optim":
+        parameter = rest.rpartition("/")[0]
+        if parameter not in expected:
+            raise CheckpointError(
+                f"{path}: optimizer state {rest!r} is for no parameter of the saved architecture "
+                f"(expected names in {sorted(expected)})"
+            )
+        if header.shape != expected[parameter]:
+            raise CheckpointError(
+                f"{path}: optimizer state {rest}: expected shape {expected[parameter]} (the "
+                f"parameter's); {received}"
+            )
+    elif kind == "state":
+        parameter = rest.partition("/")[2]
+        limit = sum(8 * math.prod(shape) for shape in expected.values())
+        if parameter in expected and header.shape != expected[parameter]:
+            raise CheckpointError(
+                f"{path}: state {rest}: expected shape {expected[parameter]} (parameter "
+                f"{parameter}'s); {received}"
+            )
+        if header.nbytes > limit:
+            raise CheckpointError(
+                f"{path}: state {rest}: expected at most {limit:,} bytes (the model's state in "
+                f"float64); {received} ({header.nbytes:,} bytes)"
+            )
+    else:
+        raise CheckpointError(
+            f"{path}: unexpected member {name!r}: a gpucnn checkpoint holds 'meta', "
+            f"'{prefix}...', 'optim/...' and 'state/...' arrays only"
+        )
 
 
 def _upgrade_version_1(

@@ -50,6 +50,7 @@ from sklearn.metrics import confusion_matrix
 from .backend import to_numpy
 from .layers import Conv2D
 from .model import Sequential
+from .safe_read import read_json
 
 PLOT_EXTRA = 'pip install "gpucnn[plot]"'
 DPI = 100
@@ -119,6 +120,80 @@ def _quiet_matplotlib_folders() -> None:
     folder = tempfile.mkdtemp(prefix="gpucnn-matplotlib-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["MPLCONFIGDIR"] = folder
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Read and check a run's ``metrics.json`` (bounded, UTF-8, the shape ``gpucnn train``
+    writes; see :func:`check_metrics`).
+
+    Raises
+    ------
+    ReportError naming ``path`` for a file that is not a regular file, too large, not UTF-8,
+    not JSON, or not a metrics object.
+    """
+    metrics = read_json(path, "metrics file", error=ReportError)
+    check_metrics(metrics, str(path))
+    return metrics
+
+
+def check_metrics(metrics: Any, source: str = "metrics") -> None:
+    """Refuse ``metrics`` unless it has the shape of a ``metrics.json``: an object whose
+    ``history`` maps names to per-epoch numbers (or nulls), whose ``run`` is an object with
+    a text ``data_dir`` and an integer ``seed``, whose confusion matrix is a square table
+    of counts. Absent entries are fine (the report leaves out what needs them).
+
+    Raises
+    ------
+    ReportError naming ``source`` and the entry, expected vs received.
+    """
+
+    def refuse(entry: str, expected: str, value: Any) -> None:
+        received = type(value).__name__ if not isinstance(value, (int, float, str)) else repr(value)
+        raise ReportError(f"{source}: expected {entry} to be {expected}; received {received[:80]}")
+
+    def number(v: Any) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not isinstance(metrics, dict):
+        refuse("the file", "a JSON object", metrics)
+    history = metrics.get("history")
+    if history is not None:
+        if not isinstance(history, dict):
+            refuse("'history'", "an object of per-epoch lists", history)
+        for key, values in history.items():
+            if not isinstance(values, list) or not all(number(v) for v in values):
+                bad = (
+                    values
+                    if not isinstance(values, list)
+                    else next(v for v in values if not number(v))
+                )
+                refuse(f"history[{key!r}]", "a list of numbers", bad)
+    run = metrics.get("run")
+    if run is not None:
+        if not isinstance(run, dict):
+            refuse("'run'", "an object", run)
+        if run.get("data_dir") is not None and not isinstance(run["data_dir"], str):
+            refuse("run['data_dir']", "a folder name", run["data_dir"])
+        seed = run.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            refuse("run['seed']", "a non-negative integer", seed)
+    for key in ("dataset", "model", "backend"):
+        if metrics.get(key) is not None and not isinstance(metrics[key], str):
+            refuse(f"{key!r}", "a name", metrics[key])
+    classes = metrics.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
+        refuse("'classes'", "a list of names", classes)
+    confusion = metrics.get("confusion_matrix")
+    if confusion is not None and not (
+        isinstance(confusion, list)
+        and all(
+            isinstance(row, list)
+            and len(row) == len(confusion)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in row)
+            for row in confusion
+        )
+    ):
+        refuse("'confusion_matrix'", "a square table of counts", confusion)
 
 
 def require_matplotlib() -> None:
@@ -453,9 +528,11 @@ def write_report(
 
     Raises
     ------
-    ReportError : matplotlib is missing (the message names the ``plot`` extra).
+    ReportError : matplotlib is missing (the message names the ``plot`` extra), or ``metrics``
+        does not have the shape of a ``metrics.json`` (see :func:`check_metrics`).
     """
     require_matplotlib()
+    check_metrics(metrics)
     start = time.perf_counter()
     folder = Path(run_dir) / "report"
     with _naming(folder):

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import resource
 import sys
+from typing import Any
+
+import numpy as np
 
 from .backend import is_cupy
 
@@ -53,6 +57,26 @@ def check_allocation(nbytes: int, what: str, device_nbytes: int = 0, xp=None) ->
             )
 
 
+def check_arrays(what: str, *arrays: tuple[tuple[int, ...], Any], xp=None) -> None:
+    """:func:`check_allocation` for arrays about to be allocated together, given as
+    ``(shape, dtype)`` pairs: against the GPU's free memory when ``xp`` is CuPy, else against
+    the host's. Called before every large array an op allocates (forward, backward, the CPU
+    threads' shared outputs), so a batch too large for memory is refused with one line
+    instead of the process being killed when the pages are touched."""
+    nbytes = sum(math.prod(shape) * _itemsize(dtype) for shape, dtype in arrays)
+    if xp is not None and is_cupy(xp):
+        check_allocation(0, what, device_nbytes=nbytes, xp=xp)
+    else:
+        check_allocation(nbytes, what)
+
+
+def _itemsize(dtype: Any) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # a namespace's own dtype object (array-api-strict): 8 bytes at most
+        return 8
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _retaining = False
@@ -87,4 +111,10 @@ def retain_freed_memory() -> bool:
     return _retaining
 
 
-__all__ = ["available_memory", "check_allocation", "peak_rss_mib", "retain_freed_memory"]
+__all__ = [
+    "available_memory",
+    "check_allocation",
+    "check_arrays",
+    "peak_rss_mib",
+    "retain_freed_memory",
+]

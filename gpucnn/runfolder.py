@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .safe_read import file_kind
 
 try:
     import fcntl
@@ -96,7 +99,14 @@ def locked(folder: Path, report=None) -> Iterator[Path]:
     path = folder / LOCK_NAME
     host = socket.gethostname()
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o666)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # reading the owner from a pipe would block forever
+            os.close(fd)
+            raise RunFolderError(
+                f"{path}: expected the run folder's lock to be a regular file; received "
+                f"{file_kind(mode)}"
+            )
         busy = False
         if fcntl is not None:
             try:

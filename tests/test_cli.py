@@ -1,8 +1,8 @@
 """The gpucnn command: end-to-end training on digits, resume, signals, every exit code."""
 
 import json
-import re
 import os
+import re
 import signal
 import struct
 import subprocess

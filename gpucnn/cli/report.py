@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,13 @@ def write_run_report(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import require_matplotlib
+    from ..report import read_metrics, require_matplotlib
 
     require_matplotlib()
     folder = Path(args.run_dir)
-    if not (folder / "metrics.json").is_file():
+    if not (folder / "metrics.json").exists():  # a pipe there is named as one by read_metrics
         raise UsageError(f"{folder}: expected a run folder with metrics.json; found none")
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{folder / 'metrics.json'} is not valid JSON ({exc})") from None
+    metrics = read_metrics(folder / "metrics.json")  # ReportError: one line naming the file
     model = None
     if (folder / "model.npz").is_file():
         model, _ = load_model(folder / "model.npz", backend=args.backend)

@@ -20,6 +20,7 @@ one batch at a time from it. Data that fits is loaded as one array (the fast pat
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import Counter
@@ -29,6 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from ..resources import check_allocation
+from ..safe_read import (
+    MAX_TEXT_BYTES,
+    NpyHeader,
+    NpzArchive,
+    not_regular,
+    open_regular,
+    read_npy,
+    read_npy_header,
+    read_text,
+)
 from ..validation import (
     check_bool,
     check_callable,
@@ -106,18 +118,10 @@ class NpyImages(ImageSource):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            with open(self.path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(f)
-                self.offset = f.tell()
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{self.path}: not a readable .npy array ({exc})") from None
+        with open_regular(self.path, ".npy file", DatasetError) as f:  # a pipe would block
+            header = read_npy_header(f, str(self.path), DatasetError)
+        shape, fortran, dtype = header.shape, header.fortran_order, header.dtype
+        self.offset = header.header_bytes
         if fortran or dtype.hasobject or len(shape) not in (3, 4):
             raise DatasetError(
                 f"{self.path}: expected a C-ordered numeric array of shape (N, C, H, W) or (N, H, W); "
@@ -353,28 +357,48 @@ def _images(array, name: str) -> np.ndarray:
     return x
 
 
+NPZ_MEMBERS = ("x", "y", "x_test", "y_test", "class_names")
+
+
 def load_npz(path: str | Path) -> dict:
     """Read a dataset ``.npz``: ``x``, ``y`` and optional ``x_test``, ``y_test``, ``class_names``.
+
+    Only those members are read (others are left compressed), each after its header is
+    checked against the images': labels (N,) for the N images, class names of bounded size.
 
     Returns a dict with those keys (absent ones are None), images float32 (N, C, H, W).
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise DatasetError(
-            f"{path}: not a readable .npz file ({' '.join(str(exc).split())})"
-        ) from None
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DatasetError(f"{path}: expected arrays 'x' and 'y'; received {sorted(arrays)}")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DatasetError(
-            f"{path}: expected both 'x_test' and 'y_test' or neither; received {sorted(arrays)}"
-        )
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    with NpzArchive(path, ".npz file", DatasetError) as archive:
+        present = [k for k in NPZ_MEMBERS if k in archive]
+        missing = [k for k in ("x", "y") if k not in archive]
+        if missing:
+            raise DatasetError(
+                f"{path}: expected arrays 'x' and 'y'; received {sorted(archive.names)}"
+            )
+        if ("x_test" in archive) != ("y_test" in archive):
+            raise DatasetError(
+                f"{path}: expected both 'x_test' and 'y_test' or neither; received {sorted(archive.names)}"
+            )
+        for images, labels in (("x", "y"), ("x_test", "y_test")):
+            if images in archive:
+                _check_npz_pair(
+                    path, archive.header(images), archive.header(labels), images, labels
+                )
+        if "class_names" in archive:
+            names = archive.header("class_names")
+            if (
+                names.dtype.kind not in "US"
+                or len(names.shape) > 1
+                or names.nbytes > MAX_TEXT_BYTES
+            ):
+                raise DatasetError(
+                    f"{path}:class_names: expected a 1-D text array of at most {MAX_TEXT_BYTES:,} "
+                    f"bytes; received {names.describe()} ({names.nbytes:,} bytes)"
+                )
+        arrays = {k: archive.read(k) for k in present}
     out = {"x": _images(arrays["x"], f"{path}:x")}
     out["y"] = _labels(arrays["y"], f"{path}:y", len(out["x"]))
     out["x_test"] = out["y_test"] = None
@@ -384,6 +408,25 @@ def load_npz(path: str | Path) -> dict:
     names = arrays.get("class_names")
     out["class_names"] = None if names is None else [str(n) for n in np.asarray(names).ravel()]
     return out
+
+
+def _check_npz_pair(path: Path, images: NpyHeader, labels: NpyHeader, x: str, y: str) -> None:
+    """Refuse, from the headers alone, images that are not image-shaped numbers, labels
+    that are not one integer per image, and images whose float32 copy cannot fit."""
+    if len(images.shape) not in (3, 4) or images.dtype.kind not in "fiub":
+        raise DatasetError(
+            f"{path}:{x}: expected numeric images of shape (N, C, H, W) or (N, H, W); "
+            f"received {images.describe()}"
+        )
+    n = images.shape[0]
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise DatasetError(
+            f"{path}:{y}: expected integer labels of shape ({n},) (one per image in '{x}'); "
+            f"its header declares {labels.describe()}"
+        )
+    check_allocation(
+        images.nbytes + 4 * math.prod(images.shape), f"{path}:{x} ({images.describe()}) as float32"
+    )
 
 
 def resize_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -481,6 +524,9 @@ def load_data(
         check_callable("on_skip", on_skip, owner="load_data")
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
+    kind = not_regular(path)
+    if kind is not None and kind != "a directory":
+        raise DatasetError(f"{path}: expected a folder or a .npz file; received {kind}")
     skipped: list[str] = []
     x_test = y_test = None
     if path.is_file():
@@ -534,6 +580,10 @@ def load_data(
 
 
 def _load_npy_folder(path: Path, image_size, channels, stream):
+    for name in ("x.npy", "y.npy", "x_test.npy", "y_test.npy", "class_names.txt"):
+        kind = not_regular(path / name)  # is_file() below would call a pipe missing
+        if kind is not None:
+            raise DatasetError(f"{path / name}: expected a regular file; received {kind}")
     for name in ("x.npy", "y.npy"):
         if not (path / name).is_file():
             raise DatasetError(f"{path}: expected x.npy and y.npy; {name} is missing")
@@ -545,7 +595,11 @@ def _load_npy_folder(path: Path, image_size, channels, stream):
     if has_test:
         labels.append(_load_npy_labels(path / "y_test.npy", len(sources[1])))
     names_file = path / "class_names.txt"
-    names = names_file.read_text().splitlines() if names_file.is_file() else None
+    names = (
+        read_text(names_file, MAX_TEXT_BYTES, "class-name file", DatasetError).splitlines()
+        if names_file.is_file()
+        else None
+    )
     classes = _class_names([n for n in names if n.strip()] if names else None, labels, path)
     nbytes = sum(4 * len(s) * int(np.prod(s.item_shape)) for s in sources)
     if stream or (stream is None and not _fits(nbytes)):
@@ -565,8 +619,13 @@ def _load_npy_folder(path: Path, image_size, channels, stream):
 
 
 def _load_npy_labels(path: Path, n: int) -> np.ndarray:
-    try:
-        y = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
-    return _labels(y, str(path), n)
+    """Labels (n,) from ``path``, refused from the header when it declares anything else."""
+
+    def one_per_image(header: NpyHeader) -> None:
+        if header.shape != (n,) or header.dtype.kind not in "iu":
+            raise DatasetError(
+                f"{path}: expected integer labels of shape ({n},) (one per image); its header "
+                f"declares {header.describe()}"
+            )
+
+    return _labels(read_npy(path, one_per_image, DatasetError), str(path), n)

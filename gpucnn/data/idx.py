@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..safe_read import read_bytes
+
 TYPE_CODES = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
@@ -104,10 +106,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file, gzipped or not (detected from its first bytes)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IdxError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_bytes(path, MAX_IDX_BYTES, "IDX file", IdxError)
     return parse_idx(decompress(data, str(path)), str(path))
 
 

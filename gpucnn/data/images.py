@@ -16,13 +16,13 @@ Every reader returns float32 images scaled to [0, 1]. How a picture becomes a mo
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .. import safe_read
 from .idx import IdxError, read_idx
 
 #: Pillow modes that carry colour (everything else is read as grey).
@@ -212,30 +212,10 @@ def read_npy(path: str | Path) -> np.ndarray:
 
     Raises
     ------
-    ImageError when the file is not a ``.npy`` array, holds Python objects, or its size
-    differs from what its header declares (truncated or padded).
+    ImageError when the file is not a regular ``.npy`` file, holds Python objects, or its
+    size differs from what its header declares (truncated or padded).
     """
-    path = Path(path)
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = fmt.read_array_header_2_0(f)
-            offset = f.tell()
-        if dtype.hasobject:
-            raise ValueError("it holds Python objects")
-        declared = math.prod(shape) * dtype.itemsize
-        size = path.stat().st_size - offset
-        if declared != size:
-            raise ValueError(
-                f"its header declares shape {shape} ({declared} bytes); the file holds {size}"
-            )
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, TypeError, SyntaxError, OverflowError) as exc:
-        raise ImageError(f"{path}: not a readable .npy array ({exc})") from None
+    return safe_read.read_npy(path, error=ImageError)
 
 
 def load_images(
@@ -247,6 +227,7 @@ def load_images(
     their shape (use :func:`fit_channels` for their channels).
     """
     path = Path(path)
+    safe_read.require_regular(path, "image file", ImageError)  # a pipe would block the read
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
     suffix = path.suffix.lower()

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from platformdirs import user_cache_path
 
+from ..safe_read import read_bytes
 from ..validation import check_bool, check_instance
 from .download import DownloadError, download_file, sha256_of
-from .idx import IdxError, decompress, parse_idx
+from .idx import MAX_IDX_BYTES, IdxError, decompress, parse_idx
 from .images import to_nchw
 
 DATA_ENV = "GPUCNN_DATA"
@@ -111,10 +112,7 @@ def _candidates(root: Path, spec: DatasetSpec, name: str) -> list[Path]:
 
 def read_verified(path: Path, spec: DatasetSpec, name: str) -> np.ndarray:
     """Read one dataset file, refusing it unless it matches a pinned checksum."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = read_bytes(path, MAX_IDX_BYTES, "dataset file", DatasetError)
     try:
         raw = decompress(data, str(path))
     except IdxError as exc:

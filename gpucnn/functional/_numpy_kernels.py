@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Array
+from ..resources import check_arrays
 from ._cpu_threads import count_parts, over_images
 
 IM2COL_FAST_MIN_CHANNELS = 4  # measured: with C < 4 the slice loop is the faster one
@@ -46,6 +47,7 @@ def matmul_fast(a: Array, b: Array) -> Array | None:
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2):
         return None
     (M, K), (_, N) = a.shape, b.shape
+    check_arrays(f"a product of {M} x {K} by {K} x {N}", ((M, N), np.result_type(a, b)))
     out = np.empty((M, N), dtype=np.result_type(a, b))
 
     def rows(start, stop):
@@ -81,7 +83,9 @@ def _input_grad_buffers(weight: Array, x_shape, padding):
     F, C, KH, KW = weight.shape
     N, H, W, _ = x_shape
     PT, PB, PL, PR = padding
-    grad_padded = np.empty((N, PT + H + PB, PL + W + PR, C), dtype=weight.dtype)
+    shape = (N, PT + H + PB, PL + W + PR, C)
+    check_arrays(f"the input gradient of a convolution of {N} images", (shape, weight.dtype))
+    grad_padded = np.empty(shape, dtype=weight.dtype)
     return grad_padded, weight.transpose(2, 3, 0, 1).reshape(KH * KW, F, C)
 
 
@@ -117,6 +121,11 @@ def conv2d_forward_fast(x, weight, bias, stride, padding):
     per_image = OH * OW * (L + F) * x.itemsize
     if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
         return None
+    check_arrays(
+        f"a convolution of {N} images (im2col rows and output)",
+        ((N, OH, OW, L), x.dtype),
+        ((N, OH, OW, F), x.dtype),
+    )
     w_and_b = _weights_with_bias(weight, bias)
     cols = np.empty((N, OH, OW, L), dtype=x.dtype)
     out = np.empty((N, OH, OW, F), dtype=x.dtype)
@@ -183,6 +192,7 @@ def relu_forward_fast(x: Array) -> Array | None:
     None where they would not be split (or ``x`` is not floating point)."""
     if not _same_float_dtype(x) or x.ndim == 0 or count_parts(len(x), _per_image(x, 2)) <= 1:
         return None
+    check_arrays(f"a ReLU of {len(x)} images", (x.shape, x.dtype))
     out = np.empty(x.shape, dtype=x.dtype)
 
     def images(start, stop):
@@ -204,6 +214,7 @@ def relu_backward_fast(grad_out: Array, out: Array) -> Array | None:
         return None
     if grad_out.shape != out.shape or count_parts(len(out), _per_image(out, 3)) <= 1:
         return None
+    check_arrays(f"the ReLU gradient of {len(out)} images", (out.shape, grad_out.dtype))
     grad_x = np.empty(out.shape, dtype=grad_out.dtype)
 
     def images(start, stop):
@@ -233,6 +244,7 @@ def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
     OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
     if OH < 1 or OW < 1:
         return None
+    check_arrays(f"a max-pool of {N} images", ((N, OH, OW, C), x.dtype))
     out = np.empty((N, OH, OW, C), dtype=x.dtype)
     windows = _pool_windows(x, pool, stride)
 
@@ -265,6 +277,13 @@ def max_pool_backward_fast(
     _, OH, OW, _ = out.shape
     tiles = (SH, SW) == (KH, KW) and x.shape[1:3] == (OH * KH, OW * KW)
     route = _tiled_max_pool_backward if tiles else _strided_max_pool_backward
+    check_arrays(
+        f"the max-pool gradient of {len(x)} images (and its window flags)",
+        (x.shape, grad_out.dtype),
+        (out.shape, grad_out.dtype),
+        (out.shape, bool),
+        (out.shape, bool),
+    )
     grad_x = np.empty(x.shape, dtype=grad_out.dtype)
 
     def images(start, stop):
@@ -391,6 +410,13 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
         return None
     D, K = PKH * PKW, KH * KW * C
     L = K + 1
+    check_arrays(
+        f"a pooled convolution of {N} images (output"
+        + (", im2col rows and maximum flags kept for backward)" if training else ")"),
+        ((N, PH, PW, F), x.dtype),
+        ((D, N, PH, PW, L) if training else (0,), x.dtype),
+        ((D, N, PH, PW, F) if training else (0,), bool),
+    )
     w_and_b = _weights_with_bias(weight, bias)
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize

@@ -8,6 +8,7 @@ The weight keeps the public layout (F, C, KH, KW); it is rearranged to the GEMM'
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ..resources import check_arrays
 from ._dispatch import cuda_kernels, matmul
 from ._numpy_kernels import (
     conv2d_backward_fast,
@@ -15,7 +16,7 @@ from ._numpy_kernels import (
     conv_relu_max_pool_backward_fast,
     conv_relu_max_pool_forward_fast,
 )
-from .im2col import Padding, Pair, col2im, im2col, pad2d, unpad2d
+from .im2col import Padding, Pair, col2im, im2col, output_size, pad2d, unpad2d
 from .pooling import max_pool2d_backward, max_pool2d_forward
 
 
@@ -55,6 +56,15 @@ def conv2d_forward(
     cols = cuda.im2col(x, (KH, KW), stride, padding, bias_column=True) if cuda else None
     w_and_b = cuda.conv_weight_matrix(weight, bias, cols.shape[-1]) if cols is not None else None
     if w_and_b is None:
+        N, H, W, _ = x.shape
+        PT, PB, PL, PR = padding
+        OH, OW = output_size(H, KH, stride[0], PT, PB), output_size(W, KW, stride[1], PL, PR)
+        check_arrays(
+            f"a convolution of {N} images (im2col rows and output)",
+            ((N, OH, OW, KH * KW * C + 1), x.dtype),
+            ((N, OH, OW, F), x.dtype),
+            xp=xp,
+        )
         cols = im2col(pad2d(x, padding), (KH, KW), stride, bias_column=True)
         w_and_b = xp.concat([_weight_matrix(weight), xp.expand_dims(bias, axis=0)], axis=0)
     N, OH, OW, L = cols.shape
@@ -114,6 +124,11 @@ def conv2d_backward(
     # One (F, C) matrix per kernel offset: the batched product lands offset-major,
     # (KH*KW, N*OH*OW, C), the layout in which col2im's slice-adds read contiguous memory.
     w_per_offset = xp.reshape(xp.permute_dims(weight, (2, 3, 0, 1)), (KH * KW, F, C))
+    check_arrays(
+        f"the input gradient of a convolution of {N} images (one block per kernel offset)",
+        ((KH * KW, N * OH * OW, C), grad_out.dtype),
+        xp=xp,
+    )
     grad_cols = xp.matmul(g, w_per_offset)
     PT, PB, PL, PR = padding
     _, H, W, _ = x_shape

@@ -28,6 +28,7 @@ iteration moves one strided slice of the whole batch.
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ..resources import check_arrays
 from ..validation import ArgumentError, is_int
 from ._numpy_kernels import fill_windows_fast
 
@@ -109,7 +110,9 @@ def pad2d(x: Array, padding: Padding) -> Array:
         return x
     xp = namespace(x)
     N, H, W, C = x.shape
-    out = xp.empty((N, PT + H + PB, PL + W + PR, C), dtype=x.dtype)
+    shape = (N, PT + H + PB, PL + W + PR, C)
+    check_arrays(f"the padded copy of {N} images", (shape, x.dtype), xp=xp)
+    out = xp.empty(shape, dtype=x.dtype)
     # only the border is zeroed (on NumPy a full zeroing holds the GIL, which the CPU
     # threads of gpucnn.functional._cpu_threads need)
     out[:, :PT, ...] = 0
@@ -151,7 +154,9 @@ def im2col(x: Array, kernel: Pair, stride: Pair, bias_column: bool = False) -> A
     SH, SW = stride
     OH, OW = output_size(H, KH, SH), output_size(W, KW, SW)
     K = KH * KW * C
-    cols = xp.empty((N, OH, OW, K + int(bias_column)), dtype=x.dtype)
+    shape = (N, OH, OW, K + int(bias_column))
+    check_arrays(f"the im2col rows of {N} images", (shape, x.dtype), xp=xp)
+    cols = xp.empty(shape, dtype=x.dtype)
     if bias_column:
         cols[..., K] = 1.0
     fill_windows(x, kernel, stride, cols)
@@ -188,7 +193,11 @@ def col2im(cols: Array, padded_shape: tuple[int, int, int, int], stride: Pair) -
     -------
     x : array of shape ``padded_shape``; a pixel covered by several windows receives the sum.
     """
-    x = namespace(cols).zeros(padded_shape, dtype=cols.dtype)
+    xp = namespace(cols)
+    check_arrays(
+        f"the input gradient of {padded_shape[0]} images", (padded_shape, cols.dtype), xp=xp
+    )
+    x = xp.zeros(padded_shape, dtype=cols.dtype)
     add_windows(x, cols, stride)
     return x
 

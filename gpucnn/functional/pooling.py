@@ -8,6 +8,7 @@ ignored (floor rule), as in PyTorch and Keras.
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ..resources import check_arrays
 from ._dispatch import cuda_kernels
 from ._numpy_kernels import max_pool_backward_fast, max_pool_forward_fast
 from .activations import relu_backward, relu_forward
@@ -90,6 +91,7 @@ def max_pool2d_backward(
     if fast is not None:
         return fast
     xp = namespace(grad_out, x, out)
+    check_arrays(f"the max-pool gradient of {x.shape[0]} images", (x.shape, grad_out.dtype), xp=xp)
     grad_x = xp.zeros(x.shape, dtype=grad_out.dtype)
     overlapping = stride[0] < pool[0] or stride[1] < pool[1]
     taken = None  # windows whose maximum was already found at an earlier offset
@@ -122,6 +124,7 @@ def avg_pool2d_backward(
 ) -> Array:
     """Spread each output gradient evenly over its window: returns (N, H, W, C)."""
     xp = namespace(grad_out)
+    check_arrays(f"the pool gradient of {x_shape[0]} images", (x_shape, grad_out.dtype), xp=xp)
     grad_x = xp.zeros(x_shape, dtype=grad_out.dtype)
     share = grad_out / (pool[0] * pool[1])
     for index in _window_indices(grad_x, pool, stride):
