@@ -220,3 +220,31 @@ def test_unknown_layer_config_is_rejected():
         layer_from_config({"type": "Conv3D"})
     with pytest.raises(ValueError, match="bad arguments for layer Dense"):
         layer_from_config({"type": "Dense", "unitz": 3})
+
+
+def test_elementwise_backward_without_a_training_pass_says_so():
+    layer = GELU()
+    build(layer, (3,), np, np.float64)
+    layer.forward(np.ones((2, 3)))  # inference keeps nothing
+    with pytest.raises(
+        ValueError, match=r"GELU 'gelu': backward needs a forward pass with training=True"
+    ):
+        layer.backward(np.ones((2, 3)))
+
+
+def test_a_model_of_the_new_layers_survives_json_and_a_checkpoint(tmp_path):
+    import json
+
+    from gpucnn import Sequential
+    from gpucnn.checkpoint import load_model, save_checkpoint
+
+    layers = [Conv2D(3, 3), LeakyReLU(0.2), GELU("tanh"), SiLU(), GlobalAvgPool2D(), Dense(4),
+              Sigmoid(), Dense(2), Tanh(), GELU()]  # fmt: skip
+    config = {"input_shape": [2, 6, 6], "layers": [layer.get_config() for layer in layers]}
+    model = Sequential.from_config(json.loads(json.dumps(config)), backend="numpy", seed=3)
+    save_checkpoint(tmp_path / "m.npz", model)
+    loaded, _ = load_model(tmp_path / "m.npz", backend="numpy")
+    assert loaded.get_config() == model.get_config()
+    assert [layer.get_config() for layer in loaded.layers] == config["layers"]
+    x = np.random.default_rng(0).random((3, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(host(loaded.forward(x)), host(model.forward(x)))
