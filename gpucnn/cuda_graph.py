@@ -68,9 +68,7 @@ class GraphedStep:
     sums : as for :func:`training_step`.
     """
 
-    def __init__(
-        self, model, optimizer, sums: Array | None = None, label_smoothing: float = 0.0
-    ):
+    def __init__(self, model, optimizer, sums: Array | None = None, label_smoothing: float = 0.0):
         self.model, self.optimizer, self.sums = model, optimizer, sums
         self.step = TrainingStep(model, optimizer, sums, label_smoothing=label_smoothing)
         self.xp = model.xp

@@ -12,7 +12,7 @@ The graph uses opset 17 of the default ONNX domain (IR version 8, readable by ON
 
 Every weight is written as it is (cast to float32): the public layout of gpucnn is ONNX's.
 
-Each layer writes its own nodes (``Layer.to_onnx``); for the built-in ones:
+Each layer writes its own nodes (``Layer.onnx_nodes``); for the built-in ones:
 
 ======================  ============================================================
 gpucnn layer            ONNX
@@ -23,7 +23,14 @@ MaxPool2D               MaxPool: kernel_shape, strides (windows may overlap), no
                         floor rounding (ceil_mode 0), as gpucnn pools
 AvgPool2D               AveragePool: the same; every window lies inside the image, so the
                         mean is over KH*KW values, as in gpucnn (count_include_pad is moot)
+GlobalAvgPool2D         GlobalAveragePool, then Flatten(axis=1): (N, C, H, W) -> (N, C)
 ReLU                    Relu
+LeakyReLU               LeakyRelu(alpha=negative_slope)
+Sigmoid, Tanh           Sigmoid, Tanh
+SiLU                    Sigmoid, then Mul by the input
+GELU                    x * 0.5 * (1 + Erf(x * sqrt(1/2))) as Mul, Erf, Add, Mul, Mul with
+                        scalar constants; approximate="tanh": the same around Tanh of
+                        sqrt(2/pi) * (x + 0.044715 x**3)
 Flatten                 Flatten(axis=1): (N, C, H, W) -> (N, C*H*W), gpucnn's feature order
 Dense                   Gemm(x, weight (in, out), bias)
 Dropout                 nothing: it is the identity at inference
@@ -34,7 +41,7 @@ Residual                the body's nodes, the shortcut's (if any) on the block's
 
 The export walks the model's layer tree; fused evaluation steps (:mod:`gpucnn.layers.fused`, e.g.
 ReLU + MaxPool2D run as one) are an execution detail and appear as their separate nodes.
-A layer without a ``to_onnx`` method (a user's own :class:`~gpucnn.layers.Layer` subclass
+A layer without an ``onnx_nodes`` method (a user's own :class:`~gpucnn.layers.Layer` subclass
 that does not write one) makes the export fail with :class:`ExportError` naming the layer.
 """
 
@@ -89,16 +96,28 @@ class _Graph:
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, layer: Layer, inputs: list[str], **attributes: Any) -> None:
+    def constant(self, layer: Layer, key: str, value: float) -> str:
+        """Add a float32 scalar initializer ``"<path>/<key>"`` (a constant of the layer's
+        formula, not model state: "/" keeps it apart from the state's dotted names); its name."""
+        name = f"{layer.path}/{key}"
+        array = np.asarray(value, dtype=np.float32)
+        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def node(
+        self, op: str, layer: Layer, inputs: list[str], output: str | None = None, **attributes: Any
+    ) -> str:
         """Append node ``op`` on the current tensor and ``inputs``; its output, named after the
-        layer's path, becomes the current tensor."""
-        output = layer.path
+        layer's path (or ``output``, for a layer's intermediate nodes), becomes the current
+        tensor. Returns that name."""
+        output = layer.path if output is None else output
         self.nodes.append(
             self.onnx.helper.make_node(
-                op, [self.current, *inputs], [output], name=layer.path, **attributes
+                op, [self.current, *inputs], [output], name=output, **attributes
             )
         )
         self.current = output
+        return output
 
 
 def to_onnx_model(model, probabilities: bool = False):
@@ -125,13 +144,13 @@ def to_onnx_model(model, probabilities: bool = False):
         if not layer.exportable and not layer.children():
             raise ExportError(
                 f"cannot export layer '{layer.path}' of type {type(layer).__name__} to ONNX: "
-                "expected a layer that writes its own ONNX nodes (a to_onnx method)"
+                "expected a layer that writes its own ONNX nodes (an onnx_nodes method)"
             )
     image = len(model.input_shape) == 3
     input_name = INPUT_NAMES["image" if image else "vector"]
     graph = _Graph(onnx, model.state_dict(), input_name)
     for layer in model.layers:
-        layer.to_onnx(graph)
+        layer.onnx_nodes(graph)
     if graph.nodes and graph.nodes[-1].output[0] == graph.current:
         graph.nodes[-1].output[0] = LOGITS
     else:  # the last layers made no node (e.g. a trailing Dropout)

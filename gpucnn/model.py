@@ -388,6 +388,7 @@ class Sequential(Container):
         :mod:`gpucnn.export` for the graph. Raises ``ExportError`` (a ``ValueError``) for a
         layer that has no ONNX counterpart.
         """
+        self._require_model("to_onnx()")
         from .export import export_onnx
 
         return export_onnx(self, path, probabilities=probabilities)

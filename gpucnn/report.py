@@ -120,6 +120,8 @@ def _quiet_matplotlib_folders() -> None:
     folder = tempfile.mkdtemp(prefix="gpucnn-matplotlib-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ["MPLCONFIGDIR"] = folder
+
+
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """Read and check a run's ``metrics.json`` (bounded, UTF-8, the shape ``gpucnn train``
     writes; see :func:`check_metrics`).

@@ -68,7 +68,10 @@ def test_loading_never_unpickles(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        (b"not a zip at all", "not a gpucnn checkpoint: expected a .npz archive; received a text file"),
+        (
+            b"not a zip at all",
+            "not a gpucnn checkpoint: expected a .npz archive; received a text file",
+        ),
         (None, "no readable 'meta' entry"),
     ],
 )

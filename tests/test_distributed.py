@@ -202,7 +202,9 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     assert not (split / "model.npz").exists()
     assert load_checkpoint(split / "checkpoint.npz").meta["trainer"]["epoch"] >= 1
     # the backend is the machine's, not the run's: name the one the straight run used
-    result = mpirun("-m", "gpucnn", "train", "--resume", split, "--backend", "numpy", "--no-progress")
+    result = mpirun(
+        "-m", "gpucnn", "train", "--resume", split, "--backend", "numpy", "--no-progress"
+    )
     assert result.returncode == 0, result.stderr
     assert max_relative_difference(straight / "model.npz", split / "model.npz") == 0.0
     metrics = json.loads((split / "metrics.json").read_text())

@@ -16,14 +16,20 @@ from gpucnn.cli import main  # noqa: E402
 from gpucnn.data import load_dataset  # noqa: E402
 from gpucnn.export import OPSET, ExportError, export_onnx, to_onnx_model  # noqa: E402
 from gpucnn.layers import (  # noqa: E402
+    GELU,
     AvgPool2D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
     Layer,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    Sigmoid,
+    SiLU,
+    Tanh,
 )
 from gpucnn.trainer import Trainer  # noqa: E402
 
@@ -99,6 +105,29 @@ NETWORKS = {
     ),
     "image output": ([Conv2D(3, 3, padding="same"), ReLU(), MaxPool2D(2)], (2, 6, 8)),
     "vector input": ([Flatten(), Dense(8), ReLU(), Dropout(0.5), Dense(3)], (12,)),
+    "activations and global average pooling": (
+        [
+            Conv2D(4, 3, padding=1),
+            LeakyReLU(0.1),
+            Conv2D(5, 3),
+            SiLU(),
+            Conv2D(4, 3, padding=1),
+            GELU(),
+            Sigmoid(),
+            Conv2D(3, 1),
+            GELU(approximate="tanh"),
+            Tanh(),
+            GlobalAvgPool2D(),
+            Dense(3),
+        ],
+        (2, 9, 8),
+    ),
+    # the last layer writes several nodes: the graph output is its last one
+    "vector activations ending in SiLU": (
+        [Dense(6), GELU(), Dense(5), Tanh(), Dense(4), LeakyReLU(-0.2), Dense(3), SiLU()],
+        (7,),
+    ),
+    "global average pooling output": ([Conv2D(3, 3), Sigmoid(), GlobalAvgPool2D()], (2, 6, 5)),
 }
 
 
@@ -174,6 +203,30 @@ def test_graph_interface_opset_and_node_mapping():
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     for key, value in model.state_dict().items():  # every weight as it is: no transposes
         np.testing.assert_array_equal(weights[key], value)
+
+
+def test_new_layers_write_their_opset_17_nodes():
+    proto = to_onnx_model(build("activations and global average pooling"))
+    ops = [node.op_type for node in proto.graph.node]
+    gelu = ["Mul", "Erf", "Add", "Mul", "Mul"]
+    gelu_tanh = ["Mul", "Mul", "Mul", "Add", "Mul", "Tanh", "Add", "Mul", "Mul"]
+    assert ops == [
+        "Conv", "LeakyRelu", "Conv", "Sigmoid", "Mul", "Conv", *gelu, "Sigmoid", "Conv",
+        *gelu_tanh, "Tanh", "GlobalAveragePool", "Flatten", "Gemm",
+    ]  # fmt: skip
+    (leaky,) = [node for node in proto.graph.node if node.op_type == "LeakyRelu"]
+    assert onnx.helper.get_attribute_value(leaky.attribute[0]) == pytest.approx(0.1)
+    state = build("activations and global average pooling").state_dict()
+    constants = {
+        t.name: float(onnx.numpy_helper.to_array(t))
+        for t in proto.graph.initializer
+        if t.name not in state
+    }
+    assert constants["gelu_1/sqrt_half"] == pytest.approx(np.sqrt(0.5))
+    assert constants["gelu_2/cubic"] == pytest.approx(0.044715)
+    assert constants["gelu_2/scale"] == pytest.approx(np.sqrt(2 / np.pi))
+    names = [output for node in proto.graph.node for output in node.output]
+    assert len(names) == len(set(names))  # every tensor written once
 
 
 def test_asymmetric_same_padding_is_written_explicitly():
@@ -266,7 +319,7 @@ def test_cli_export_defaults_to_a_file_beside_the_model(trained_digits, tmp_path
 def test_cli_export_of_an_unexportable_model_exits_2_in_one_line(
     trained_digits, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(Dense, "to_onnx", Layer.to_onnx)  # as a layer that writes no nodes
+    monkeypatch.setattr(Dense, "onnx_nodes", Layer.onnx_nodes)  # as a layer that writes no nodes
     code = main(["export", str(trained_digits / "model.npz"), "-o", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1

@@ -9,6 +9,8 @@ compile fails here first.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import load_namespace
@@ -19,6 +21,9 @@ from gpucnn.functional import (
     conv2d_forward,
     conv2d_relu_max_pool2d_backward,
     conv2d_relu_max_pool2d_forward,
+    erf,
+    gelu_backward,
+    gelu_forward,
     im2col,
     max_pool2d_backward,
     max_pool2d_forward,
@@ -27,6 +32,7 @@ from gpucnn.functional import (
 )
 from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
 from gpucnn.functional._numpy_kernels import (
+    erf_fast,
     fill_windows_fast,
     max_pool_backward_fast,
     max_pool_forward_fast,
@@ -135,6 +141,39 @@ def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
     np.testing.assert_array_equal(out, to_numpy(relu_forward(xs)))
     expected = to_numpy(relu_backward(gs, relu_forward(xs)))
     np.testing.assert_array_equal(relu_backward(g, out), expected)
+
+
+# erf's arguments: both branches of the standard code (the split is at |x| = 2), its
+# saturation, the tails in float32, zeros of either sign and NaN
+ERF_POINTS = np.concatenate(
+    [np.linspace(-7.0, 7.0, 4001), [0.0, -0.0, 2.0, -2.0, 1e-30, 40.0, -1e30, np.nan]]
+)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numpy_erf_equals_the_standard_code(dtype):
+    import array_api_strict
+
+    x = ERF_POINTS.astype(dtype)
+    fast = erf_fast(x)
+    assert fast is not None and fast.dtype == dtype  # SciPy is present with scikit-learn
+    standard = to_numpy(erf(array_api_strict.asarray(x)))
+    # two algorithms, each within ~1e-15 of the true value in float64 (a few ulp in float32)
+    tol = 2e-15 if dtype == np.float64 else 5e-7
+    np.testing.assert_allclose(fast, standard, rtol=0, atol=tol, equal_nan=True)
+    np.testing.assert_array_equal(erf(x), fast)  # the op takes the fast path
+
+
+def test_numpy_erf_without_scipy_runs_the_standard_code(monkeypatch):
+    import array_api_strict
+
+    monkeypatch.setitem(sys.modules, "scipy.special", None)  # importing it now fails
+    x = ERF_POINTS.copy()
+    assert erf_fast(x) is None
+    expected = to_numpy(erf(array_api_strict.asarray(x)))
+    np.testing.assert_array_equal(erf(x), expected)
+    out, phi = gelu_forward(x[:-1])  # a layer's use of it works without SciPy
+    assert np.all(np.isfinite(out)) and np.all((phi >= 0) & (phi <= 1))
 
 
 POOLED_CONV_GEOMETRIES = [
@@ -472,3 +511,18 @@ def test_cuda_kernels_take_strided_inputs(cupy, dtype, monkeypatch):
     (out, grad_x, relu_grad), standard = run_both(monkeypatch, compute)
     np.testing.assert_array_equal(grad_x, standard[1])
     np.testing.assert_array_equal(relu_grad, standard[2])
+
+
+def test_cuda_erf_and_gelu_equal_the_standard_code(cupy, dtype, monkeypatch):
+    x = cupy.asarray(ERF_POINTS, dtype=dtype)
+    g = cupy.asarray(np.random.default_rng(7).standard_normal(ERF_POINTS.shape), dtype=dtype)
+
+    def compute():
+        out, phi = gelu_forward(x)
+        return erf(x), out, gelu_backward(g, x, phi)
+
+    fast, standard = run_both(monkeypatch, compute)
+    tol = 1e-6 if dtype == "float32" else 2e-15
+    for a, b in zip(fast, standard, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, equal_nan=True)

@@ -5,6 +5,7 @@ import pytest
 from helpers import assert_gradient, host, on
 
 from gpucnn.layers import (
+    GELU,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -13,8 +14,13 @@ from gpucnn.layers import (
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    Sigmoid,
+    SiLU,
+    Tanh,
     layer_from_config,
 )
 from gpucnn.random import Random
@@ -33,6 +39,14 @@ LAYERS = [
     (lambda: Dropout(0.3), (3, 4, 2), (3, 4, 2)),
     (lambda: BatchNorm2D(), (3, 4, 2), (3, 4, 2)),
     (lambda: BatchNorm1D(momentum=0.3), (5,), (5,)),
+    (lambda: LeakyReLU(0.2), (3, 4, 2), (3, 4, 2)),
+    (lambda: LeakyReLU(-0.5), (6,), (6,)),
+    (lambda: SiLU(), (3, 4, 2), (3, 4, 2)),
+    (lambda: GELU(), (3, 4, 2), (3, 4, 2)),
+    (lambda: GELU(approximate="tanh"), (7,), (7,)),
+    (lambda: Sigmoid(), (3, 4, 2), (3, 4, 2)),
+    (lambda: Tanh(), (5,), (5,)),
+    (lambda: GlobalAvgPool2D(), (3, 4, 5), (5,)),
 ]
 IDS = [
     "conv",
@@ -47,6 +61,14 @@ IDS = [
     "dropout",
     "batchnorm2d",
     "batchnorm1d",
+    "leaky-relu",
+    "leaky-relu-negative-slope-below-0",
+    "silu",
+    "gelu",
+    "gelu-tanh",
+    "sigmoid",
+    "tanh",
+    "global-avg-pool",
 ]
 
 
@@ -141,6 +163,11 @@ def test_dropout_is_identity_at_inference(rng):
             r"window \(4, 4\) does not fit.*received input shape \(2, 3, 5\)",
         ),
         (
+            lambda: GlobalAvgPool2D(),
+            (6,),
+            r"expected an image input of shape \(C, H, W\); received per-sample shape \(6,\)",
+        ),
+        (
             lambda: Dense(3),
             (4, 4, 2),
             r"expected a flat input.*received per-sample shape \(2, 4, 4\).*Flatten",
@@ -162,6 +189,9 @@ def test_layers_that_cannot_fit_fail_at_build(factory, shape, message):
         (lambda: Conv2D(4, 3, padding=-1), "padding >= 0"),
         (lambda: Dense(0), "units to be an int >= 1"),
         (lambda: Dropout(1.0), r"rate in \[0, 1\)"),
+        (lambda: LeakyReLU(float("nan")), "negative_slope as a finite number; received nan"),
+        (lambda: LeakyReLU("0.1"), "negative_slope as a finite number"),
+        (lambda: GELU("erf"), r"approximate in \('none', 'tanh'\); received 'erf'"),
     ],
 )
 def test_bad_hyper_parameters_are_rejected(make, message):
@@ -190,3 +220,31 @@ def test_unknown_layer_config_is_rejected():
         layer_from_config({"type": "Conv3D"})
     with pytest.raises(ValueError, match="bad arguments for layer Dense"):
         layer_from_config({"type": "Dense", "unitz": 3})
+
+
+def test_elementwise_backward_without_a_training_pass_says_so():
+    layer = GELU()
+    build(layer, (3,), np, np.float64)
+    layer.forward(np.ones((2, 3)))  # inference keeps nothing
+    with pytest.raises(
+        ValueError, match=r"GELU 'gelu': backward needs a forward pass with training=True"
+    ):
+        layer.backward(np.ones((2, 3)))
+
+
+def test_a_model_of_the_new_layers_survives_json_and_a_checkpoint(tmp_path):
+    import json
+
+    from gpucnn import Sequential
+    from gpucnn.checkpoint import load_model, save_checkpoint
+
+    layers = [Conv2D(3, 3), LeakyReLU(0.2), GELU("tanh"), SiLU(), GlobalAvgPool2D(), Dense(4),
+              Sigmoid(), Dense(2), Tanh(), GELU()]  # fmt: skip
+    config = {"input_shape": [2, 6, 6], "layers": [layer.get_config() for layer in layers]}
+    model = Sequential.from_config(json.loads(json.dumps(config)), backend="numpy", seed=3)
+    save_checkpoint(tmp_path / "m.npz", model)
+    loaded, _ = load_model(tmp_path / "m.npz", backend="numpy")
+    assert loaded.get_config() == model.get_config()
+    assert [layer.get_config() for layer in loaded.layers] == config["layers"]
+    x = np.random.default_rng(0).random((3, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(host(loaded.forward(x)), host(model.forward(x)))

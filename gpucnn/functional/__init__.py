@@ -4,7 +4,23 @@ Images are channels-last ``(N, H, W, C)`` here; see :mod:`gpucnn.functional.im2c
 shape symbols.
 """
 
-from .activations import dropout_backward, dropout_forward, relu_backward, relu_forward
+from .activations import (
+    dropout_backward,
+    dropout_forward,
+    erf,
+    gelu_backward,
+    gelu_forward,
+    leaky_relu_backward,
+    leaky_relu_forward,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    silu_backward,
+    silu_forward,
+    tanh_backward,
+    tanh_forward,
+)
 from .conv import (
     conv2d_backward,
     conv2d_forward,
@@ -25,6 +41,8 @@ from .normalization import batch_norm_backward, batch_norm_forward, batch_norm_s
 from .pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
 )
@@ -45,7 +63,14 @@ __all__ = [
     "dense_forward",
     "dropout_backward",
     "dropout_forward",
+    "erf",
+    "gelu_backward",
+    "gelu_forward",
+    "global_avg_pool2d_backward",
+    "global_avg_pool2d_forward",
     "im2col",
+    "leaky_relu_backward",
+    "leaky_relu_forward",
     "log_softmax",
     "max_pool2d_backward",
     "max_pool2d_forward",
@@ -54,8 +79,14 @@ __all__ = [
     "relu_backward",
     "relu_forward",
     "resolve_padding",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "silu_backward",
+    "silu_forward",
     "softmax",
     "softmax_cross_entropy",
+    "tanh_backward",
+    "tanh_forward",
     "add_batch_sums",
     "count_correct",
     "unpad2d",

@@ -130,3 +130,17 @@ def avg_pool2d_backward(
     for index in _window_indices(grad_x, pool, stride):
         grad_x[index] += share
     return grad_x
+
+
+def global_avg_pool2d_forward(x: Array) -> Array:
+    """Mean over each channel's whole image: (N, H, W, C) -> (N, C)."""
+    return namespace(x).mean(x, axis=(1, 2))
+
+
+def global_avg_pool2d_backward(grad_out: Array, x_shape: tuple[int, ...]) -> Array:
+    """Spread each channel's gradient evenly over its image: (N, C) -> (N, H, W, C)."""
+    xp = namespace(grad_out)
+    N, H, W, C = x_shape
+    share = xp.reshape(grad_out / (H * W), (N, 1, 1, C))
+    # a fresh array, not a broadcast view: callers may write into the gradient they get
+    return xp.asarray(xp.broadcast_to(share, (N, H, W, C)), copy=True)

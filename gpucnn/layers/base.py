@@ -18,7 +18,7 @@ siblings, so a layer's ``path`` (``residual_1.conv2d_2``) and its arrays' names
 (``residual_1.conv2d_2.weight``) are unique by construction.
 
 Machinery asks layers instead of keeping type tables: ``uses_randomness`` (a recorded CUDA graph
-would freeze its draws), ``exportable`` / ``to_onnx(graph)`` (each layer writes its own ONNX
+would freeze its draws), ``exportable`` / ``onnx_nodes(graph)`` (each layer writes its own ONNX
 nodes), and the fused steps of :mod:`gpucnn.layers.fused` say which layer runs they replace.
 
 Layers register under their class name (``LAYERS``), so ``layer_from_config(get_config())``
@@ -61,7 +61,7 @@ def public_shape(shape: Shape) -> Shape:
 
 class Layer:
     """Base class of all layers. Subclasses implement ``_build``, ``forward``, ``backward``;
-    containers also ``children``; exportable layers ``to_onnx``.
+    containers also ``children``; exportable layers ``onnx_nodes``.
 
     Attributes
     ----------
@@ -169,15 +169,15 @@ class Layer:
         ``"type"``; subclasses extend ``super().get_config()``."""
         return {"type": getattr(type(self), "config_name", type(self).__name__)}
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         """Append this layer's ONNX nodes to ``graph`` (see :mod:`gpucnn.export`); a layer
         that overrides it is exportable."""
         raise NotImplementedError(f"{type(self).__name__} has no ONNX form")
 
     @property
     def exportable(self) -> bool:
-        """Whether this layer writes itself to ONNX (its class overrides ``to_onnx``)."""
-        return type(self).to_onnx is not Layer.to_onnx
+        """Whether this layer writes itself to ONNX (its class overrides ``onnx_nodes``)."""
+        return type(self).onnx_nodes is not Layer.onnx_nodes
 
     @property
     def num_params(self) -> int:

@@ -110,9 +110,9 @@ class Container(Layer):
             g = self.steps[index].backward(g, need_input_grad=index > 0 or need_input_grad)
         return g
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         for layer in self.layers:
-            layer.to_onnx(graph)
+            layer.onnx_nodes(graph)
 
     @property
     def exportable(self) -> bool:
@@ -197,13 +197,13 @@ class Residual(Container):
             grad_short = self.shortcut.backward(grad_out, need_input_grad)
         return grad_body + grad_short if need_input_grad else None
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         block_input = graph.current
-        super().to_onnx(graph)
+        super().onnx_nodes(graph)
         body_output = graph.current
         graph.current = block_input
         if self.shortcut is not None:
-            self.shortcut.to_onnx(graph)
+            self.shortcut.onnx_nodes(graph)
         graph.node("Add", self, [body_output])
 
     def get_config(self) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class Conv2D(Layer):
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         """Conv with explicit pads [PT, PL, PB, PR], so an asymmetric "same" stays exact."""
         PT, PB, PL, PR = self.padding
         graph.node(

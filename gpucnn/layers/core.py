@@ -59,7 +59,7 @@ class Dense(Layer):
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         graph.node("Gemm", self, [graph.weight(self, "weight"), graph.weight(self, "bias")])
 
     def get_config(self) -> dict[str, Any]:
@@ -79,7 +79,7 @@ class ReLU(Layer):
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return relu_backward(grad_out, self._cache)
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         graph.node("Relu", self, [])
 
 
@@ -110,7 +110,7 @@ class Flatten(Layer):
         grad = xp.reshape(grad_out, (grad_out.shape[0], C, H, W))
         return xp.permute_dims(grad, (0, 2, 3, 1))
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         if len(self.input_shape) == 3:  # a flat input passes through, as here
             graph.node("Flatten", self, [], axis=1)
 
@@ -149,7 +149,7 @@ class Dropout(Layer):
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return grad_out if self._cache is None else dropout_backward(grad_out, self._cache)
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         """Identity at inference: no node."""
 
     def get_config(self) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class _BatchNorm(Layer):
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         """BatchNormalization in inference mode, with the running statistics."""
         graph.node(
             "BatchNormalization", self,

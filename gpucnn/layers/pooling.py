@@ -1,4 +1,5 @@
-"""MaxPool2D and AvgPool2D: parameter-free layers over :mod:`gpucnn.functional.pooling`."""
+"""MaxPool2D, AvgPool2D and GlobalAvgPool2D: parameter-free layers over
+:mod:`gpucnn.functional.pooling`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from ..functional.im2col import as_pair, output_size
 from ..functional.pooling import (
     avg_pool2d_backward,
     avg_pool2d_forward,
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
 )
@@ -47,7 +50,7 @@ class _Pool2D(Layer):
     onnx_op = ""  # the ONNX pooling operator
     onnx_attributes: dict[str, Any] = {}
 
-    def to_onnx(self, graph: Any) -> None:
+    def onnx_nodes(self, graph: Any) -> None:
         """An ONNX pooling node with this window and stride, no padding, floor rounding."""
         graph.node(
             self.onnx_op, self, [],
@@ -107,3 +110,32 @@ class AvgPool2D(_Pool2D):
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return avg_pool2d_backward(grad_out, self._cache, self.pool_size, self.stride)
+
+
+@LAYERS.register("GlobalAvgPool2D")
+class GlobalAvgPool2D(Layer):
+    """Mean of each channel over the whole image, one value per channel.
+
+    Input (N, C, H, W) in the public layout ((N, H, W, C) inside a model) -> output (N, C);
+    no parameters. A ``Dense`` can follow directly (no ``Flatten``). ONNX: GlobalAveragePool,
+    then Flatten(axis=1).
+    """
+
+    def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise self.error(
+                f"expected an image input of shape (C, H, W); received per-sample shape {input_shape}"
+            )
+        return (input_shape[2],)
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        self.check_input(x)
+        self._cache = tuple(x.shape) if training else None
+        return global_avg_pool2d_forward(x)
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return global_avg_pool2d_backward(grad_out, self._cache)
+
+    def onnx_nodes(self, graph: Any) -> None:
+        graph.node("GlobalAveragePool", self, [], output=f"{self.path}/pool")
+        graph.node("Flatten", self, [], axis=1)
