@@ -12,58 +12,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from .backend import Array
 
 
-class Parameter:
-    """One trainable array of a layer.
-
-    Parameters
-    ----------
-    data : the array (any shape), on the model's device and in its dtype.
-    name : qualified name, ``"<layer name>.<key>"`` (e.g. ``"conv2d_1.weight"``); it keys
-        saved weights and optimizer state.
-    decay : whether weight decay applies (True for weights, False for biases).
-
-    Attributes
-    ----------
-    grad : array of the same shape as ``data`` filled by the layer's ``backward``, or None
-        before the first backward pass.
-    """
-
-    __slots__ = ("data", "grad", "name", "decay")
-
-    def __init__(self, data: Array, name: str, decay: bool = True):
-        self.data = data
-        self.grad: Array | None = None
-        self.name = name
-        self.decay = bool(decay)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    @property
-    def size(self) -> int:
-        count = 1
-        for n in self.data.shape:
-            count *= n
-        return count
-
-    def __repr__(self) -> str:
-        return f"Parameter({self.name!r}, shape={self.shape}, decay={self.decay})"
-
-
-class Buffer:
-    """One persistent, non-trainable array of a layer (e.g. a running mean).
-
-    Parameters
-    ----------
-    data : the array (any shape), on the model's device.
-    name : qualified name, ``"<layer path>.<key>"`` (e.g. ``"residual_1.batchnorm2d_1.running_mean"``);
-        it keys saved model state next to the parameters' names.
-
-    The owning layer writes new values into ``data`` in place (``data[...] = new``) and only in
-    training mode, so the array keeps its address: a recorded CUDA graph that updates it stays
-    valid, and nothing outside training changes it.
-    """
+class _NamedArray:
+    """An array a layer owns, with its qualified name; the base of Parameter and Buffer."""
 
     __slots__ = ("data", "name")
 
@@ -81,6 +31,50 @@ class Buffer:
         for n in self.data.shape:
             count *= n
         return count
+
+
+class Parameter(_NamedArray):
+    """One trainable array of a layer.
+
+    Parameters
+    ----------
+    data : the array (any shape), on the model's device and in its dtype.
+    name : qualified name, ``"<layer name>.<key>"`` (e.g. ``"conv2d_1.weight"``); it keys
+        saved weights and optimizer state.
+    decay : whether weight decay applies (True for weights, False for biases).
+
+    Attributes
+    ----------
+    grad : array of the same shape as ``data`` filled by the layer's ``backward``, or None
+        before the first backward pass.
+    """
+
+    __slots__ = ("grad", "decay")
+
+    def __init__(self, data: Array, name: str, decay: bool = True):
+        super().__init__(data, name)
+        self.grad: Array | None = None
+        self.decay = bool(decay)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape}, decay={self.decay})"
+
+
+class Buffer(_NamedArray):
+    """One persistent, non-trainable array of a layer (e.g. a running mean).
+
+    Parameters
+    ----------
+    data : the array (any shape), on the model's device.
+    name : qualified name, ``"<layer path>.<key>"`` (e.g. ``"residual_1.batchnorm2d_1.running_mean"``);
+        it keys saved model state next to the parameters' names.
+
+    The owning layer writes new values into ``data`` in place (``data[...] = new``) and only in
+    training mode, so the array keeps its address: a recorded CUDA graph that updates it stays
+    valid, and nothing outside training changes it.
+    """
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return f"Buffer({self.name!r}, shape={self.shape})"

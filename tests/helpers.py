@@ -6,6 +6,7 @@ filters and output pixels, in the public (N, C, H, W) layout.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -134,3 +135,58 @@ def python_path(root) -> str:
 
     inherited = os.environ.get("PYTHONPATH")
     return os.pathsep.join([str(root), inherited] if inherited else [str(root)])
+
+
+# ---------------------------------------------------------------------- MPI ranks as threads
+class ThreadGroup:
+    """Ranks as threads of this process: collective calls meet at a barrier."""
+
+    def __init__(self, size):
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.slots = [None] * size
+
+
+class ThreadComm:
+    """The few mpi4py communicator calls MPICommunicator makes, for ranks that are threads
+    (buffers may be NumPy or CuPy arrays, as with a CUDA-aware MPI)."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank = group, rank
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.group.size
+
+    def Split_type(self, kind, key=0):
+        return self
+
+    def Free(self):
+        pass
+
+    def Allreduce(self, _in_place, buffer, op):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        total = group.slots[0]
+        for part in group.slots[1:]:  # rank order, as MPI's reduction of two ranks
+            total = total + part
+        group.barrier.wait()
+        buffer[...] = total
+
+    def Bcast(self, buffer, root):
+        group = self.group
+        group.slots[self.rank] = buffer.copy()
+        group.barrier.wait()
+        value = group.slots[root]
+        group.barrier.wait()
+        buffer[...] = value
+
+    def Abort(self, code):
+        raise SystemExit(code)
+
+
+class FakeMPI:
+    IN_PLACE, SUM, COMM_TYPE_SHARED, COMM_WORLD = object(), object(), 0, None

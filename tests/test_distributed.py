@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import python_path
+from helpers import FakeMPI, ThreadComm, ThreadGroup, python_path
 
 from gpucnn.checkpoint import load_checkpoint
 from gpucnn.cli import main
@@ -212,60 +212,6 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
 
 
 # ---------------------------------------------------------------------- ranks as threads
-class _Group:
-    """Ranks as threads of this process: collective calls meet at a barrier."""
-
-    def __init__(self, size):
-        self.size = size
-        self.barrier = threading.Barrier(size, timeout=60)
-        self.slots = [None] * size
-
-
-class _ThreadComm:
-    """The few mpi4py communicator calls MPICommunicator makes, for ranks that are threads
-    (buffers may be NumPy or CuPy arrays, as with a CUDA-aware MPI)."""
-
-    def __init__(self, group, rank):
-        self.group, self.rank = group, rank
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.group.size
-
-    def Split_type(self, kind, key=0):
-        return self
-
-    def Free(self):
-        pass
-
-    def Allreduce(self, _in_place, buffer, op):
-        group = self.group
-        group.slots[self.rank] = buffer.copy()
-        group.barrier.wait()
-        total = group.slots[0]
-        for part in group.slots[1:]:  # rank order, as MPI's reduction of two ranks
-            total = total + part
-        group.barrier.wait()
-        buffer[...] = total
-
-    def Bcast(self, buffer, root):
-        group = self.group
-        group.slots[self.rank] = buffer.copy()
-        group.barrier.wait()
-        value = group.slots[root]
-        group.barrier.wait()
-        buffer[...] = value
-
-    def Abort(self, code):
-        raise SystemExit(code)
-
-
-class _FakeMPI:
-    IN_PLACE, SUM, COMM_TYPE_SHARED, COMM_WORLD = object(), object(), 0, None
-
-
 def _fit(backend, comm=None, samples=41, batch=8):
     from gpucnn import SGD, Sequential
     from gpucnn.layers import Conv2D, MaxPool2D
@@ -296,12 +242,12 @@ def test_two_thread_ranks_match_one_process(monkeypatch, backend, cuda_aware):
 
         if probe_cupy()[0] is None:
             pytest.skip("no GPU")
-    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: _FakeMPI)
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
     expected, expected_history = _fit(backend)
-    group, results = _Group(2), [None, None]
+    group, results = ThreadGroup(2), [None, None]
 
     def rank_main(rank):
-        comm = MPICommunicator(_ThreadComm(group, rank), cuda_aware=cuda_aware)
+        comm = MPICommunicator(ThreadComm(group, rank), cuda_aware=cuda_aware)
         results[rank] = _fit(backend, comm)
 
     threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import conv2d_naive, host, nhwc, on
+from helpers import FakeMPI, ThreadComm, ThreadGroup, conv2d_naive, host, nhwc, on
 
 from gpucnn import SGD, Sequential
 from gpucnn.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -355,54 +355,12 @@ def test_training_resumes_bit_exactly_from_a_checkpoint(tmp_path):
     assert_same_state(resumed, straight)
 
 
-class _Group:
-    def __init__(self, size):
-        self.size, self.slots, self.barrier = size, [None] * size, threading.Barrier(size)
-
-
-class _ThreadComm:
-    """The MPI calls the communicator makes, between threads (see test_distributed)."""
-
-    def __init__(self, group, rank):
-        self.group, self.rank = group, rank
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.group.size
-
-    def Split_type(self, kind, key=0):
-        return self
-
-    def Free(self):
-        pass
-
-    def _exchange(self, buffer, combine):
-        group = self.group
-        group.slots[self.rank] = buffer.copy()
-        group.barrier.wait()
-        value = combine(group.slots)
-        group.barrier.wait()
-        buffer[...] = value
-
-    def Allreduce(self, _in_place, buffer, op):
-        self._exchange(buffer, lambda parts: sum(parts[1:], parts[0]))
-
-    def Bcast(self, buffer, root):
-        self._exchange(buffer, lambda parts: parts[root])
-
-
-class _FakeMPI:
-    IN_PLACE, SUM, COMM_TYPE_SHARED, COMM_WORLD = object(), object(), 0, None
-
-
 def _train_two_thread_ranks(scramble_rank_1: bool) -> list:
     x, y = digits_like(48)
-    group, models = _Group(2), [None, None]
+    group, models = ThreadGroup(2), [None, None]
 
     def rank_main(rank):
-        comm = MPICommunicator(_ThreadComm(group, rank))
+        comm = MPICommunicator(ThreadComm(group, rank))
         model = block_net(seed=rank)  # differing starts: rank 0's must win
         if rank == 1 and scramble_rank_1:
             scramble_buffers(model)
@@ -425,7 +383,7 @@ def test_data_parallel_ranks_start_from_rank_0_and_end_with_one_model_state(monk
     statistics change nothing); the buffers, which each rank updates from its own share of a
     batch, are averaged over ranks after each epoch, so every rank holds (and rank 0 saves) the
     same model."""
-    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: _FakeMPI)
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
     plain = _train_two_thread_ranks(scramble_rank_1=False)
     scrambled = _train_two_thread_ranks(scramble_rank_1=True)
     assert_same_state(plain[0], plain[1])
