@@ -20,8 +20,10 @@ it: on a GPU each read is a synchronisation, so read it every k batches, not eve
 **The learning rate.** Each epoch runs at ``optimizer.base_lr * schedule(epoch) *
 trainer.lr_multiplier``. To change it from a callback, call ``trainer.scale_lr(factor)`` (as
 :class:`ReduceLROnPlateau` does) or assign ``trainer.optimizer.lr``: the trainer notices an
-assignment when the next epoch starts and folds its ratio into ``lr_multiplier``, so the change
-lasts and the schedule goes on from the new value (PyTorch's chainable schedulers behave so).
+assignment when the next epoch starts and multiplies ``lr_multiplier`` by its ratio to the rate
+the trainer had set, so the change lasts and the schedule goes on from it: halving the rate
+halves every later epoch's rate (as with PyTorch's chainable schedulers). An assignment in
+``on_epoch_begin`` applies to that epoch as given.
 
 **State.** What ``state_dict()`` returns (JSON data; arrays under ``"arrays"``) is saved in every
 checkpoint and given back to ``load_state_dict`` on resume, in the order of the callbacks.

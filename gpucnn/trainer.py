@@ -168,9 +168,10 @@ class Trainer:
     schedule : learning-rate multiplier per epoch (see :mod:`gpucnn.optim`); default constant.
         Each epoch runs at ``optimizer.base_lr * schedule(epoch) * lr_multiplier``, where
         ``lr_multiplier`` (1 at first) keeps the lasting changes of callbacks: :meth:`scale_lr`
-        multiplies it, and an assignment to ``optimizer.lr`` between epochs (from a callback or
-        between two ``fit`` calls) is detected when the next epoch starts and folded into it,
-        so the new rate is kept and the schedule goes on from it.
+        multiplies it, and an assignment to ``optimizer.lr`` (from a callback, or between two
+        ``fit`` calls) is detected when the next epoch starts: its ratio to the rate the
+        trainer had set multiplies ``lr_multiplier``, so the change lasts and the schedule
+        goes on from it (halving the rate halves every later epoch's rate).
     clip_norm : shorthand that sets ``optimizer.clip_norm`` (the optimizer clips the global
         gradient L2 norm to it).
     callbacks : :class:`~gpucnn.callbacks.Callback` objects (see :mod:`gpucnn.callbacks`:

@@ -4,7 +4,6 @@ small command-line conveniences."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,9 +12,20 @@ import pytest
 
 import gpucnn
 from gpucnn import SGD, Sequential
+from gpucnn.callbacks import (
+    BatchLogs,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+)
 from gpucnn.checkpoint import CheckpointError, load_checkpoint
 from gpucnn.cli import main
 from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, ReLU
+from gpucnn.optim import StepLR
+from gpucnn.trainer import Trainer
+from gpucnn.validation import ArgumentError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +63,7 @@ def one_line_error(capsys) -> str:
 def test_save_then_load_model_gives_the_same_predictions_and_buffers(tmp_path):
     model = tiny_model()
     x, y = toy_data()
-    gpucnn.trainer.Trainer(model, SGD(lr=0.05), progress=False, log=None).fit(x, y, epochs=1)
+    Trainer(model, SGD(lr=0.05), progress=False, log=None).fit(x, y, epochs=1)
     path = model.save(tmp_path / "m.npz")
     loaded = gpucnn.load_model(path, backend="numpy")
     assert isinstance(loaded, Sequential)
@@ -95,3 +105,254 @@ def test_the_readme_load_and_save_example_runs(monkeypatch, tmp_path):
     scope = {"images": toy_data(5)[0], "__name__": "readme"}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["labels"].shape == (5,) and Path("my-model.npz").is_file()
+
+
+# ---------------------------------------------------------------------- 3. callbacks
+def make_trainer(callbacks=(), model=None, lr=0.05, **options) -> Trainer:
+    return Trainer(
+        model or tiny_model(), SGD(lr=lr), callbacks=callbacks, progress=False, log=None, **options
+    )
+
+
+class Recorder(Callback):
+    """Records every hook call in order; reads the batch loss every other batch."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def on_train_begin(self, trainer):
+        self.calls.append(("train_begin", trainer.epoch))
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.calls.append(("epoch_begin", epoch, trainer.optimizer.lr))
+
+    def on_batch_end(self, trainer, batch, logs):
+        loss = logs["loss"] if batch % 2 == 0 else None
+        self.calls.append(("batch_end", batch, logs["size"], loss))
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.calls.append(("epoch_end", epoch))
+
+    def on_train_end(self, trainer):
+        self.calls.append(("train_end",))
+
+
+def test_callback_hooks_run_in_order_with_batch_logs():
+    x, y = toy_data(40)
+    recorder = Recorder()
+    make_trainer([recorder]).fit(x, y, epochs=2, batch_size=16)
+    kinds = [c[0] for c in recorder.calls]
+    per_epoch = ["epoch_begin", "batch_end", "batch_end", "batch_end", "epoch_end"]
+    assert kinds == ["train_begin", *per_epoch, *per_epoch, "train_end"]
+    batches = [c for c in recorder.calls if c[0] == "batch_end"][:3]
+    assert [(b, size) for _, b, size, _ in batches] == [(0, 16), (1, 16), (2, 8)]
+    assert all(math.isfinite(c[3]) for c in batches if c[1] % 2 == 0)
+
+
+def test_the_batch_loss_equals_a_forward_pass_before_the_step():
+    """logs["loss"] is the batch's mean loss (checked against an independent forward pass)."""
+    x, y = toy_data(16)
+    model = tiny_model()
+    before = tiny_model()
+    before.load_state_dict(model.state_dict())
+    seen = []
+
+    class Loss(Callback):
+        def on_batch_end(self, trainer, batch, logs):
+            seen.append(logs["loss"])
+
+    make_trainer([Loss()], model=model).fit(x, y, epochs=1, batch_size=16)
+    # one batch = the whole set, in the shuffle order: the mean loss does not depend on order
+    logits = before.forward(x, training=True)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert seen[0] == pytest.approx(float(-log_p[np.arange(16), y].mean()), rel=1e-5)
+
+
+def test_batch_logs_read_the_device_loss_only_when_asked():
+    class Counted:
+        reads = 0
+
+        def copy(self):
+            return self
+
+        def __float__(self):
+            Counted.reads += 1
+            return 0.5
+
+    logs = BatchLogs(Counted(), 8)
+    assert logs["size"] == 8 and Counted.reads == 0 and set(logs) == {"loss", "size"}
+    assert logs["loss"] == 0.5 and logs["loss"] == 0.5 and Counted.reads == 1
+
+
+def test_only_callbacks_that_override_on_batch_end_are_called_per_batch():
+    trainer = make_trainer([EarlyStopping(), Recorder()])
+    trainer.fit(*toy_data(16), epochs=1, batch_size=8)
+    assert [type(c) for c in trainer._batch_callbacks] == [Recorder]
+
+
+def test_an_lr_assignment_in_a_callback_lasts_across_epochs():
+    """The bug: the trainer recomputed lr = base_lr * schedule(epoch) and lost the change."""
+
+    class Halve(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 1:
+                trainer.optimizer.lr *= 0.5
+
+    trainer = make_trainer([Halve()], lr=0.1)
+    history = trainer.fit(*toy_data(16), epochs=3, batch_size=8)
+    assert history["lr"] == pytest.approx([0.1, 0.05, 0.05])
+    assert trainer.lr_multiplier == pytest.approx(0.5)
+
+
+def test_an_lr_assignment_scales_the_rest_of_the_schedule():
+    trainer = make_trainer(lr=0.1, schedule=StepLR(step_size=1, gamma=0.5))
+    x, y = toy_data(16)
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    trainer.optimizer.lr = 0.2  # between fit calls: twice the 0.1 the trainer set for epoch 1
+    history = trainer.fit(x, y, epochs=2, batch_size=8)
+    assert history["lr"] == pytest.approx([0.1, 2 * 0.05, 2 * 0.025])  # the schedule goes on
+
+
+def test_reduce_lr_on_plateau_scales_the_multiplier_with_a_floor():
+    plateau = ReduceLROnPlateau("loss", factor=0.5, patience=1, min_lr=0.03, min_delta=0.0)
+    trainer = make_trainer([plateau], lr=0.1)
+    logs = {"loss": 1.0}
+    trainer.optimizer.lr = 0.1
+    trainer._lr_set = 0.1
+    for epoch, expected in [(1, 0.1), (2, 0.05), (3, 0.03), (4, 0.03)]:
+        plateau.on_epoch_end(trainer, epoch, logs)  # never improves after the first
+        assert trainer.optimizer.lr == pytest.approx(expected)
+    assert plateau.reductions == 2 and trainer.lr_multiplier == pytest.approx(0.3)
+    trainer._set_epoch_lr()  # the next epoch keeps the reduced rate (constant schedule)
+    assert trainer.optimizer.lr == pytest.approx(0.03)
+
+
+def test_reduce_lr_on_plateau_cooldown_and_improvement_reset_the_wait():
+    plateau = ReduceLROnPlateau("val_accuracy", factor=0.5, patience=2, cooldown=1)
+    trainer = make_trainer(lr=0.1)
+    for accuracy in [0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9]:
+        plateau.on_epoch_end(trainer, 1, {"val_accuracy": accuracy})
+    # reduced after epoch 3; epoch 4 cooled down; epochs 5 and 7 waited, 6 improved
+    assert plateau.reductions == 1 and plateau.wait == 1
+    assert trainer.optimizer.lr == pytest.approx(0.05)
+
+
+def test_reduce_lr_on_plateau_needs_its_monitored_value():
+    trainer = make_trainer([ReduceLROnPlateau()])
+    with pytest.raises(ValueError, match="expected a value of 'val_loss' in the epoch's logs"):
+        trainer.fit(*toy_data(16), epochs=1, batch_size=8)
+
+
+def test_model_checkpoint_saves_the_best_epoch_only(tmp_path):
+    x, y = toy_data(48)
+    checkpoint = ModelCheckpoint(tmp_path / "best.npz", monitor="val_loss")
+    trainer = make_trainer([checkpoint], lr=0.05)
+    history = trainer.fit(x[:32], y[:32], validation_data=(x[32:], y[32:]), epochs=4, batch_size=8)
+    best = int(np.argmin(history["val_loss"])) + 1
+    meta = load_checkpoint(tmp_path / "best.npz").meta
+    assert meta["epoch"] == best == checkpoint.best_epoch
+    assert meta["monitor"]["val_loss"] == pytest.approx(min(history["val_loss"]))
+    assert gpucnn.load_model(tmp_path / "best.npz", backend="numpy").get_config() == (
+        trainer.model.get_config()
+    )
+
+
+def test_model_checkpoint_every_epoch_formats_the_path(tmp_path):
+    checkpoint = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{loss:.2f}.npz", save_best_only=False)
+    history = make_trainer([checkpoint]).fit(*toy_data(16), epochs=2, batch_size=8)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"m-{e + 1:02d}-{history['loss'][e]:.2f}.npz" for e in range(2)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"path": "m-{epok}.npz"},
+            r"expected path fields among epoch, loss, .*received 'm-\{epok\}",
+        ),
+        ({"path": 3}, "expected path to be a str or os.PathLike; received 3"),
+        ({"path": "m.npz", "monitor": "val_los"}, "expected monitor"),
+        ({"path": "m.npz", "save_best_only": 1}, "save_best_only"),
+    ],
+)
+def test_model_checkpoint_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        ModelCheckpoint(**kwargs)
+
+
+def test_csv_logger_writes_a_header_and_one_row_per_epoch(tmp_path):
+    path = tmp_path / "logs" / "history.csv"
+    trainer = make_trainer([CSVLogger(path)])
+    x, y = toy_data(16)
+    trainer.fit(x, y, epochs=2, batch_size=8)
+    trainer.fit(x, y, epochs=1, batch_size=8)  # a second fit appends
+    import csv
+
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["loss"]) for r in rows] == trainer.history["loss"]
+    assert rows[0]["val_loss"] == ""  # no validation data
+    make_trainer([CSVLogger(path)]).fit(x, y, epochs=1, batch_size=8)  # a new training
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_csv_logger_drops_rows_after_the_resumed_epoch(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_text("epoch,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    trainer = make_trainer([CSVLogger(path)])
+    trainer.epoch = 2  # as restored from the checkpoint of epoch 2
+    trainer.callbacks[0].on_train_begin(trainer)
+    assert path.read_text() == "epoch,loss\n1,0.5\n2,0.4\n"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ReduceLROnPlateau(factor=1.0), r"expected factor in \(0, 1\)"),
+        (lambda: ReduceLROnPlateau(patience=-1), "expected patience"),
+        (lambda: ReduceLROnPlateau(monitor="acc"), "expected monitor"),
+        (lambda: CSVLogger("h.csv", separator="."), "expected separator"),
+        (lambda: CSVLogger(None), "expected path"),
+    ],
+)
+def test_callbacks_refuse_bad_arguments(make, message):
+    with pytest.raises(ArgumentError, match=message):
+        make()
+
+
+def test_callback_state_and_the_lr_multiplier_resume_from_a_checkpoint(tmp_path):
+    x, y = toy_data(48)
+    data = dict(validation_data=(x[32:], y[32:]), batch_size=8)
+
+    def trainer_with_callbacks(path):
+        return make_trainer(
+            [
+                ReduceLROnPlateau("val_accuracy", factor=0.5, patience=1, min_delta=1.0),
+                ModelCheckpoint(tmp_path / "best.npz", monitor="val_loss"),
+            ],
+            checkpoint_path=path,
+        )
+
+    whole = trainer_with_callbacks(tmp_path / "whole.npz")
+    whole.fit(x[:32], y[:32], epochs=4, **data)
+    first = trainer_with_callbacks(tmp_path / "ckpt.npz")
+    first.fit(x[:32], y[:32], epochs=2, **data)
+    resumed = trainer_with_callbacks(tmp_path / "ckpt.npz")
+    resumed.restore(load_checkpoint(tmp_path / "ckpt.npz"))
+    assert resumed.lr_multiplier == first.lr_multiplier < 1
+    assert resumed.callbacks[0].state_dict() == first.callbacks[0].state_dict()
+    assert resumed.callbacks[1].state_dict() == first.callbacks[1].state_dict()
+    resumed.fit(x[:32], y[:32], epochs=2, **data)
+    assert resumed.history["lr"] == whole.history["lr"]
+    for name, value in whole.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[name], value)
+
+
+def test_callback_and_early_stopping_still_import_from_the_trainer():
+    import gpucnn.callbacks
+    import gpucnn.trainer
+
+    assert gpucnn.trainer.Callback is gpucnn.callbacks.Callback
+    assert gpucnn.trainer.EarlyStopping is gpucnn.callbacks.EarlyStopping
