@@ -4,6 +4,7 @@ small command-line conveniences."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from gpucnn.cli import main
 from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, ReLU
 from gpucnn.optim import StepLR
 from gpucnn.trainer import Trainer
+from gpucnn.transfer import init_from
 from gpucnn.validation import ArgumentError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,3 +358,119 @@ def test_callback_and_early_stopping_still_import_from_the_trainer():
 
     assert gpucnn.trainer.Callback is gpucnn.callbacks.Callback
     assert gpucnn.trainer.EarlyStopping is gpucnn.callbacks.EarlyStopping
+
+
+# ---------------------------------------------------------------------- 2. train --init
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """One short digits run (8x8 images, 10 classes) to start others from."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    assert run("train", "--epochs", 1, "--out", out, "--backend", "numpy") == 0
+    return out
+
+
+def three_class_digits(path: Path, size: int = 8) -> Path:
+    """An .npz of the digits 0-2 (own data with 3 classes), or blank images of another size."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target < 3
+    x = (digits.images[keep][:, None] / 16).astype(np.float32)
+    if size != 8:
+        x = np.zeros((len(x), 1, size, size), np.float32)
+    np.savez(path, x=x, y=digits.target[keep])
+    return path
+
+
+def test_init_from_keeps_every_array_and_replaces_only_the_head(digits_run):
+    saved = gpucnn.load_model(digits_run, backend="numpy").state_dict()
+    same, replaced = init_from(digits_run, (1, 8, 8), 10, backend="numpy")
+    assert replaced is None
+    for name, value in saved.items():
+        np.testing.assert_array_equal(same.state_dict()[name], value)
+    adapted, replaced = init_from(digits_run / "model.npz", (1, 8, 8), 3, backend="numpy")
+    assert adapted.output_shape == (3,) and replaced.path == "dense_2"
+    assert (replaced.old_units, replaced.new_units) == (10, 3)
+    state = adapted.state_dict()
+    for name, value in saved.items():
+        if name.startswith("dense_2."):
+            assert state[name].shape[-1] == 3
+        else:
+            np.testing.assert_array_equal(state[name], value)
+
+
+def test_init_from_refuses_a_model_without_a_dense_head(tmp_path):
+    model = Sequential([Conv2D(2, 3, padding=1)], input_shape=(1, 8, 8), backend="numpy")
+    model.save(tmp_path / "conv.npz")
+    with pytest.raises(CheckpointError, match="expected a model whose outputs come from a Dense"):
+        init_from(tmp_path / "conv.npz", (1, 8, 8), 3, backend="numpy")
+
+
+def test_train_init_fine_tunes_with_its_own_settings(digits_run, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    args = ["--epochs", 1, "--lr", 1e-7, "--optimizer", "adam", "--backend", "numpy"]
+    assert run("train", "--init", digits_run, "--out", out, *args) == 0
+    assert "replaced" not in capsys.readouterr().out
+    meta = load_checkpoint(out / "model.npz").meta
+    assert meta["run"]["init"] == str((digits_run / "model.npz").resolve())
+    assert meta["run"]["lr"] == 1e-7 and meta["run"]["optimizer"] == "adam"
+    assert meta["architecture"] == load_checkpoint(digits_run / "model.npz").meta["architecture"]
+    # Adam's steps are about lr: the tuned model still predicts as the one it began from
+    before = json.loads((digits_run / "metrics.json").read_text())["test_accuracy"]
+    after = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert abs(after - before) < 0.01
+
+
+def test_train_init_on_data_with_other_classes_replaces_the_last_dense(
+    digits_run, tmp_path, capsys
+):
+    data = three_class_digits(tmp_path / "three.npz")
+    out = tmp_path / "three"
+    args = ["--data", data, "--epochs", 2, "--backend", "numpy", "--out", out]
+    assert run("train", "--init", digits_run / "model.npz", *args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "replaced" in line]
+    assert lines == [
+        "gpucnn: --init: replaced the last Dense layer 'dense_2' (10 classes) by a new one with "
+        "3 outputs, freshly initialised"
+    ]
+    assert gpucnn.load_model(out, backend="numpy").output_shape == (3,)
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.8
+    # the new run resumes from its own checkpoint, without the --init file
+    assert run("train", "--resume", out, "--epochs", 3) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--model", "small"],
+            "--init starts a new run from a saved model; received it with --model",
+        ),
+        (
+            ["--resume", "RUN"],
+            "--init starts a new run from a saved model; received it with --resume",
+        ),
+    ],
+)
+def test_train_init_refuses_model_and_resume(digits_run, capsys, extra, message):
+    extra = [str(digits_run) if e == "RUN" else e for e in extra]
+    assert run("train", "--init", digits_run, *extra) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_train_init_refuses_another_input_shape(digits_run, tmp_path, capsys):
+    data = three_class_digits(tmp_path / "nine.npz", size=9)
+    code = run("train", "--init", digits_run, "--data", data, "--out", tmp_path / "o")
+    assert code == 2
+    line = one_line_error(capsys)
+    assert (
+        "expected a model for the data's input shape (1, 9, 9); received a model that takes (1, 8, 8)"
+        in line
+    )
+
+
+def test_train_init_refuses_a_missing_file_and_its_own_folder_as_out(digits_run, tmp_path, capsys):
+    assert run("train", "--init", tmp_path / "none.npz") == 2
+    assert "does not exist" in one_line_error(capsys)
+    assert run("train", "--init", digits_run, "--out", digits_run, "--overwrite") == 2
+    assert "is the --init path" in one_line_error(capsys)
