@@ -4,6 +4,7 @@ and the run data and image helpers that more than one command reads."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Any
 
@@ -35,8 +36,27 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, that takes no abbreviated flags
+    (``--epoch 2`` must not silently mean ``--epochs``) and suggests close choices."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line instead of argparse's usage block
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            choices = [str(c) for c in action.choices or ()]
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(
+                action, f"{exc.message}; did you mean '{close[0]}'?"
+            ) from None
 
 
 class _State:

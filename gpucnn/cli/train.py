@@ -22,7 +22,14 @@ from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_chec
 from ..data import DATASETS, Dataset, train_val_split
 from ..distributed import MPICommunicator, mpi_world_size
 from ..model import Sequential, model_file
-from ..recipes import SCHEDULE_NAMES, build_model, build_optimizer, build_schedule, run_config
+from ..recipes import (
+    RECIPES,
+    SCHEDULE_NAMES,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    run_config,
+)
 from ..trainer import EarlyStopping, Trainer, evaluate
 from ..transfer import init_from
 from .common import STATE, UsageError, border_median, load_run_data
@@ -108,10 +115,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fresh one. Not with --model or --resume",
     )
     train.add_argument(
-        "--epochs", type=int, help="total epochs (with --resume: including those already done)"
+        "--epochs",
+        type=int,
+        help="total epochs (with --resume: including those already done); "
+        + _recipe_default("epochs"),
     )
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--batch-size", type=int, help=_recipe_default("batch_size"))
+    train.add_argument("--lr", type=float, help="learning rate; " + _recipe_default("lr"))
     train.add_argument("--optimizer", choices=("sgd", "adam"), help="default: sgd")
     train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     train.add_argument("--nesterov", action="store_true", default=None)
@@ -155,6 +165,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also draw the pictures of 'gpucnn report' (needs [plot])",
     )
+
+
+def _recipe_default(key: str) -> str:
+    """``default: from the dataset's recipe (digits: 10, mnist: 3, ...)`` for --help."""
+    if len({recipe[key] for recipe in RECIPES.values()}) == 1:
+        return f"default: {next(iter(RECIPES.values()))[key]} (every dataset's recipe)"
+    values = ", ".join(
+        f"{'--data' if name == 'custom' else name}: {recipe[key]}"
+        for name, recipe in RECIPES.items()
+    )
+    return f"default: from the dataset's recipe ({values})"
 
 
 PREPROCESSING_SAMPLE = 512  # training images whose borders tell the background polarity
