@@ -13,7 +13,7 @@ from ..backend import BACKEND_CHOICES
 from ..checkpoint import load_model
 from ..data import DATASETS, Dataset, load_dataset
 from ..model import model_file
-from .common import UsageError, load_run_data
+from .common import UsageError, add_plugin_flag, load_run_data
 from .outputs import check_output, write_output
 
 
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(--data runs) is evaluated on its seeded test hold-out.",
     )
     ev.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(ev)
     ev.add_argument(
         "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"
     )

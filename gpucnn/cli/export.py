@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import load_model
 from ..model import model_file
+from .common import add_plugin_flag
 from .outputs import check_output, write_failed
 
 
@@ -14,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and its flags to the subcommands ``sub``."""
     export = sub.add_parser("export", help="write a model as ONNX (opset 17) for ONNX Runtime")
     export.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(export)
     export.add_argument(
         "-o",
         "--output",

@@ -14,7 +14,7 @@ from ..checkpoint import Checkpoint, load_model
 from ..data import DATASETS
 from ..data.images import ImageError, fit_channels, load_images
 from ..model import Sequential, model_file
-from .common import USER_ERRORS, UsageError, border_median
+from .common import USER_ERRORS, UsageError, add_plugin_flag, border_median
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Every file is processed; a bad file prints one error line and the exit code is 2.",
     )
     pr.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(pr)
     pr.add_argument("files", nargs="+", metavar="FILE")
     pr.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     pr.add_argument("--top", type=int, default=3, help="probabilities to show per image")

@@ -32,7 +32,7 @@ from ..recipes import (
 )
 from ..trainer import EarlyStopping, Trainer, evaluate
 from ..transfer import init_from
-from .common import STATE, UsageError, border_median, load_run_data
+from .common import STATE, UsageError, add_plugin_flag, border_median, load_run_data
 from .evaluate import classification_report
 from .outputs import same_file
 from .report import write_run_report
@@ -106,6 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--model", help=f"built-in name {sorted(BUILTIN)} or a JSON architecture file"
     )
+    add_plugin_flag(train)
     train.add_argument(
         "--init",
         metavar="MODEL.npz|RUN",
