@@ -474,3 +474,188 @@ def test_train_init_refuses_a_missing_file_and_its_own_folder_as_out(digits_run,
     assert "does not exist" in one_line_error(capsys)
     assert run("train", "--init", digits_run, "--out", digits_run, "--overwrite") == 2
     assert "is the --init path" in one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------- 4. custom layers
+PLUGIN = ROOT / "tests" / "data" / "first_day_plugin.py"
+LEAKY = {"type": "FirstDayLeakyReLU", "alpha": 0.05}
+
+
+@pytest.fixture(scope="module")
+def plugin_run(tmp_path_factory) -> Path:
+    """A digits run whose JSON architecture uses the plugin's layer."""
+    folder = tmp_path_factory.mktemp("plugin")
+    arch = folder / "arch.json"
+    conv = {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"}
+    layers = [conv, LEAKY, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+    arch.write_text(json.dumps(layers))
+    out = folder / "run"
+    args = ["--model", arch, "--epochs", 2, "--out", out, "--backend", "numpy"]
+    assert run("train", *args, "--plugin", PLUGIN) == 0
+    return out
+
+
+def test_a_plugin_layer_trains_from_json_and_is_saved_with_its_config(plugin_run):
+    config = load_checkpoint(plugin_run / "model.npz").meta["architecture"]
+    assert {k: config["layers"][1][k] for k in LEAKY} == LEAKY
+    assert json.loads((plugin_run / "metrics.json").read_text())["test_accuracy"] > 0.7
+
+
+def test_evaluate_predict_and_export_read_the_plugin_layer(plugin_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert run("evaluate", plugin_run, "--plugin", PLUGIN) == 0
+    images = tmp_path / "images.npy"
+    np.save(images, toy_data(3)[0])
+    assert run("predict", plugin_run, images, "--plugin", PLUGIN, "--json") == 0
+    onnx_file = tmp_path / "m.onnx"
+    assert run("export", plugin_run, "--plugin", PLUGIN, "-o", onnx_file, "--check") == 0
+    out = capsys.readouterr().out
+    assert "largest difference" in out and onnx_file.is_file()
+    assert float(out.rsplit("largest difference", 1)[1].split()[0]) < 1e-4
+
+
+def test_without_the_plugin_the_unknown_layer_names_the_flag(tmp_path, capsys):
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps([{"type": "NoSuchLayer"}, {"type": "Flatten"}]))
+    assert run("train", "--model", arch, "--out", tmp_path / "o") == 2
+    line = one_line_error(capsys)
+    assert "received 'NoSuchLayer'" in line and "--plugin FILE.py" in line
+
+
+def test_a_plugin_given_by_module_name_is_imported_from_the_working_folder(
+    tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "first_day_module_plugin.py").write_text("IMPORTED = True\n")
+    arch = tmp_path / "a.json"
+    arch.write_text(json.dumps([{"type": "Flatten"}, {"type": "Dense", "units": 10}]))
+    args = ["--model", arch, "--epochs", 1, "--out", tmp_path / "o", "--backend", "numpy"]
+    assert run("train", *args, "--plugin", "first_day_module_plugin") == 0
+    assert sys.modules["first_day_module_plugin"].IMPORTED
+
+
+@pytest.mark.parametrize(
+    "source, name, message",
+    [
+        (None, "missing.py", "--plugin missing.py: expected a Python file; it does not exist"),
+        (None, "no_such_module_xyz", "--plugin no_such_module_xyz: expected an importable module"),
+        ("raise RuntimeError('boom')\n", "bad.py", "importing it raised RuntimeError: boom"),
+        ("def broken(:\n", "syntax.py", "importing it raised SyntaxError"),
+    ],
+)
+def test_a_plugin_that_cannot_be_imported_is_one_line(
+    tmp_path, monkeypatch, capsys, source, name, message
+):
+    monkeypatch.chdir(tmp_path)
+    if source is not None:
+        (tmp_path / name).write_text(source)
+    assert run("evaluate", "model.npz", "--plugin", name) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_registering_a_class_again_replaces_it_but_another_class_is_refused():
+    from gpucnn.layers import LAYERS, Layer
+
+    def define():
+        class FirstDayTwice(Layer):
+            pass
+
+        return FirstDayTwice
+
+    LAYERS.register("FirstDayTwice")(define())
+    LAYERS.register("FirstDayTwice")(define())  # a notebook cell run again
+
+    class Other(Layer):
+        pass
+
+    with pytest.raises(ValueError, match="'FirstDayTwice' is already registered .*choose another"):
+        LAYERS.register("FirstDayTwice")(Other)
+
+
+# ---------------------------------------------------------------------- 5. smaller things
+def test_flags_are_never_abbreviated(capsys):
+    assert run("train", "--epoch", 2) == 2
+    assert "unrecognized arguments: --epoch 2" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, suggestion",
+    [
+        (["trian"], "did you mean 'train'?"),
+        (["evalute", "m.npz"], "did you mean 'evaluate'?"),
+        (["train", "--dataset", "mnits"], "did you mean 'mnist'?"),
+    ],
+)
+def test_a_mistyped_command_or_choice_gets_a_suggestion(capsys, argv, suggestion):
+    assert run(*argv) == 2
+    assert suggestion in one_line_error(capsys)
+
+
+def help_text(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run(command, "--help")
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_help_shows_the_recipe_defaults(capsys):
+    text = help_text(capsys, "train")
+    assert "default: from the dataset's recipe (digits: 10, mnist: 3" in text  # --epochs
+    assert "default: from the dataset's recipe (digits: 32, mnist: 128" in text  # --batch-size
+    assert "learning rate; default: 0.05" in text
+
+
+def test_evaluate_has_a_description(capsys):
+    assert "Evaluate a saved model on the test split" in help_text(capsys, "evaluate")
+
+
+def test_predict_takes_a_run_folder(digits_run, tmp_path, capsys):
+    images = tmp_path / "x.npy"
+    np.save(images, toy_data(2)[0])
+    assert run("predict", digits_run, images, "--json", "--backend", "numpy") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 2 and all("label" in r for r in results)
+
+
+def test_predict_names_a_folder_without_a_model(tmp_path, capsys):
+    assert run("predict", tmp_path, tmp_path / "x.npy") == 2
+    assert "expected a run folder with model.npz; found none" in one_line_error(capsys)
+
+
+def test_progress_bars_are_plain_tqdm_without_ipywidgets(monkeypatch):
+    """tqdm.auto without ipywidgets warns 'IProgress not found' in a notebook: not chosen."""
+    import importlib
+    import importlib.util
+    import warnings
+
+    import tqdm
+
+    import gpucnn.progress
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else real(name, *a),
+    )
+    try:
+        module = importlib.reload(gpucnn.progress)
+        assert module.tqdm is tqdm.std.tqdm
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            module.progress_bar(3, "x", enabled=True).close()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(gpucnn.progress)
+
+
+def test_the_package_is_typed_and_the_onnx_extra_can_check_exports():
+    tomllib = pytest.importorskip("tomllib")
+    assert (ROOT / "gpucnn" / "py.typed").is_file()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["gpucnn"]
+    extra = project["project"]["optional-dependencies"]["onnx"]
+    assert any(d.startswith("onnxruntime") for d in extra)
