@@ -175,7 +175,7 @@ class Trainer:
     clip_norm : shorthand that sets ``optimizer.clip_norm`` (the optimizer clips the global
         gradient L2 norm to it).
     callbacks : :class:`~gpucnn.callbacks.Callback` objects (see :mod:`gpucnn.callbacks`:
-        EarlyStopping, ModelCheckpoint, CSVLogger, ReduceLROnPlateau, TensorBoard); their state
+        EarlyStopping, ModelCheckpoint, CSVLogger, ReduceLROnPlateau); their state
         is saved in each checkpoint.
     checkpoint_path : where to write the resumable state after every epoch and on SIGINT/SIGTERM.
     checkpoint_meta : extra JSON data stored in each checkpoint (the CLI stores its arguments).
