@@ -460,14 +460,12 @@ def model_file(path: str | os.PathLike) -> Path:
     Raises
     ------
     gpucnn.checkpoint.CheckpointError when ``path`` is a folder without ``model.npz`` (the
-    message says whether the run is unfinished) or does not exist.
+    message says whether the run is unfinished).
     """
     from .checkpoint import CheckpointError
 
     path = Path(path)
-    if not path.is_dir():
-        if not path.exists():
-            raise CheckpointError(f"expected a model file or a run folder; {path} does not exist")
+    if not path.is_dir():  # a file, or a missing path that loading reports as not found
         return path
     if (path / MODEL_FILE).is_file():
         return path / MODEL_FILE

@@ -90,7 +90,7 @@ def test_load_model_refuses_a_folder_without_a_model_and_names_the_checkpoint(tm
     tiny_model().save(tmp_path / "checkpoint.npz")
     with pytest.raises(CheckpointError, match="has not finished"):
         gpucnn.load_model(tmp_path)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not found"):
         gpucnn.load_model(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="expected path to be a str or os.PathLike"):
         gpucnn.load_model(3)
@@ -471,7 +471,7 @@ def test_train_init_refuses_another_input_shape(digits_run, tmp_path, capsys):
 
 def test_train_init_refuses_a_missing_file_and_its_own_folder_as_out(digits_run, tmp_path, capsys):
     assert run("train", "--init", tmp_path / "none.npz") == 2
-    assert "does not exist" in one_line_error(capsys)
+    assert "not found" in one_line_error(capsys)
     assert run("train", "--init", digits_run, "--out", digits_run, "--overwrite") == 2
     assert "is the --init path" in one_line_error(capsys)
 
@@ -602,10 +602,16 @@ def help_text(capsys, command: str) -> str:
 
 
 def test_train_help_shows_the_recipe_defaults(capsys):
+    from gpucnn.recipes import RECIPES
+
     text = help_text(capsys, "train")
-    assert "default: from the dataset's recipe (digits: 10, mnist: 3" in text  # --epochs
-    assert "default: from the dataset's recipe (digits: 32, mnist: 128" in text  # --batch-size
-    assert "learning rate; default: 0.05" in text
+    for key in ("epochs", "batch_size", "lr"):
+        values = {recipe[key] for recipe in RECIPES.values()}
+        if len(values) == 1:
+            assert f"default: {values.pop()} (every dataset's recipe)" in text
+        else:
+            digits, mnist = RECIPES["digits"][key], RECIPES["mnist"][key]
+            assert f"default: from the dataset's recipe (digits: {digits}, mnist: {mnist}" in text
 
 
 def test_evaluate_has_a_description(capsys):
