@@ -2,10 +2,11 @@
 
 >>> from gpucnn import Sequential
 >>> from gpucnn.layers import Conv2D, MaxPool2D, Dense, ReLU, Flatten
+>>> model = gpucnn.load_model("runs/my-run")   # a run folder or a model.npz; model.save(path)
 """
 
 from .backend import Backend, BackendError, select_backend
-from .model import Sequential
+from .model import Sequential, load_model
 from .optim import SGD, Adam, AdamW
 from .parameter import Parameter
 
@@ -20,5 +21,6 @@ __all__ = [
     "SGD",
     "Sequential",
     "__version__",
+    "load_model",
     "select_backend",
 ]

@@ -31,8 +31,13 @@ class Registry:
         """Class decorator: file the class under ``name`` and set its ``config_name``."""
 
         def add(cls: T) -> T:
-            if name in self.classes:
-                raise ValueError(f"{self.kind} type {name!r} is already registered")
+            known = self.classes.get(name)
+            # the same class defined again (a notebook cell run twice) replaces itself
+            if known is not None and _identity(known) != _identity(cls):
+                raise ValueError(
+                    f"{self.kind} type {name!r} is already registered (by "
+                    f"{known.__module__}.{known.__qualname__}); choose another name"
+                )
             cls.config_name = name
             self.classes[name] = cls
             return cls
@@ -58,6 +63,10 @@ class Registry:
             return cls(**kwargs)
         except TypeError as exc:
             raise ValueError(f"bad arguments for {self.kind} {name}: {exc}") from None
+
+
+def _identity(cls: type) -> tuple[str, str]:
+    return cls.__module__, cls.__qualname__
 
 
 __all__ = ["Registry"]

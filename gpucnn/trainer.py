@@ -31,6 +31,7 @@ import numpy as np
 
 from .augment import Augment
 from .backend import Array, synchronize, to_device
+from .callbacks import HISTORY_KEYS, BatchLogs, Callback, EarlyStopping
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -51,7 +52,6 @@ from .validation import (
     check_array,
     check_bool,
     check_callable,
-    check_choice,
     check_float,
     check_instance,
     check_int,
@@ -63,9 +63,6 @@ if TYPE_CHECKING:
     from .distributed import MPICommunicator
 
 GPU_CHECK_EVERY = 20
-HISTORY_KEYS = (
-    "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s", "images_per_second", "peak_rss_mib",
-)  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -79,84 +76,6 @@ class TrainingInterrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
         where = f"state saved to {checkpoint}" if checkpoint else "no checkpoint path was set"
         super().__init__(f"interrupted by {signal.Signals(signum).name}: {where}")
-
-
-class Callback:
-    """Hook into training; set ``trainer.stop_training = True`` to stop after this epoch."""
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        pass
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (JSON data, NumPy arrays under ``"arrays"``); none by default."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs; restore the best weights.
-
-    Parameters
-    ----------
-    monitor : a history key, e.g. ``"val_accuracy"`` (maximised) or ``"val_loss"`` (minimised).
-    patience : epochs without improvement before stopping.
-    min_delta : the smallest change that counts as improvement.
-    restore_best : load the best epoch's weights when training ends.
-    """
-
-    def __init__(
-        self,
-        monitor: str = "val_loss",
-        patience: int = 3,
-        min_delta: float = 0.0,
-        restore_best: bool = True,
-    ):
-        owner = "EarlyStopping"
-        self.monitor = check_choice("monitor", monitor, HISTORY_KEYS, owner=owner)
-        self.patience = check_int("patience", patience, 0, owner=owner)
-        self.min_delta = check_float("min_delta", min_delta, 0, owner=owner)
-        self.restore_best = check_bool("restore_best", restore_best, owner=owner)
-        self.sign = 1.0 if "accuracy" in monitor else -1.0
-        self.best = -math.inf
-        self.best_epoch = None
-        self.best_weights = None
-        self.wait = 0
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = logs.get(self.monitor)
-        if value is None or math.isnan(value):
-            return
-        if self.sign * value > self.best + self.min_delta:
-            self.best, self.best_epoch, self.wait = self.sign * value, epoch, 0
-            if self.restore_best:
-                self.best_weights = trainer.model.state_dict()
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                trainer.stop_training = True
-
-    def on_train_end(self, trainer):
-        if self.restore_best and self.best_weights is not None:
-            trainer.model.load_state_dict(self.best_weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Best value, its epoch, epochs waited and (under ``"arrays"``) the best weights."""
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "wait": self.wait,
-            "arrays": dict(self.best_weights or {}),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
-        self.wait = int(state["wait"])
-        self.best_weights = dict(state.get("arrays") or {}) or None
 
 
 def evaluate(
@@ -247,9 +166,17 @@ class Trainer:
     model : the network; its last layer's outputs are the class logits.
     optimizer : default ``SGD(lr=0.05, momentum=0.9)``.
     schedule : learning-rate multiplier per epoch (see :mod:`gpucnn.optim`); default constant.
+        Each epoch runs at ``optimizer.base_lr * schedule(epoch) * lr_multiplier``, where
+        ``lr_multiplier`` (1 at first) keeps the lasting changes of callbacks: :meth:`scale_lr`
+        multiplies it, and an assignment to ``optimizer.lr`` (from a callback, or between two
+        ``fit`` calls) is detected when the next epoch starts: its ratio to the rate the
+        trainer had set multiplies ``lr_multiplier``, so the change lasts and the schedule
+        goes on from it (halving the rate halves every later epoch's rate).
     clip_norm : shorthand that sets ``optimizer.clip_norm`` (the optimizer clips the global
         gradient L2 norm to it).
-    callbacks : :class:`Callback` objects, e.g. :class:`EarlyStopping`.
+    callbacks : :class:`~gpucnn.callbacks.Callback` objects (see :mod:`gpucnn.callbacks`:
+        EarlyStopping, ModelCheckpoint, CSVLogger, ReduceLROnPlateau); their state
+        is saved in each checkpoint.
     checkpoint_path : where to write the resumable state after every epoch and on SIGINT/SIGTERM.
     checkpoint_meta : extra JSON data stored in each checkpoint (the CLI stores its arguments).
     seed : seeds the shuffle order.
@@ -342,6 +269,8 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False
+        self.lr_multiplier = 1.0  # callbacks' lasting changes to the rate (see scale_lr)
+        self._batch_callbacks: list[Callback] = []
         self._position: dict[str, Any] | None = None  # inside an interrupted epoch
         self._signal: int | None = None
         self._agreed_signal: int | None = None
@@ -415,12 +344,21 @@ class Trainer:
         x_dev = x if is_disk_backed(x) else to_device(x, xp, self.model.dtype)
         y_dev = to_device(np.asarray(y, dtype=np.int64), xp)
         self.stop_training = False
+        # only callbacks that override on_batch_end are called per batch
+        self._batch_callbacks = [
+            c for c in self.callbacks if type(c).on_batch_end is not Callback.on_batch_end
+        ]
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
         if comm is not None:  # every rank starts from rank 0's model state
             comm.broadcast_parameters([*self.model.parameters(), *self.model.buffers()])
         target = self.epoch + epochs
         # a diverging run is reported once by _check_finite, not by NumPy's overflow warnings
         with self._signals_caught(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.epoch < target and not self.stop_training:
+                self._set_epoch_lr()
+                for callback in self.callbacks:
+                    callback.on_epoch_begin(self, self.epoch + 1)
                 logs = self._run_epoch(x_dev, y_dev, batch_size)
                 if comm is not None:  # each rank updated its buffers from its own share
                     comm.average_buffers(self.model.buffers())
@@ -446,6 +384,27 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_end(self)
 
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` now and for the rest of training.
+
+        The factor goes into ``lr_multiplier``, which every epoch's rate carries on top of the
+        schedule (``base_lr * schedule(epoch) * lr_multiplier``); it is saved in checkpoints.
+        """
+        factor = check_float("factor", factor, 0, low_open=True, owner="Trainer.scale_lr")
+        self.lr_multiplier *= factor
+        self.optimizer.lr *= factor
+        self._lr_set = self.optimizer.lr
+
+    def _set_epoch_lr(self) -> None:
+        """Set the epoch's learning rate, ``base_lr * schedule(epoch) * lr_multiplier``,
+        after folding into the multiplier any assignment to ``optimizer.lr`` made since the
+        trainer last set it (by a callback or the user), so such a change lasts."""
+        assigned = self.optimizer.lr
+        if self._lr_set is not None and self._lr_set > 0 and assigned != self._lr_set:
+            self.lr_multiplier *= assigned / self._lr_set
+        self.optimizer.lr = self.optimizer.base_lr * self.schedule(self.epoch) * self.lr_multiplier
+        self._lr_set = self.optimizer.lr
+
     @property
     def optimizer(self) -> Optimizer:
         """The optimizer; assigning another one rebuilds the training step around it."""
@@ -454,6 +413,8 @@ class Trainer:
     @optimizer.setter
     def optimizer(self, optimizer: Optimizer) -> None:
         self._optimizer = optimizer
+        # the rate the trainer last set: a different optimizer.lr at the next epoch was assigned
+        self._lr_set = optimizer.lr
         # the one training step; a CUDA-graph step on CuPy (unless GPUCNN_CUDA_GRAPHS=0)
         self._step = training_step(self.model, optimizer, self._sums, self.label_smoothing)
         # distributed steps run eagerly: the all-reduce sits between backward and update
@@ -477,6 +438,8 @@ class Trainer:
             "history": self.history,
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
             "position": self._position,
+            "lr_multiplier": self.lr_multiplier,
+            "lr_set": self._lr_set,
             "callbacks": [
                 {k: v for k, v in c.state_dict().items() if k != "arrays"} for c in self.callbacks
             ],
@@ -491,6 +454,9 @@ class Trainer:
         self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._position = state["position"]
+        # checkpoints from before the multiplier: none, and the restored optimizer's rate
+        self.lr_multiplier = float(state.get("lr_multiplier", 1.0))
+        self._lr_set = state.get("lr_set", self.optimizer.lr)
         if self.augment is not None and state.get("augment_rng") is not None:
             self.augment.load_state_dict(state["augment_rng"])
         saved = state.get("callbacks") or []
@@ -541,6 +507,11 @@ class Trainer:
             else:
                 xb, yb = self._gather(epoch, b, x_dev, y_dev)
                 loss = self._train_batch(epoch, b, xb, yb)
+            if self._batch_callbacks:
+                size = min((b + 1) * batch_size, epoch.n) - b * batch_size
+                batch_logs = BatchLogs(loss, size)
+                for callback in self._batch_callbacks:
+                    callback.on_batch_end(self, b, batch_logs)
             if bar is not None:
                 self._draw_progress(bar, epoch, b, loss, start)
             if self._stop_signal() is not None:
@@ -566,7 +537,6 @@ class Trainer:
             self.shuffle_rng.bit_generator.state = position["rng_at_epoch_start"]
         rng_at_start = self.shuffle_rng.bit_generator.state
         self._position = None
-        self.optimizer.lr = self.optimizer.base_lr * self.schedule(self.epoch)
         order = self.shuffle_rng.permutation(n)
         return _Epoch(
             n=n,
@@ -765,3 +735,16 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._signal = self._agreed_signal = None
+
+
+# Callback and EarlyStopping lived here before gpucnn.callbacks: re-exported for old imports
+__all__ = [
+    "HISTORY_KEYS",
+    "Callback",
+    "EarlyStopping",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "evaluate",
+    "validate_dataset",
+]

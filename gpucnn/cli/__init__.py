@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..trainer import TrainingError, TrainingInterrupted
 from . import bench, evaluate, export, info, predict, report, train
-from .common import STATE, USER_ERRORS, Parser, UsageError, error
+from .common import STATE, USER_ERRORS, Parser, UsageError, error, import_plugins
 from .evaluate import classification_report
 from .predict import load_dataset_classes
 from .train import preprocessing
@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     STATE.communicator = None
+    args = None
     try:
         args = build_parser().parse_args(argv)
+        import_plugins(getattr(args, "plugin", None) or [])  # before any architecture is read
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             code = COMMANDS[args.command](args)
         sys.stdout.flush()
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except USER_ERRORS as exc:
         message = " ".join(str(exc).split())
+        if "expected a layer type in" in message and not getattr(args, "plugin", None):
+            message += (
+                " (a layer of your own: --plugin FILE.py imports the module that registers it)"
+            )
         if STATE.communicator is not None and STATE.communicator.size > 1:
             # perhaps this rank alone failed, and the others would wait for it forever
             print(f"gpucnn: error on rank {STATE.communicator.rank}: {message}", file=sys.stderr)

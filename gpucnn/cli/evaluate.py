@@ -12,16 +12,23 @@ import numpy as np
 from ..backend import BACKEND_CHOICES
 from ..checkpoint import load_model
 from ..data import DATASETS, Dataset, load_dataset
-from .common import UsageError, load_run_data
+from ..model import model_file
+from .common import UsageError, add_plugin_flag, load_run_data
 from .outputs import check_output, write_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` and its flags to the subcommands ``sub``."""
     ev = sub.add_parser(
-        "evaluate", help="accuracy, per-class precision/recall/F1 and confusion matrix"
+        "evaluate",
+        help="accuracy, per-class precision/recall/F1 and confusion matrix",
+        description="Evaluate a saved model on the test split of its dataset (the one it was "
+        "trained on, or --dataset): print the accuracy, each class's precision, recall, F1 and "
+        "support, and the confusion matrix (rows: true, columns: predicted). Your own data "
+        "(--data runs) is evaluated on its seeded test hold-out.",
     )
-    ev.add_argument("model_path", metavar="MODEL.npz")
+    ev.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(ev)
     ev.add_argument(
         "--dataset", choices=DATASETS, help="default: the dataset the model was trained on"
     )
@@ -37,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    args.model_path = model_file(args.model_path)  # a run folder means its model.npz
     if args.json:  # refused before the model and the data are read
         check_output(args.json, "--json", [args.model_path], args.overwrite)
     model, checkpoint = load_model(args.model_path, backend=args.backend)

@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_model
+from ..model import model_file
+from .common import add_plugin_flag
 from .outputs import check_output, write_failed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and its flags to the subcommands ``sub``."""
     export = sub.add_parser("export", help="write a model as ONNX (opset 17) for ONNX Runtime")
-    export.add_argument("model_path", metavar="MODEL.npz")
+    export.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(export)
     export.add_argument(
         "-o",
         "--output",
@@ -38,6 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..export import OPSET, compare_with_onnxruntime, export_onnx, require_onnx
 
     require_onnx()  # before loading the model: a missing extra is the likelier mistake
+    args.model_path = model_file(args.model_path)  # a run folder means its model.npz
     output = Path(args.output) if args.output else Path(args.model_path).with_suffix(".onnx")
     check_output(output, "-o" if args.output else "the output", [args.model_path], args.overwrite)
     model, _ = load_model(args.model_path, backend="numpy")

@@ -13,8 +13,8 @@ from ..backend import BACKEND_CHOICES
 from ..checkpoint import Checkpoint, load_model
 from ..data import DATASETS
 from ..data.images import ImageError, fit_channels, load_images
-from ..model import Sequential
-from .common import USER_ERRORS, UsageError, border_median
+from ..model import Sequential, model_file
+from .common import USER_ERRORS, UsageError, add_plugin_flag, border_median
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "then resized to the model's H x W with a bilinear filter (aspect ratio not kept). "
         "Every file is processed; a bad file prints one error line and the exit code is 2.",
     )
-    pr.add_argument("model_path", metavar="MODEL.npz")
+    pr.add_argument("model_path", metavar="MODEL.npz|RUN", help="a model file or a run folder")
+    add_plugin_flag(pr)
     pr.add_argument("files", nargs="+", metavar="FILE")
     pr.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     pr.add_argument("--top", type=int, default=3, help="probabilities to show per image")
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, checkpoint = load_model(args.model_path, backend=args.backend)
+    model, checkpoint = load_model(model_file(args.model_path), backend=args.backend)
     if len(model.input_shape) != 3:
         raise ImageError(
             f"expected a model that takes (C, H, W) images; received input shape {model.input_shape}"

@@ -21,9 +21,10 @@ from ..backend import BACKEND_CHOICES
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DATASETS, Dataset, train_val_split
 from ..distributed import MPICommunicator, mpi_world_size
-from ..model import Sequential
+from ..model import Sequential, model_file
 from ..recipes import (
     OPTIMIZER_NAMES,
+    RECIPES,
     SCHEDULE_NAMES,
     build_model,
     build_optimizer,
@@ -31,7 +32,8 @@ from ..recipes import (
     run_config,
 )
 from ..trainer import EarlyStopping, Trainer, evaluate
-from .common import STATE, UsageError, border_median, load_run_data
+from ..transfer import init_from
+from .common import STATE, UsageError, add_plugin_flag, border_median, load_run_data
 from .evaluate import classification_report
 from .outputs import same_file
 from .report import write_run_report
@@ -105,11 +107,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--model", help=f"built-in name {sorted(BUILTIN)} or a JSON architecture file"
     )
+    add_plugin_flag(train)
     train.add_argument(
-        "--epochs", type=int, help="total epochs (with --resume: including those already done)"
+        "--init",
+        metavar="MODEL.npz|RUN",
+        help="start a new run from a saved model's architecture and weights (a model.npz, a "
+        "checkpoint or a run folder), with this run's own data, --lr, --epochs and optimizer; "
+        "when the data has another number of classes, the last Dense layer is replaced by a "
+        "fresh one. Not with --model or --resume",
     )
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument(
+        "--epochs",
+        type=int,
+        help="total epochs (with --resume: including those already done); "
+        + _recipe_default("epochs"),
+    )
+    train.add_argument("--batch-size", type=int, help=_recipe_default("batch_size"))
+    train.add_argument("--lr", type=float, help="learning rate; " + _recipe_default("lr"))
     train.add_argument(
         "--optimizer",
         choices=OPTIMIZER_NAMES,
@@ -168,6 +182,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also draw the pictures of 'gpucnn report' (needs [plot])",
     )
+
+
+def _recipe_default(key: str) -> str:
+    """``default: from the dataset's recipe (digits: 10, mnist: 3, ...)`` for --help."""
+    if len({recipe[key] for recipe in RECIPES.values()}) == 1:
+        return f"default: {next(iter(RECIPES.values()))[key]} (every dataset's recipe)"
+    values = ", ".join(
+        f"{'--data' if name == 'custom' else name}: {recipe[key]}"
+        for name, recipe in RECIPES.items()
+    )
+    return f"default: from the dataset's recipe ({values})"
 
 
 PREPROCESSING_SAMPLE = 512  # training images whose borders tell the background polarity
@@ -249,7 +274,11 @@ def _claim_run_folder(
 def _refuse_inputs_in_out(args: argparse.Namespace, out: Path) -> None:
     """Refuse an --out folder that is the --data folder, or whose result files would replace
     the --data or --model file (even with --overwrite: they are this run's inputs)."""
-    inputs = [("--data", args.data), ("--model", args.model if args.model not in BUILTIN else None)]
+    inputs = [
+        ("--data", args.data),
+        ("--model", args.model if args.model not in BUILTIN else None),
+        ("--init", args.init),
+    ]
     for flag, source in inputs:
         if source is None:
             continue
@@ -284,7 +313,13 @@ def _train(
     # for MNIST) for the whole run
     sample = np.array(data.x_train[:PREPROCESSING_SAMPLE], dtype=np.float32)
     data = dataclasses.replace(data, x_train=sample, y_train=data.y_train[: len(sample)])
-    if checkpoint is None:
+    if checkpoint is None and run.get("init"):
+        model, replaced = init_from(
+            run["init"], data.input_shape, data.num_classes, args.backend, run["seed"], run["dtype"]
+        )
+        if replaced is not None and root:
+            print(f"gpucnn: --init: {replaced}", flush=True)
+    elif checkpoint is None:
         model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
     else:  # the checkpoint holds the architecture: no file outside the run folder is read
         model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
@@ -372,6 +407,11 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     from ..functional._cpu_threads import cpu_threads
 
     cpu_threads()  # a bad GPUCNN_CPU_THREADS is refused before any data is read
+    if args.init and (args.model or args.resume):
+        raise UsageError(
+            f"--init starts a new run from a saved model; received it with "
+            f"{'--model (the architecture comes from the --init file)' if args.model else '--resume (which continues a run from its own checkpoint)'}"
+        )
     if args.data and (args.dataset or args.data_dir):
         raise UsageError("--data cannot be combined with --dataset or --data-dir")
     # with --resume they are compared with the run's own values instead (see _resume_conflicts)
@@ -494,6 +534,10 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
     model = args.model
     if model is not None and model not in BUILTIN:
         model = str(Path(model).resolve())
+    init = str(model_file(args.init).resolve()) if args.init else None
+    if init is not None:  # named after the saved run's model (its file when unknown)
+        saved = (load_checkpoint(init).meta.get("run") or {}).get("model")
+        model = Path(saved).stem if isinstance(saved, str) else Path(init).stem
     own = (
         {
             "data": str(Path(args.data).resolve()),
@@ -518,6 +562,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         schedule=args.schedule,
         clip_norm=args.clip_norm,
         patience=args.patience,
+        **({"init": init} if init else {}),
         **settings,
     )
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
