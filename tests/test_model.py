@@ -67,7 +67,7 @@ def residual_net(xp, dtype="float64", seed=6):
                      shortcut=Sequential([Conv2D(4, 1, stride=2), AvgPool2D(2)])),
             Sequential([Flatten(), Dense(5), BatchNorm1D(), ReLU(), Dense(3)]),
         ],
-        input_shape=(2, 9, 8), dtype=dtype, backend=xp, seed=seed,
+        input_shape=(2, 6, 6), dtype=dtype, backend=xp, seed=seed,
     )  # fmt: skip
 
 
