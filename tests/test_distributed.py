@@ -169,6 +169,18 @@ def test_python_api_with_clipping_matches_one_process(tmp_path):
 
 
 @needs_mpirun
+def test_a_batch_norm_model_trains_on_two_processes_and_saves_one_state(tmp_path):
+    """Each rank normalises its own share; the running statistics are averaged over the ranks
+    after every epoch, so the saved model evaluates to the accuracy training printed."""
+    out = tmp_path / "bn"
+    result = mpirun(*train_args(out, "--model", "small_bn", "--epochs", 2, "--batch-size", 32))
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert main(["evaluate", str(out / "model.npz"), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == trained
+
+
+@needs_mpirun
 def test_a_global_batch_smaller_than_the_ranks_is_refused_under_mpirun(tmp_path):
     result = mpirun(*train_args(tmp_path / "run", "--batch-size", 1, "--epochs", 1))
     assert result.returncode == 2
