@@ -31,9 +31,11 @@ checkpoint and given back to ``load_state_dict`` on resume, in the order of the 
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -418,12 +420,97 @@ class ReduceLROnPlateau(Callback):
         self.reductions = int(state.get("reductions", 0))
 
 
+class LearningRateScheduler(Callback):
+    """Set each epoch's learning rate from a function, as Keras' ``LearningRateScheduler``.
+
+    ``schedule`` is called before each epoch with the epoch's **0-based** index (as in Keras
+    and as :mod:`gpucnn.optim` schedules take it) and, when it takes two arguments, the
+    current learning rate: ``schedule(epoch) -> lr`` or ``schedule(epoch, lr) -> lr``. The
+    rate it returns is the one the optimizer uses for every batch of that epoch and the one
+    ``history["lr"]`` shows.
+
+    The current rate given to a two-argument schedule is the previous epoch's rate (with a
+    constant trainer schedule), after any later change by another callback: a
+    :class:`ReduceLROnPlateau` reduction reaches it, so ``lambda epoch, lr: lr * 0.9`` keeps
+    decaying from the reduced rate. A one-argument schedule decides the rate alone and
+    overrides such changes, as in Keras. The rate set here is an assignment to
+    ``optimizer.lr`` in ``on_epoch_begin`` (see :mod:`gpucnn.callbacks`), so it also lasts
+    into ``trainer.lr_multiplier`` and is saved in checkpoints; the callback keeps no state.
+
+    Parameters
+    ----------
+    schedule : a function ``epoch -> lr`` or ``(epoch, lr) -> lr`` returning a positive,
+        finite number.
+    verbose : log the rate when it changes (through the trainer's ``log``).
+
+    Raises
+    ------
+    ArgumentError (a ValueError) when ``schedule`` is not a function of one or two
+    arguments; ValueError before an epoch whose rate is not a positive finite number.
+
+    Examples
+    --------
+    >>> LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)  # doctest: +ELLIPSIS
+    <gpucnn.callbacks.LearningRateScheduler object at ...>
+    >>> LearningRateScheduler(lambda epoch, lr: lr if epoch < 3 else lr * 0.9)  # doctest: +ELLIPSIS
+    <gpucnn.callbacks.LearningRateScheduler object at ...>
+    """
+
+    def __init__(self, schedule: Callable[..., float], verbose: bool = False):
+        owner = "LearningRateScheduler"
+        if not callable(schedule):
+            raise ArgumentError(
+                f"{owner}: expected schedule to be a function epoch -> lr or (epoch, lr) -> lr; "
+                f"received {schedule!r} ({type(schedule).__name__})"
+            )
+        self.schedule = schedule
+        self.takes_lr = _takes_two_arguments(owner, schedule)
+        self.verbose = check_bool("verbose", verbose, owner=owner)
+
+    def on_epoch_begin(self, trainer, epoch):
+        current = trainer.optimizer.lr
+        index = epoch - 1  # callbacks count epochs from 1; schedules from 0
+        value = self.schedule(index, current) if self.takes_lr else self.schedule(index)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        lr = float(value) if number else math.nan
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(
+                f"LearningRateScheduler: expected the schedule to return a positive finite "
+                f"learning rate for epoch {index} (0-based); received {value!r}"
+            )
+        trainer.optimizer.lr = lr
+        if self.verbose and trainer.log and lr != current:
+            trainer.log(f"LearningRateScheduler: epoch {epoch}: learning rate {lr:.4g}")
+
+
+def _takes_two_arguments(owner: str, schedule: Callable[..., float]) -> bool:
+    """Whether ``schedule`` is called as ``schedule(epoch, lr)`` rather than ``schedule(epoch)``."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):  # a builtin without a signature: Keras' one-argument form
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    if len(required) > 2 or (not positional and not varargs):
+        raise ArgumentError(
+            f"{owner}: expected schedule to take (epoch) or (epoch, lr); received a function "
+            f"with the signature {signature}"
+        )
+    return len(positional) >= 2 or varargs
+
+
 __all__ = [
     "HISTORY_KEYS",
     "BatchLogs",
     "CSVLogger",
     "Callback",
     "EarlyStopping",
+    "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
 ]

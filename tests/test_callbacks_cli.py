@@ -1,0 +1,139 @@
+"""LearningRateScheduler, the training callbacks on the command line (--checkpoint-best,
+--csv-log, --tensorboard) and layer plugins from installed packages (entry points)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gpucnn import SGD, Sequential
+from gpucnn.callbacks import Callback, LearningRateScheduler, ReduceLROnPlateau
+from gpucnn.layers import Conv2D, Dense, Flatten, ReLU
+from gpucnn.trainer import Trainer
+from gpucnn.validation import ArgumentError
+
+
+def tiny_model(classes: int = 3, seed: int = 0) -> Sequential:
+    return Sequential(
+        [Conv2D(4, 3, padding=1), ReLU(), Flatten(), Dense(classes)],
+        input_shape=(1, 8, 8),
+        backend="numpy",
+        seed=seed,
+    )
+
+
+def toy_data(n: int = 64, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 1, 8, 8) whose class sets the brightness of one row."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.1
+    x[np.arange(n), 0, y * 2, :] += 1.0
+    return x, y
+
+
+class BatchLR(Callback):
+    """Records the optimizer's rate at every batch: the rate the updates really used."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, set[float]] = {}
+        self.epoch = 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.epoch = epoch
+
+    def on_batch_end(self, trainer, batch, logs):
+        self.rates.setdefault(self.epoch, set()).add(trainer.optimizer.lr)
+
+    def per_epoch(self) -> list[float]:
+        assert all(len(r) == 1 for r in self.rates.values()), self.rates
+        return [next(iter(self.rates[e])) for e in sorted(self.rates)]
+
+
+def fit(callbacks, epochs=4, lr=0.1, validation=False, **options):
+    recorder = BatchLR()
+    trainer = Trainer(
+        tiny_model(), SGD(lr=lr), callbacks=[*callbacks, recorder], progress=False, log=None,
+        **options,
+    )  # fmt: skip
+    x, y = toy_data(32)
+    data = {"validation_data": (x[24:], y[24:])} if validation else {}
+    history = trainer.fit(x[:24], y[:24], epochs=epochs, batch_size=8, **data)
+    return trainer, history, recorder.per_epoch()
+
+
+def test_scheduler_of_the_epoch_sets_the_rate_used_and_shown():
+    scheduler = LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
+    _, history, used = fit([scheduler])
+    expected = [0.1, 0.05, 0.025, 0.0125]
+    assert used == pytest.approx(expected)
+    assert history["lr"] == pytest.approx(expected)
+
+
+def test_scheduler_of_epoch_and_rate_gets_the_previous_rate():
+    seen = []
+
+    def schedule(epoch, lr):
+        seen.append((epoch, lr))
+        return lr if epoch < 2 else lr * 0.5
+
+    _, history, used = fit([LearningRateScheduler(schedule)], lr=0.2)
+    assert [e for e, _ in seen] == [0, 1, 2, 3]
+    assert [r for _, r in seen] == pytest.approx([0.2, 0.2, 0.2, 0.1])
+    assert used == pytest.approx([0.2, 0.2, 0.1, 0.05]) and history["lr"] == pytest.approx(used)
+
+
+def test_scheduler_continues_from_a_plateau_reduction():
+    plateau = ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=1e6)
+    scheduler = LearningRateScheduler(lambda epoch, lr: lr)  # keeps whatever the rate is
+    _, history, used = fit([scheduler, plateau], epochs=4, lr=0.1)
+    # min_delta=1e6: no epoch after the first improves, so each later epoch's end halves the rate
+    assert used == pytest.approx([0.1, 0.1, 0.05, 0.025]) and history["lr"] == pytest.approx(used)
+
+
+def test_scheduler_survives_a_checkpoint_resume(tmp_path):
+    def make() -> Trainer:
+        return Trainer(
+            tiny_model(), SGD(lr=0.1), callbacks=[LearningRateScheduler(lambda e, lr: lr * 0.5)],
+            checkpoint_path=tmp_path / "c.npz", progress=False, log=None,
+        )  # fmt: skip
+
+    x, y = toy_data(16)
+    straight = make().fit(x, y, epochs=4, batch_size=8)["lr"]
+    make().fit(x, y, epochs=2, batch_size=8)
+    from gpucnn.checkpoint import load_checkpoint
+
+    resumed = make()
+    resumed.restore(load_checkpoint(tmp_path / "c.npz"))
+    assert resumed.fit(x, y, epochs=2, batch_size=8)["lr"] == pytest.approx(straight)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf, None, "0.1", True])
+def test_scheduler_refuses_a_rate_that_is_not_positive_and_finite(value):
+    with pytest.raises(ValueError, match=r"expected the schedule to return a positive finite "
+                       r"learning rate for epoch 0 \(0-based\); received"):  # fmt: skip
+        fit([LearningRateScheduler(lambda epoch: value)], epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        (0.1, "expected schedule to be a function epoch -> lr or"),
+        (lambda a, b, c: 0.1, r"expected schedule to take \(epoch\) or \(epoch, lr\); received"),
+        (lambda: 0.1, r"expected schedule to take \(epoch\) or \(epoch, lr\)"),
+    ],
+)
+def test_scheduler_refuses_what_is_no_schedule(schedule, message):
+    with pytest.raises(ArgumentError, match=message):
+        LearningRateScheduler(schedule)
+
+
+def test_reduce_lr_on_plateau_changes_the_rate_the_optimizer_uses_and_history_shows():
+    plateau = ReduceLROnPlateau("val_accuracy", factor=0.5, patience=1, min_delta=1e6)
+    trainer, history, used = fit([plateau], epochs=4, lr=0.1, validation=True)
+    # the first epoch sets the best value; each later one fails to beat it by min_delta
+    assert used == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert history["lr"] == pytest.approx(used)
+    assert plateau.reductions == 3 and trainer.optimizer.lr == pytest.approx(0.0125)
+    assert np.isfinite(history["val_accuracy"]).all()
