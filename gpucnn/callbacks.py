@@ -214,6 +214,8 @@ class ModelCheckpoint(Callback):
     save_best_only : True: save only when ``monitor`` improved on every earlier epoch (by more
         than ``min_delta``); False: save after every epoch.
     min_delta : the smallest change that counts as improvement.
+    meta : further JSON meta written into every file (the command line puts its run settings
+        and preprocessing there, so ``gpucnn evaluate OUT/best.npz`` reads it as a model.npz).
 
     Raises
     ------
@@ -228,6 +230,7 @@ class ModelCheckpoint(Callback):
         monitor: str = "val_loss",
         save_best_only: bool = True,
         min_delta: float = 0.0,
+        meta: Mapping[str, Any] | None = None,
     ):
         owner = "ModelCheckpoint"
         if not isinstance(path, str | os.PathLike):
@@ -239,6 +242,11 @@ class ModelCheckpoint(Callback):
         self.monitor = check_choice("monitor", monitor, HISTORY_KEYS, owner=owner)
         self.save_best_only = check_bool("save_best_only", save_best_only, owner=owner)
         self.min_delta = check_float("min_delta", min_delta, 0, owner=owner)
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ArgumentError(
+                f"{owner}: expected meta to be a mapping or None; received {type(meta).__name__}"
+            )
+        self.meta = dict(meta or {})
         try:  # a misspelt field is refused now, not after the first epoch's work
             self.path.format(epoch=1, **dict.fromkeys(HISTORY_KEYS, 0.0))
         except (KeyError, IndexError, ValueError) as exc:
@@ -262,7 +270,9 @@ class ModelCheckpoint(Callback):
         if _is_root(trainer):
             from .checkpoint import save_checkpoint  # checkpoint -> model -> ... -> here
 
-            save_checkpoint(path, trainer.model, epoch=epoch, monitor={self.monitor: value})
+            save_checkpoint(
+                path, trainer.model, **self.meta, epoch=epoch, monitor={self.monitor: value}
+            )
         self.last_saved = str(path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -420,6 +430,71 @@ class ReduceLROnPlateau(Callback):
         self.reductions = int(state.get("reductions", 0))
 
 
+TENSORBOARD_EXTRA = "install it with: pip install 'gpucnn[tensorboard]'"
+
+
+def require_tensorboardx() -> type:
+    """tensorboardX's ``SummaryWriter``; ImportError (one line naming the extra) without it."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(
+            f"TensorBoard: expected the tensorboardX package; it does not import ({exc}); "
+            f"{TENSORBOARD_EXTRA}"
+        ) from None
+    return SummaryWriter
+
+
+class TensorBoard(Callback):
+    """Write each epoch's :data:`HISTORY_KEYS` values as TensorBoard scalars.
+
+    Needs ``tensorboardX`` (the ``tensorboard`` extra: ``pip install 'gpucnn[tensorboard]'``),
+    imported when the callback is made. Scalars are named ``epoch/<key>`` (``epoch/loss``,
+    ``epoch/val_accuracy``, ``epoch/lr``...) with the 1-based epoch as the step; values an
+    epoch lacks (``val_*`` without validation data) are left out. A resumed run writes a new
+    event file in the same folder, continuing at its next epoch. Rank 0 alone writes. View
+    with ``tensorboard --logdir LOG_DIR``.
+
+    Parameters
+    ----------
+    log_dir : the folder of the event files (created).
+
+    Raises
+    ------
+    ImportError (one line naming the extra) when tensorboardX is not installed; ArgumentError
+    (a ValueError) for a ``log_dir`` that is not a path.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        if not isinstance(log_dir, str | os.PathLike):
+            raise ArgumentError(
+                f"TensorBoard: expected log_dir to be a str or os.PathLike; received "
+                f"{log_dir!r} ({type(log_dir).__name__})"
+            )
+        self.log_dir = Path(log_dir)
+        self._writer_class = require_tensorboardx()
+        self._writer: Any = None
+
+    def on_train_begin(self, trainer):
+        if _is_root(trainer) and self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = self._writer_class(logdir=str(self.log_dir))
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self._writer is None:
+            return
+        for key in HISTORY_KEYS:
+            value = logs.get(key)
+            if value is not None and not math.isnan(value):
+                self._writer.add_scalar(f"epoch/{key}", float(value), epoch)
+        self._writer.flush()  # complete whenever training stops
+
+    def on_train_end(self, trainer):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 class LearningRateScheduler(Callback):
     """Set each epoch's learning rate from a function, as Keras' ``LearningRateScheduler``.
 
@@ -513,4 +588,6 @@ __all__ = [
     "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "TensorBoard",
+    "require_tensorboardx",
 ]

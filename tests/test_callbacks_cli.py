@@ -3,13 +3,24 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gpucnn import SGD, Sequential
-from gpucnn.callbacks import Callback, LearningRateScheduler, ReduceLROnPlateau
+from gpucnn.callbacks import (
+    HISTORY_KEYS,
+    Callback,
+    LearningRateScheduler,
+    ReduceLROnPlateau,
+    TensorBoard,
+)
+from gpucnn.checkpoint import load_checkpoint
+from gpucnn.cli import main
 from gpucnn.layers import Conv2D, Dense, Flatten, ReLU
 from gpucnn.trainer import Trainer
 from gpucnn.validation import ArgumentError
@@ -137,3 +148,101 @@ def test_reduce_lr_on_plateau_changes_the_rate_the_optimizer_uses_and_history_sh
     assert history["lr"] == pytest.approx(used)
     assert plateau.reductions == 3 and trainer.optimizer.lr == pytest.approx(0.0125)
     assert np.isfinite(history["val_accuracy"]).all()
+
+
+# ---------------------------------------------------------------------- command-line callbacks
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+FAST = ("--backend", "numpy", "--schedule", "constant", "--lr", "0.2")
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory) -> Path:
+    """A digits run of 3 epochs with --checkpoint-best and --csv-log, resumed for a 4th."""
+    out = tmp_path_factory.mktemp("callbacks") / "run"
+    flags = ("--checkpoint-best", "--csv-log")
+    assert run("train", "--epochs", 3, "--out", out, *FAST, *flags) == 0
+    assert run("train", "--resume", out, "--epochs", 4, *flags) == 0
+    return out
+
+
+def test_csv_log_has_one_row_per_epoch_across_a_resume(logged_run):
+    lines = (logged_run / "history.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["epoch", *HISTORY_KEYS]
+    rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    history = json.loads((logged_run / "metrics.json").read_text())["history"]
+    assert [float(r["val_accuracy"]) for r in rows] == pytest.approx(history["val_accuracy"])
+    assert [float(r["lr"]) for r in rows] == pytest.approx(history["lr"])
+
+
+def test_checkpoint_best_holds_the_best_epochs_weights(logged_run, tmp_path):
+    history = json.loads((logged_run / "metrics.json").read_text())["history"]
+    best = int(np.argmax(history["val_accuracy"])) + 1  # the first of equal values
+    saved = load_checkpoint(logged_run / "best.npz")
+    assert saved.meta["epoch"] == best
+    assert saved.meta["monitor"]["val_accuracy"] == pytest.approx(max(history["val_accuracy"]))
+    # the same run stopped after the best epoch (constant schedule: same steps) has its weights
+    short = tmp_path / "short"
+    assert run("train", "--epochs", best, "--out", short, *FAST) == 0
+    model = load_checkpoint(short / "model.npz")
+    assert saved.params.keys() == model.params.keys()
+    for name in model.params:
+        np.testing.assert_array_equal(saved.params[name], model.params[name])
+
+
+def test_best_npz_is_a_model_file_the_cli_reads(logged_run, capsys):
+    assert run("evaluate", logged_run / "best.npz", "--backend", "numpy") == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_callback_flags_are_recorded_and_compared_on_resume(logged_run, capsys):
+    recorded = load_checkpoint(logged_run / "checkpoint.npz").meta["run"]
+    assert recorded["checkpoint_best"] is True and recorded["csv_log"] is True
+    assert recorded["tensorboard"] is None
+    pytest.importorskip("tensorboardX")
+    args = ("--resume", logged_run, "--epochs", 5, "--tensorboard", logged_run / "tb")
+    assert run("train", *args) == 2
+    line = one_line_error(capsys)
+    assert "--tensorboard would change it" in line and "the run has no --tensorboard" in line
+
+
+def test_checkpoint_best_needs_validation_data(tmp_path, capsys):
+    args = ("--out", tmp_path / "r", "--val-fraction", 0, "--checkpoint-best")
+    assert run("train", *args, *FAST) == 2
+    assert "--checkpoint-best keeps the best val_accuracy and needs validation data" in (
+        one_line_error(capsys)
+    )
+
+
+def test_tensorboard_writes_event_files_and_resumes(tmp_path):
+    pytest.importorskip("tensorboardX")
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    assert run("train", "--epochs", 1, "--out", out, "--tensorboard", logs, *FAST) == 0
+    assert run("train", "--resume", out, "--epochs", 2, "--tensorboard", logs) == 0
+    events = sorted(logs.glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    assert load_checkpoint(out / "checkpoint.npz").meta["run"]["tensorboard"] == str(logs.resolve())
+
+
+def test_tensorboard_callback_writes_scalars(tmp_path):
+    pytest.importorskip("tensorboardX")
+    trainer, history, _ = fit([TensorBoard(tmp_path)], epochs=2)
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_without_tensorboardx_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install 'gpucnn\[tensorboard\]'"):
+        TensorBoard(tmp_path)
+    assert run("train", "--out", tmp_path / "r", "--tensorboard", tmp_path / "tb", *FAST) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("gpucnn: error: --tensorboard: TensorBoard: expected the tensorboardX")
