@@ -246,3 +246,92 @@ def test_tensorboard_without_tensorboardx_names_the_extra(tmp_path, monkeypatch,
     assert run("train", "--out", tmp_path / "r", "--tensorboard", tmp_path / "tb", *FAST) == 2
     line = one_line_error(capsys)
     assert line.startswith("gpucnn: error: --tensorboard: TensorBoard: expected the tensorboardX")
+
+
+# ---------------------------------------------------------------------- entry-point plugins
+PLUGIN_MODULE = '''
+from gpucnn.backend import namespace
+from gpucnn.layers import Layer
+
+
+class EpScale(Layer):
+    """Multiplies by a constant; no onnx_nodes, so it cannot be exported."""
+
+    def __init__(self, factor=2.0, name=None):
+        super().__init__(name)
+        self.factor = float(factor)
+
+    def forward(self, x, training=False):
+        self.check_input(x)
+        return x * self.factor
+
+    def backward(self, grad_out, need_input_grad=True):
+        return grad_out * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+'''
+
+
+def install_package(root: Path, name: str, entry_points: str, module: str | None) -> None:
+    """A package installed as pip would leave it: its module and a dist-info folder."""
+    if module is not None:
+        (root / f"{name}.py").write_text(module)
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[gpucnn.layers]\n{entry_points}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A fresh site folder on sys.path and a layer registry that has loaded no entry points."""
+    from gpucnn.layers import LAYERS
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(LAYERS, "classes", dict(LAYERS.classes))  # forget what tests register
+    monkeypatch.setattr(LAYERS, "_entry_points_loaded", False)
+    monkeypatch.setattr(LAYERS, "_entry_point_error", None)
+    yield folder
+    for name in ("gpucnn_ep_demo", "gpucnn_ep_broken"):
+        sys.modules.pop(name, None)
+
+
+def test_an_installed_packages_layer_is_used_from_a_json_architecture(site, tmp_path, capsys):
+    install_package(site, "gpucnn_ep_demo", "EpScale = gpucnn_ep_demo:EpScale", PLUGIN_MODULE)
+    arch = tmp_path / "arch.json"
+    conv = {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"}
+    layers = [conv, {"type": "EpScale", "factor": 0.5}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]  # fmt: skip
+    arch.write_text(json.dumps(layers))
+    out = tmp_path / "run"
+    assert run("train", "--model", arch, "--epochs", 1, "--out", out, *FAST) == 0
+    saved = load_checkpoint(out / "model.npz").meta["architecture"]["layers"][1]
+    assert saved["type"] == "EpScale" and saved["factor"] == 0.5
+    assert run("evaluate", out, "--backend", "numpy") == 0  # read again, no --plugin
+    capsys.readouterr()
+    assert run("export", out, "-o", tmp_path / "m.onnx") == 2
+    line = one_line_error(capsys)
+    assert "cannot export layer" in line and "EpScale" in line
+
+
+def test_entry_points_are_loaded_once_per_process(site):
+    from gpucnn.layers import LAYERS, layer_from_config
+
+    install_package(site, "gpucnn_ep_demo", "EpScale = gpucnn_ep_demo:EpScale", PLUGIN_MODULE)
+    layer_from_config({"type": "Flatten"})
+    module = sys.modules["gpucnn_ep_demo"]
+    del LAYERS.classes["EpScale"]  # a second load would register it again
+    with pytest.raises(ValueError, match="expected a layer type in"):
+        layer_from_config({"type": "EpScale"})
+    assert sys.modules["gpucnn_ep_demo"] is module
+
+
+def test_a_broken_entry_point_is_one_clear_line(site, tmp_path, capsys):
+    install_package(site, "gpucnn_ep_broken", "Broken = gpucnn_ep_broken_missing:Layer", None)
+    assert run("train", "--epochs", 1, "--out", tmp_path / "run", *FAST) == 2
+    line = one_line_error(capsys)
+    assert line.startswith("gpucnn: error: layer plugin entry point 'Broken'")
+    assert "package gpucnn_ep_broken 0.1" in line and "ModuleNotFoundError" in line
+    assert "fix or uninstall that package" in line
