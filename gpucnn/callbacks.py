@@ -31,9 +31,11 @@ checkpoint and given back to ``load_state_dict`` on resume, in the order of the 
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +214,8 @@ class ModelCheckpoint(Callback):
     save_best_only : True: save only when ``monitor`` improved on every earlier epoch (by more
         than ``min_delta``); False: save after every epoch.
     min_delta : the smallest change that counts as improvement.
+    meta : further JSON meta written into every file (the command line puts its run settings
+        and preprocessing there, so ``gpucnn evaluate OUT/best.npz`` reads it as a model.npz).
 
     Raises
     ------
@@ -226,6 +230,7 @@ class ModelCheckpoint(Callback):
         monitor: str = "val_loss",
         save_best_only: bool = True,
         min_delta: float = 0.0,
+        meta: Mapping[str, Any] | None = None,
     ):
         owner = "ModelCheckpoint"
         if not isinstance(path, str | os.PathLike):
@@ -237,6 +242,11 @@ class ModelCheckpoint(Callback):
         self.monitor = check_choice("monitor", monitor, HISTORY_KEYS, owner=owner)
         self.save_best_only = check_bool("save_best_only", save_best_only, owner=owner)
         self.min_delta = check_float("min_delta", min_delta, 0, owner=owner)
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ArgumentError(
+                f"{owner}: expected meta to be a mapping or None; received {type(meta).__name__}"
+            )
+        self.meta = dict(meta or {})
         try:  # a misspelt field is refused now, not after the first epoch's work
             self.path.format(epoch=1, **dict.fromkeys(HISTORY_KEYS, 0.0))
         except (KeyError, IndexError, ValueError) as exc:
@@ -260,7 +270,9 @@ class ModelCheckpoint(Callback):
         if _is_root(trainer):
             from .checkpoint import save_checkpoint  # checkpoint -> model -> ... -> here
 
-            save_checkpoint(path, trainer.model, epoch=epoch, monitor={self.monitor: value})
+            save_checkpoint(
+                path, trainer.model, **self.meta, epoch=epoch, monitor={self.monitor: value}
+            )
         self.last_saved = str(path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -418,12 +430,164 @@ class ReduceLROnPlateau(Callback):
         self.reductions = int(state.get("reductions", 0))
 
 
+TENSORBOARD_EXTRA = "install it with: pip install 'gpucnn[tensorboard]'"
+
+
+def require_tensorboardx() -> type:
+    """tensorboardX's ``SummaryWriter``; ImportError (one line naming the extra) without it."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(
+            f"TensorBoard: expected the tensorboardX package; it does not import ({exc}); "
+            f"{TENSORBOARD_EXTRA}"
+        ) from None
+    return SummaryWriter
+
+
+class TensorBoard(Callback):
+    """Write each epoch's :data:`HISTORY_KEYS` values as TensorBoard scalars.
+
+    Needs ``tensorboardX`` (the ``tensorboard`` extra: ``pip install 'gpucnn[tensorboard]'``),
+    imported when the callback is made. Scalars are named ``epoch/<key>`` (``epoch/loss``,
+    ``epoch/val_accuracy``, ``epoch/lr``...) with the 1-based epoch as the step; values an
+    epoch lacks (``val_*`` without validation data) are left out. A resumed run writes a new
+    event file in the same folder, continuing at its next epoch. Rank 0 alone writes. View
+    with ``tensorboard --logdir LOG_DIR``.
+
+    Parameters
+    ----------
+    log_dir : the folder of the event files (created).
+
+    Raises
+    ------
+    ImportError (one line naming the extra) when tensorboardX is not installed; ArgumentError
+    (a ValueError) for a ``log_dir`` that is not a path.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        if not isinstance(log_dir, str | os.PathLike):
+            raise ArgumentError(
+                f"TensorBoard: expected log_dir to be a str or os.PathLike; received "
+                f"{log_dir!r} ({type(log_dir).__name__})"
+            )
+        self.log_dir = Path(log_dir)
+        self._writer_class = require_tensorboardx()
+        self._writer: Any = None
+
+    def on_train_begin(self, trainer):
+        if _is_root(trainer) and self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = self._writer_class(logdir=str(self.log_dir))
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self._writer is None:
+            return
+        for key in HISTORY_KEYS:
+            value = logs.get(key)
+            if value is not None and not math.isnan(value):
+                self._writer.add_scalar(f"epoch/{key}", float(value), epoch)
+        self._writer.flush()  # complete whenever training stops
+
+    def on_train_end(self, trainer):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class LearningRateScheduler(Callback):
+    """Set each epoch's learning rate from a function, as Keras' ``LearningRateScheduler``.
+
+    ``schedule`` is called before each epoch with the epoch's **0-based** index (as in Keras
+    and as :mod:`gpucnn.optim` schedules take it) and, when it takes two arguments, the
+    current learning rate: ``schedule(epoch) -> lr`` or ``schedule(epoch, lr) -> lr``. The
+    rate it returns is the one the optimizer uses for every batch of that epoch and the one
+    ``history["lr"]`` shows.
+
+    The current rate given to a two-argument schedule is the previous epoch's rate (with a
+    constant trainer schedule), after any later change by another callback: a
+    :class:`ReduceLROnPlateau` reduction reaches it, so ``lambda epoch, lr: lr * 0.9`` keeps
+    decaying from the reduced rate. A one-argument schedule decides the rate alone and
+    overrides such changes, as in Keras. The rate set here is an assignment to
+    ``optimizer.lr`` in ``on_epoch_begin`` (see :mod:`gpucnn.callbacks`), so it also lasts
+    into ``trainer.lr_multiplier`` and is saved in checkpoints; the callback keeps no state.
+
+    Parameters
+    ----------
+    schedule : a function ``epoch -> lr`` or ``(epoch, lr) -> lr`` returning a positive,
+        finite number.
+    verbose : log the rate when it changes (through the trainer's ``log``).
+
+    Raises
+    ------
+    ArgumentError (a ValueError) when ``schedule`` is not a function of one or two
+    arguments; ValueError before an epoch whose rate is not a positive finite number.
+
+    Examples
+    --------
+    >>> LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)  # doctest: +ELLIPSIS
+    <gpucnn.callbacks.LearningRateScheduler object at ...>
+    >>> LearningRateScheduler(lambda epoch, lr: lr if epoch < 3 else lr * 0.9)  # doctest: +ELLIPSIS
+    <gpucnn.callbacks.LearningRateScheduler object at ...>
+    """
+
+    def __init__(self, schedule: Callable[..., float], verbose: bool = False):
+        owner = "LearningRateScheduler"
+        if not callable(schedule):
+            raise ArgumentError(
+                f"{owner}: expected schedule to be a function epoch -> lr or (epoch, lr) -> lr; "
+                f"received {schedule!r} ({type(schedule).__name__})"
+            )
+        self.schedule = schedule
+        self.takes_lr = _takes_two_arguments(owner, schedule)
+        self.verbose = check_bool("verbose", verbose, owner=owner)
+
+    def on_epoch_begin(self, trainer, epoch):
+        current = trainer.optimizer.lr
+        index = epoch - 1  # callbacks count epochs from 1; schedules from 0
+        value = self.schedule(index, current) if self.takes_lr else self.schedule(index)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        lr = float(value) if number else math.nan
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(
+                f"LearningRateScheduler: expected the schedule to return a positive finite "
+                f"learning rate for epoch {index} (0-based); received {value!r}"
+            )
+        trainer.optimizer.lr = lr
+        if self.verbose and trainer.log and lr != current:
+            trainer.log(f"LearningRateScheduler: epoch {epoch}: learning rate {lr:.4g}")
+
+
+def _takes_two_arguments(owner: str, schedule: Callable[..., float]) -> bool:
+    """Whether ``schedule`` is called as ``schedule(epoch, lr)`` rather than ``schedule(epoch)``."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):  # a builtin without a signature: Keras' one-argument form
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    if len(required) > 2 or (not positional and not varargs):
+        raise ArgumentError(
+            f"{owner}: expected schedule to take (epoch) or (epoch, lr); received a function "
+            f"with the signature {signature}"
+        )
+    return len(positional) >= 2 or varargs
+
+
 __all__ = [
     "HISTORY_KEYS",
     "BatchLogs",
     "CSVLogger",
     "Callback",
     "EarlyStopping",
+    "LearningRateScheduler",
     "ModelCheckpoint",
     "ReduceLROnPlateau",
+    "TensorBoard",
+    "require_tensorboardx",
 ]

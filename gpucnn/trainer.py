@@ -41,6 +41,7 @@ from .checkpoint import (
 )
 from .cuda_graph import GraphedStep, training_step
 from .data.files import is_disk_backed
+from .data.prefetch import Prefetcher
 from .functional.losses import check_labels, count_correct, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
@@ -156,6 +157,7 @@ class _Epoch:
     sums: Array  # (2,) float64 on the device: summed loss, correct predictions
     seen: int
     check_every: int
+    reader: Prefetcher | None = None  # disk-backed data: the epoch's batches, read ahead
 
 
 class Trainer:
@@ -270,6 +272,10 @@ class Trainer:
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
         self.stop_training = False
         self.lr_multiplier = 1.0  # callbacks' lasting changes to the rate (see scale_lr)
+        # disk-backed data (``--data FOLDER --stream``): batches read ahead by worker threads
+        # while the step runs; 0 reads each batch when it is needed. Same batches either way.
+        self.prefetch_batches = 4
+        self.prefetch_workers = min(4, os.cpu_count() or 1)
         self._batch_callbacks: list[Callback] = []
         self._position: dict[str, Any] | None = None  # inside an interrupted epoch
         self._signal: int | None = None
@@ -500,24 +506,38 @@ class Trainer:
         bar = self._progress_bar(epoch)
         synchronize(xp)
         start = time.perf_counter()
-        for b in range(epoch.first, epoch.num_batches):
-            if self.communicator is not None:  # eager: the all-reduce sits before the update
-                index = epoch.order[b * batch_size : min((b + 1) * batch_size, epoch.n)]
-                loss = self._train_batch_distributed(epoch, b, x_dev, y_dev, index)
-            else:
-                xb, yb = self._gather(epoch, b, x_dev, y_dev)
-                loss = self._train_batch(epoch, b, xb, yb)
-            if self._batch_callbacks:
-                size = min((b + 1) * batch_size, epoch.n) - b * batch_size
-                batch_logs = BatchLogs(loss, size)
-                for callback in self._batch_callbacks:
-                    callback.on_batch_end(self, b, batch_logs)
-            if bar is not None:
-                self._draw_progress(bar, epoch, b, loss, start)
-            if self._stop_signal() is not None:
+        if is_disk_backed(x_dev) and self.communicator is None and self.prefetch_batches > 0:
+            epoch.reader = Prefetcher(
+                x_dev,
+                (
+                    epoch.order_host[b * batch_size : min((b + 1) * batch_size, epoch.n)]
+                    for b in range(epoch.first, epoch.num_batches)
+                ),
+                workers=self.prefetch_workers,
+                depth=self.prefetch_batches,
+            )
+        try:
+            for b in range(epoch.first, epoch.num_batches):
+                if self.communicator is not None:  # eager: the all-reduce sits before the update
+                    index = epoch.order[b * batch_size : min((b + 1) * batch_size, epoch.n)]
+                    loss = self._train_batch_distributed(epoch, b, x_dev, y_dev, index)
+                else:
+                    xb, yb = self._gather(epoch, b, x_dev, y_dev)
+                    loss = self._train_batch(epoch, b, xb, yb)
+                if self._batch_callbacks:
+                    size = min((b + 1) * batch_size, epoch.n) - b * batch_size
+                    batch_logs = BatchLogs(loss, size)
+                    for callback in self._batch_callbacks:
+                        callback.on_batch_end(self, b, batch_logs)
                 if bar is not None:
-                    bar.close()
-                self._interrupt(epoch, b)
+                    self._draw_progress(bar, epoch, b, loss, start)
+                if self._stop_signal() is not None:
+                    if bar is not None:
+                        bar.close()
+                    self._interrupt(epoch, b)
+        finally:
+            if epoch.reader is not None:
+                epoch.reader.close()
         synchronize(xp)
         elapsed = time.perf_counter() - start
         if bar is not None:
@@ -564,7 +584,10 @@ class Trainer:
         index = epoch.order[lo:hi]
         if is_disk_backed(x_dev):  # one batch from disk to the device
             rows = epoch.order_host[lo:hi]
-            host = np.asarray(x_dev[rows], dtype=np.float32)
+            if epoch.reader is not None:  # read ahead, in this order, by worker threads
+                host = next(epoch.reader)
+            else:
+                host = np.asarray(x_dev[rows], dtype=np.float32)
             if not np.all(np.isfinite(host)):
                 bad = rows[~np.isfinite(host).reshape(len(rows), -1).all(axis=1)]
                 raise ValueError(

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         if "expected a layer type in" in message and not getattr(args, "plugin", None):
             message += (
-                " (a layer of your own: --plugin FILE.py imports the module that registers it)"
+                " (a layer of your own: --plugin FILE.py imports the module that registers it, or "
+                "install a package that declares it under the gpucnn.layers entry points)"
             )
         if STATE.communicator is not None and STATE.communicator.size > 1:
             # perhaps this rank alone failed, and the others would wait for it forever

@@ -18,6 +18,7 @@ from .. import __version__, runfolder
 from ..architectures import BUILTIN
 from ..augment import Augment
 from ..backend import BACKEND_CHOICES
+from ..callbacks import Callback, CSVLogger, ModelCheckpoint, TensorBoard
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DATASETS, Dataset, train_val_split
 from ..distributed import MPICommunicator, mpi_world_size
@@ -153,6 +154,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--patience", type=int, help="early stopping on val_accuracy after N flat epochs"
     )
+    train.add_argument(
+        "--checkpoint-best",
+        action="store_true",
+        default=None,
+        help="also keep the model of the epoch with the best val_accuracy in OUT/best.npz (a "
+        "model file, as model.npz); needs validation data",
+    )
+    train.add_argument(
+        "--csv-log",
+        action="store_true",
+        default=None,
+        help="write one line per epoch (epoch, loss, accuracy, val_loss, val_accuracy, lr, "
+        "...) to OUT/history.csv",
+    )
+    train.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write each epoch's values as TensorBoard scalars to DIR (needs the tensorboard "
+        "extra: pip install 'gpucnn[tensorboard]')",
+    )
     train.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
     train.add_argument("--seed", type=int, help="default: 0")
@@ -204,7 +225,7 @@ RUN_FLAGS = (
     "dataset", "data", "image_size", "channels", "test_fraction", "stream", "augment_shift",
     "augment_flip", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov",
     "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "clip_norm", "val_fraction",
-    "patience", "dtype", "seed", "out", "overwrite",
+    "patience", "checkpoint_best", "csv_log", "tensorboard", "dtype", "seed", "out", "overwrite",
 )  # fmt: skip
 TRAIN_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": None,
@@ -213,7 +234,7 @@ TRAIN_DEFAULTS = {
 # what a run recorded before these settings existed (or without --data) amounts to
 RECORDED_DEFAULTS = {
     "augment_shift": 0, "augment_flip": False, "test_fraction": 0.2, "warmup_epochs": 0,
-    "label_smoothing": 0.0,
+    "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False,
 }  # fmt: skip
 # scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
 MAX_SEED = 2**32 - 2
@@ -323,7 +344,14 @@ def _train(
         model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
     else:  # the checkpoint holds the architecture: no file outside the run folder is read
         model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
-    trainer = _build_trainer(run, model, out, progress=args.progress, validation=len(x_val) > 0)
+    trainer = _build_trainer(
+        run,
+        model,
+        out,
+        progress=args.progress,
+        validation=len(x_val) > 0,
+        model_meta={"run": run, "preprocessing": preprocessing(data)},
+    )
     trainer.communicator = comm
     if not root:
         trainer.progress, trainer.log = False, None
@@ -455,6 +483,18 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--patience must be >= 1; received {args.patience}")
     if not args.resume and args.patience is not None and args.val_fraction == 0:
         raise UsageError("--patience needs validation data; received --val-fraction 0")
+    if not args.resume and args.checkpoint_best and args.val_fraction == 0:
+        raise UsageError(
+            "--checkpoint-best keeps the best val_accuracy and needs validation data; received "
+            "--val-fraction 0"
+        )
+    if args.tensorboard is not None:
+        from ..callbacks import require_tensorboardx
+
+        try:
+            require_tensorboardx()
+        except ImportError as exc:
+            raise UsageError(f"--tensorboard: {exc}") from None
 
 
 def _check_split(fraction: float, total: int) -> None:
@@ -562,6 +602,9 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         schedule=args.schedule,
         clip_norm=args.clip_norm,
         patience=args.patience,
+        checkpoint_best=bool(args.checkpoint_best),
+        csv_log=bool(args.csv_log),
+        tensorboard=str(Path(args.tensorboard).resolve()) if args.tensorboard else None,
         **({"init": init} if init else {}),
         **settings,
     )
@@ -634,13 +677,31 @@ def _shown(name: str, value: Any) -> str:
 
 
 def _build_trainer(
-    run: dict[str, Any], model: Sequential, out: Path, progress: bool | None, validation: bool
+    run: dict[str, Any],
+    model: Sequential,
+    out: Path,
+    progress: bool | None,
+    validation: bool,
+    model_meta: dict[str, Any] | None = None,
 ) -> Trainer:
-    callbacks = (
+    """The run's Trainer. Its callbacks, in an order fixed by the run's settings (a resumed
+    run gives each its saved state by position): EarlyStopping (--patience), ModelCheckpoint
+    to OUT/best.npz (--checkpoint-best), CSVLogger to OUT/history.csv (--csv-log) and
+    TensorBoard (--tensorboard DIR)."""
+    callbacks: list[Callback] = (
         [EarlyStopping("val_accuracy", patience=run["patience"])]
         if run["patience"] and validation
         else []
     )
+    if run.get("checkpoint_best") and validation:
+        callbacks.append(ModelCheckpoint(out / "best.npz", "val_accuracy", meta=model_meta))
+    if run.get("csv_log"):
+        callbacks.append(CSVLogger(out / "history.csv"))
+    if run.get("tensorboard"):
+        try:
+            callbacks.append(TensorBoard(run["tensorboard"]))
+        except ImportError as exc:  # a run resumed where tensorboardX is missing
+            raise UsageError(f"--tensorboard: {exc}") from None
     shift, flip = run.get("augment_shift", 0), run.get("augment_flip", False)
     augment = Augment(shift, flip, seed=run["seed"] + 2) if shift or flip else None
     return Trainer(

@@ -42,7 +42,7 @@ from ..random import Random
 from ..registry import Registry
 
 Shape = tuple[int, ...]
-LAYERS = Registry("layer")
+LAYERS = Registry("layer", entry_point_group="gpucnn.layers")
 
 
 @dataclass
