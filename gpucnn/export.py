@@ -6,7 +6,7 @@ The graph uses opset 17 of the default ONNX domain (IR version 8, readable by ON
 
 * Input ``images``: float32 (N, C, H, W), with N a symbolic batch dimension. A model on flat
   vectors takes ``features`` (N, D) instead.
-* Output ``logits``: float32 (N, *output_shape), exactly what ``model.forward(x,
+* Output ``logits``: float32 ``(N, *output_shape)``, exactly what ``model.forward(x,
   training=False)`` returns (an image output is (N, C, H, W)). With ``probabilities=True`` a
   second output ``probabilities`` applies Softmax over axis 1, as ``predict_proba`` does.
 

@@ -121,7 +121,7 @@ class Sequential(Container):
 
         Parameters
         ----------
-        x : array of shape (N, *input_shape), NumPy or of the model's namespace; floating
+        x : array of shape ``(N, *input_shape)``, NumPy or of the model's namespace; floating
             point (it is cast to the model's dtype).
         training : False (default): inference, which never changes the model. True: keep what
             ``backward`` needs, draw dropout masks and update buffers (running statistics).
@@ -132,7 +132,7 @@ class Sequential(Container):
 
         Returns
         -------
-        out : array of shape (N, *output_shape) in the model's namespace (logits for a
+        out : array of shape ``(N, *output_shape)`` in the model's namespace (logits for a
             classifier); a model whose output is an image returns it as (N, C, H, W).
         """
         if not self.is_model:  # a container inside another model: internal arrays
@@ -164,17 +164,17 @@ class Sequential(Container):
         need_input_grad: bool = True,
         step_hook: StepHook | None = None,
     ) -> Array | None:
-        """Back-propagate ``grad_out`` (N, *output_shape) through every layer.
+        """Back-propagate ``grad_out`` ``(N, *output_shape)`` through every layer.
 
         Sets each parameter's ``grad`` and returns the gradient with respect to the input, of
-        shape (N, *input_shape), or None when ``need_input_grad`` is False (which spares the
+        shape ``(N, *input_shape)``, or None when ``need_input_grad`` is False (which spares the
         first layer's input-gradient GEMM, as training does). Both are in the public layout:
         (N, C, H, W) for images. ``step_hook`` as in :meth:`forward`, called with
         ``"backward"``.
 
         Raises
         ------
-        ValueError : ``grad_out`` is not of shape (N, *output_shape) for the N of the last
+        ValueError : ``grad_out`` is not of shape ``(N, *output_shape)`` for the N of the last
             forward pass; the message names the output layer.
         """
         if not self.is_model:
@@ -255,7 +255,7 @@ class Sequential(Container):
         return GPU_INFERENCE_BATCH if self.backend.is_gpu else INFERENCE_BLOCK
 
     def predict_proba(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities, computed in batches: (N, *input_shape) -> NumPy (N, K).
+        """Class probabilities, computed in batches: ``(N, *input_shape)`` -> NumPy (N, K).
 
         ``x`` may also be nested lists of numbers. ``batch_size`` defaults to
         :attr:`inference_batch_size`.
@@ -272,7 +272,7 @@ class Sequential(Container):
     def inference_function(self) -> Callable[[Any], Array]:
         """``f(x) -> out``: the inference pass ``forward(x, training=False, check=False)``.
 
-        ``x`` is (N, *input_shape), on the host or the device; ``out`` is a new array on the
+        ``x`` is ``(N, *input_shape)``, on the host or the device; ``out`` is a new array on the
         device. On a GPU each batch shape's pass is replayed as a CUDA graph (see
         :class:`gpucnn.cuda_graph.GraphedForward`), which saves the launch time of every
         kernel; on a CPU a large batch goes through in blocks of
@@ -295,7 +295,7 @@ class Sequential(Container):
         return blocked
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """Predicted class indices: (N, *input_shape) -> NumPy (N,) int64."""
+        """Predicted class indices: ``(N, *input_shape)`` -> NumPy (N,) int64."""
         self._require_model("predict()")
         x, batch_size = self._inference_args(x, batch_size, "Sequential.predict")
         return np.argmax(self.predict_proba(x, batch_size), axis=1)

@@ -297,7 +297,7 @@ class Trainer:
 
         Parameters
         ----------
-        x : float array of shape (N, *model.input_shape), host NumPy; or disk-backed images
+        x : float array of shape ``(N, *model.input_shape)``, host NumPy; or disk-backed images
             (an :class:`gpucnn.data.files.ImageSource` or ``numpy.memmap``), read one batch
             at a time (each batch is checked for NaN/inf as it is read).
         y : int array of shape (N,) with values in [0, K).

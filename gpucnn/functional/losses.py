@@ -87,9 +87,13 @@ def count_correct(logits: Array, labels: Array) -> Array:
 def add_batch_sums(sums: Array, loss: Array, logits: Array, labels: Array) -> None:
     """Add one batch to running sums in place, on the device (no host read).
 
+    Parameters
+    ----------
     sums : (2,) float64, the summed loss (each batch's mean loss times its N) and the number
         of correct predictions.
-    loss : 0-d mean loss of the batch; logits : (N, K); labels : (N,) integer.
+    loss : 0-d mean loss of the batch.
+    logits : (N, K).
+    labels : (N,) integer.
     """
     xp = namespace(sums)
     sums[0] = sums[0] + xp.astype(loss, xp.float64) * labels.shape[0]

@@ -32,8 +32,9 @@ def batch_norm_forward(
 
     Parameters
     ----------
-    x : (N, ..., C); weight, bias, mean, var : (C,). Training passes the batch's own
-        statistics (:func:`batch_norm_statistics`); inference the running ones.
+    x : (N, ..., C).
+    weight, bias, mean, var : (C,). Training passes the batch's own statistics
+        (:func:`batch_norm_statistics`); inference the running ones.
     eps : added to the variance.
 
     Returns

@@ -29,6 +29,8 @@ class Conv2D(Layer):
     weight : Parameter of shape (F, C, KH, KW), He-normal initialised, weight-decayed.
     bias : Parameter of shape (F,), zeros.
 
+    Notes
+    -----
     Input (N, H, W, C) -> output (N, OH, OW, F), channels-last inside a model.
     """
 

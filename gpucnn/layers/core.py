@@ -26,6 +26,8 @@ class Dense(Layer):
         weight-decayed.
     bias : Parameter of shape (O,), zeros.
 
+    Notes
+    -----
     Input (N, D) -> output (N, O).
     """
 
