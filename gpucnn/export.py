@@ -136,16 +136,16 @@ def to_onnx_model(model, probabilities: bool = False):
     ------
     ExportError : a layer has no ONNX mapping (the message names it), or ``onnx`` is missing.
     """
-    onnx = require_onnx()
-    from . import __version__
-
-    helper, TensorProto = onnx.helper, onnx.TensorProto
-    for layer in model.modules():
+    for layer in model.modules():  # whether the model can be written does not need onnx
         if not layer.exportable and not layer.children():
             raise ExportError(
                 f"cannot export layer '{layer.path}' of type {type(layer).__name__} to ONNX: "
                 "expected a layer that writes its own ONNX nodes (an onnx_nodes method)"
             )
+    onnx = require_onnx()
+    from . import __version__
+
+    helper, TensorProto = onnx.helper, onnx.TensorProto
     image = len(model.input_shape) == 3
     input_name = INPUT_NAMES["image" if image else "vector"]
     graph = _Graph(onnx, model.state_dict(), input_name)

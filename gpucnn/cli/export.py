@@ -38,13 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import OPSET, compare_with_onnxruntime, export_onnx, require_onnx
+    from ..export import OPSET, compare_with_onnxruntime, export_onnx
 
     args.model_path = model_file(args.model_path)  # a run folder means its model.npz
     output = Path(args.output) if args.output else Path(args.model_path).with_suffix(".onnx")
     check_output(output, "-o" if args.output else "the output", [args.model_path], args.overwrite)
-    model, _ = load_model(args.model_path, backend="numpy")
-    require_onnx()  # after the paths are checked: a wrong path is reported as such
+    model, _ = load_model(args.model_path, backend="numpy")  # export_onnx then needs onnx
     try:
         export_onnx(model, output, probabilities=args.probabilities)
     except OSError as exc:
