@@ -164,6 +164,38 @@ def child(args) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 
+def profile(args) -> None:
+    """Per-step medians of one training batch of each network, on ``--threads`` threads."""
+    os.environ["GPUCNN_CPU_THREADS"] = str(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    from gpucnn.bench import StepTimer
+    from gpucnn.resources import retain_freed_memory
+
+    threadpool_limits(args.threads)
+    retain_freed_memory()
+    batch = args.batch_size[0] if args.batch_size else 128
+    print(f"per-step median ms at batch {batch}, {args.threads} threads; CPU: {cpu_name()}")
+    rng = np.random.default_rng(2)
+    for name in args.networks:
+        if skip_reason(name):
+            continue
+        model = build(name)
+        x = rng.random((batch, *model.input_shape), dtype=np.float32)
+        y = rng.integers(0, 10, batch)
+        model.loss_and_backward(x, y, check=False)  # warm-up
+        timer = StepTimer(model.xp)
+        for _ in range(max(3, args.pairs)):
+            model.loss_and_backward(x, y, check=False, step_hook=timer)
+        rows = [
+            (step.name, *(1e3 * statistics.median(timer.times[step.name, p]) for p in ("forward", "backward")))
+            for step in model.steps
+        ]  # fmt: skip
+        print(f"{name}: {sum(f + b for _, f, b in rows):.1f} ms")
+        for step, forward, backward in rows:
+            print(f"  {step:<40} {forward:8.2f} / {backward:8.2f}")
+
+
 def measure(
     args, library: str, network: str, mode: str, batch: int, source: str | None = None
 ) -> float:
@@ -224,6 +256,12 @@ def main() -> None:
     )
     parser.add_argument("--no-parity", action="store_true", help="skip the float64 check")
     parser.add_argument("--list", action="store_true", help="list the networks and exit")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print gpucnn's per-step forward/backward ms (gpucnn.bench.layer_profile) for "
+        "--networks at the first --batch-size instead of timing against PyTorch",
+    )
     parser.add_argument("--json", help="write the report to this file")
     parser.add_argument("--child", choices=("gpucnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--network", help=argparse.SUPPRESS)
@@ -240,6 +278,9 @@ def main() -> None:
     unknown = sorted(set(args.networks) - set(NETWORKS))
     if unknown:
         parser.error(f"unknown networks {unknown}; choose from {list(NETWORKS)}")
+    if args.profile:
+        profile(args)
+        return
 
     import torch
 
