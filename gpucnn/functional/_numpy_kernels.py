@@ -172,14 +172,16 @@ def conv2d_backward_fast(
         g = grad_out[start:stop].reshape(-1, F)
         if relu_out is not None:
             g = np.multiply(g, relu_out[start:stop].reshape(-1, F) > 0)
-        sums[start] = np.matmul(cols[start:stop].reshape(-1, L).T, g)
+        # the (F, L) product, transposed at the end: measured 8-20 % faster than (L, F)
+        # on OpenBLAS (its transposed operand is then the narrow one)
+        sums[start] = np.matmul(g.T, cols[start:stop].reshape(-1, L))
         if need_input_grad:
             # offset-major (KH*KW, n, OH, OW, C): every slice-add reads contiguous memory
             grad_cols = np.matmul(g, w_per_offset).reshape(KH, KW, stop - start, OH, OW, C)
             _col2im_into(grad_padded[start:stop], grad_cols, stride)
 
     over_images(N, per_image, images)
-    return _conv_grads(_sum_in_order(sums), weight.shape, grad_padded, padding)
+    return _conv_grads(_sum_in_order(sums).T, weight.shape, grad_padded, padding)
 
 
 def _col2im_into(target, grad_cols, stride) -> None:
@@ -497,7 +499,7 @@ def conv_relu_max_pool_backward_fast(
 
     def images(start, stop):
         b = min(block, stop - start)
-        grad_wb = np.zeros((L, F), dtype=grad_out.dtype)
+        grad_wb = np.zeros((F, L), dtype=grad_out.dtype)  # transposed, as in conv2d_backward_fast
         g_conv = np.empty((D, b, PH, PW, F), dtype=grad_out.dtype)
         if need_input_grad:
             g_pixels = np.empty((b, OH, OW, F), dtype=grad_out.dtype)
@@ -507,7 +509,7 @@ def conv_relu_max_pool_backward_fast(
             np.multiply(grad_out[None, n0:n1], first[:, n0:n1], out=g_b)
             # one (L, F) product per phase, summed
             rows = cols[:, n0:n1].reshape(D, -1, L)
-            grad_wb += np.matmul(rows.transpose(0, 2, 1), g_b.reshape(D, -1, F)).sum(axis=0)
+            grad_wb += np.matmul(g_b.reshape(D, -1, F).transpose(0, 2, 1), rows).sum(axis=0)
             if not need_input_grad:
                 continue
             # back to pixel order, where col2im's slice-adds have the longest contiguous runs
@@ -524,7 +526,7 @@ def conv_relu_max_pool_backward_fast(
         sums[start] = grad_wb
 
     over_images(N, per_image, images)
-    return _conv_grads(_sum_in_order(sums), weight.shape, grad_padded, padding)
+    return _conv_grads(_sum_in_order(sums).T, weight.shape, grad_padded, padding)
 
 
 def erf_fast(x: Array) -> Array | None:
