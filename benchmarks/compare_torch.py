@@ -23,88 +23,18 @@ import json
 import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
-from gpucnn.architectures import architecture
-from gpucnn.backend import select_backend, synchronize, to_device
+from gpucnn.backend import select_backend, to_device
 from gpucnn.bench import INPUT_SHAPE, build_model
 from gpucnn.cuda_graph import training_step
 from gpucnn.optim import SGD
 from gpucnn.resources import retain_freed_memory
 
-
-def torch_model(name: str, torch):
-    """The built-in architecture ``name`` as a torch.nn.Sequential (same layer list)."""
-    nn = torch.nn
-    layers, shape = [], INPUT_SHAPE
-    for spec in architecture(name, INPUT_SHAPE, 10)["layers"]:
-        kind = spec["type"]
-        if kind == "Conv2D":
-            k = spec["kernel_size"]
-            pad = k // 2 if spec.get("padding") == "same" else spec.get("padding", 0)
-            layers.append(nn.Conv2d(shape[0], spec["filters"], k, padding=pad))
-            shape = (spec["filters"], shape[1] + 2 * pad - k + 1, shape[2] + 2 * pad - k + 1)
-        elif kind == "MaxPool2D":
-            layers.append(nn.MaxPool2d(spec["pool_size"]))
-            shape = (shape[0], shape[1] // spec["pool_size"], shape[2] // spec["pool_size"])
-        elif kind == "ReLU":
-            layers.append(nn.ReLU())
-        elif kind == "Flatten":
-            layers.append(nn.Flatten())
-            shape = (int(np.prod(shape)),)
-        elif kind == "Dense":
-            layers.append(nn.Linear(shape[0], spec["units"]))
-            shape = (spec["units"],)
-        else:
-            raise ValueError(f"no torch equivalent written for {kind}")
-    return nn.Sequential(*layers)
-
-
-def time_torch(args, batch_size: int, torch, model, x, y, optimizer) -> float:
-    device = torch.device(args.device)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def train_steps():
-        for _ in range(args.steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
-
-    def infer_steps():
-        with torch.inference_mode():
-            for _ in range(args.steps):
-                model(x)
-
-    run = train_steps if args.mode == "train" else infer_steps
-    sync()
-    start = time.perf_counter()
-    run()
-    sync()
-    return batch_size * args.steps / (time.perf_counter() - start)
-
-
-def time_gpucnn(args, batch_size: int, model, x, y, step) -> float:
-    xp = model.xp
-    infer = model.inference_function()  # a CUDA graph per batch shape on a GPU
-
-    def run():
-        for _ in range(args.steps):
-            if args.mode == "train":
-                step(x, y)
-            else:
-                infer(x)
-
-    synchronize(xp)
-    start = time.perf_counter()
-    run()
-    synchronize(xp)
-    return batch_size * args.steps / (time.perf_counter() - start)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_mirror import time_gpucnn, time_torch, torch_twin  # noqa: E402
 
 
 def setup(args, library: str, batch_size: int, torch):
@@ -118,13 +48,13 @@ def setup(args, library: str, batch_size: int, torch):
         model = build_model(args.model, backend)
         step = training_step(model, SGD(lr=0.01, momentum=0.9))
         x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
-        return lambda: time_gpucnn(args, batch_size, model, x, y, step)
-    model = torch_model(args.model, torch).to(args.device)
-    if args.mode == "infer":
-        model.eval()
+        return lambda: time_gpucnn(model, x, y, step, args.mode, args.steps)
+    # the same weights as gpucnn's model (built with the same seed)
+    model = torch_twin(build_model(args.model, select_backend("numpy")), torch).to(args.device)
+    model.train(args.mode == "train")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.from_numpy(x_host).to(args.device), torch.from_numpy(y_host).to(args.device)
-    return lambda: time_torch(args, batch_size, torch, model, x, y, optimizer)
+    return lambda: time_torch(torch, model, x, y, optimizer, args.mode, args.steps, args.device)
 
 
 def set_torch_tf32(torch, allowed: bool) -> None:

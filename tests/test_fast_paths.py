@@ -28,6 +28,7 @@ from gpucnn.functional import (
     max_pool2d_backward,
     max_pool2d_forward,
     relu_backward,
+    relu_forward,
     softmax_cross_entropy,
 )
 from gpucnn.functional._dispatch import CUDA_KERNELS_ENV
@@ -286,6 +287,46 @@ def test_numpy_conv_split_over_threads_equals_the_standard_code(
     for a, b in zip(split, standard, strict=True):
         if a is not None:  # the GEMMs sum in another order
             np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)
+@pytest.mark.parametrize("threads", [1, 3])  # 1: the standard code on NumPy
+def test_numpy_conv_relu_equals_the_standard_code(
+    monkeypatch, shape, filters, kernel, stride, padding, threads
+):
+    import array_api_strict
+
+    from gpucnn.functional import _cpu_threads, conv2d_relu_backward, conv2d_relu_forward
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal((filters, shape[3], *kernel)).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    with _cpu_threads.parallel():
+        out, cols = conv2d_relu_forward(x, weight, bias, stride, padding)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        fast = [out, cols]
+        for need_input_grad in (True, False):
+            fast += conv2d_relu_backward(
+                g, out, cols, weight, shape, stride, padding, need_input_grad
+            )
+    xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, weight, bias, g))
+    conv_s, cols_s = conv2d_forward(xs, ws, bs, stride, padding)
+    out_s = relu_forward(conv_s)  # the two layers' standard code, one after the other
+    standard = [to_numpy(out_s), to_numpy(cols_s)]
+    for need_input_grad in (True, False):
+        grads = conv2d_backward(
+            relu_backward(gs, out_s), cols_s, ws, shape, stride, padding, need_input_grad
+        )
+        standard += [None if a is None else to_numpy(a) for a in grads]
+    assert fast[5] is None and standard[5] is None
+    assert np.all(fast[0] >= 0) and np.any(fast[0] == 0)
+    np.testing.assert_array_equal(fast[0] == 0, standard[0] == 0)  # the same ReLU mask
+    for a, b in zip(fast, standard, strict=True):
+        if a is not None:  # the GEMMs sum in another order
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_numpy_conv_with_mixed_dtypes_promotes_as_the_standard_code(monkeypatch):

@@ -274,7 +274,7 @@ def test_backward_after_an_inference_forward_is_refused():
 
 
 def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
-    from gpucnn.layers import Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
+    from gpucnn.layers import Conv2DReLU, Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
 
     class MyReLU(ReLU):
         pass
@@ -283,11 +283,64 @@ def test_fusion_plan_lives_in_layers_and_fuses_only_exact_types():
     steps = plan(layers)
     assert isinstance(steps[0], ReLUMaxPool2D)
     assert steps[1:] == layers[2:]
-    # a convolution joins only a pooling whose windows do not overlap
+    # a convolution joins only a pooling whose windows do not overlap; else it takes the ReLU
     layers = [Conv2D(2, 3), ReLU(), MaxPool2D(2), Conv2D(2, 3), ReLU(), MaxPool2D(3, stride=2)]
     steps = plan(layers)
-    assert isinstance(steps[0], Conv2DReLUMaxPool2D) and steps[1] is layers[3]
-    assert isinstance(steps[2], ReLUMaxPool2D) and len(steps) == 3
+    assert isinstance(steps[0], Conv2DReLUMaxPool2D) and isinstance(steps[1], Conv2DReLU)
+    assert steps[2] is layers[5] and len(steps) == 3
+    layers = [Conv2D(2, 3), MyReLU(), Conv2D(2, 3), ReLU(), ReLU()]
+    steps = plan(layers)
+    assert steps[:2] == layers[:2] and isinstance(steps[2], Conv2DReLU) and steps[3] is layers[4]
+
+
+def test_fused_conv_relu_training_equals_the_layers_and_central_differences(rng):
+    """Convolutions back to back (one strided), each followed by a ReLU: Conv2DReLU steps,
+    in the NumPy thread mode (two threads, every op split), float64."""
+    import os
+    from unittest import mock
+
+    from gpucnn.functional import _cpu_threads
+
+    model = Sequential(
+        [Conv2D(3, 3, padding="same"), ReLU(), Conv2D(4, 3, stride=2, padding=1), ReLU(),
+         Flatten(), Dense(3)],
+        input_shape=(2, 7, 6), dtype="float64", backend="numpy", seed=3,
+    )  # fmt: skip
+    assert [type(step).__name__ for step in model.steps[:2]] == ["Conv2DReLU"] * 2
+    x = rng.standard_normal((4, *model.input_shape))
+    labels = np.array([0, 2, 1, 2])
+    with (
+        mock.patch.object(_cpu_threads, "MIN_PART_BYTES", 0),
+        mock.patch.dict(os.environ, {_cpu_threads.CPU_THREADS_ENV: "2"}),
+    ):
+        logits = host(model.forward(x, training=True))
+        _, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
+        grad_x = host(model.backward(grad))
+        params = {param.name: host(param.grad) for param in model.parameters()}
+
+        def loss(v):
+            return float(softmax_cross_entropy(model.forward(v, training=False), labels)[0])
+
+        assert_gradient(loss, x, grad_x)
+        for param in model.parameters():
+            saved = param.data.copy()
+
+            def loss_of_param(v, param=param):
+                param.data[...] = v
+                return loss(x)
+
+            assert_gradient(loss_of_param, saved.copy(), params[param.name])
+            param.data[...] = saved
+    h = np.transpose(x, (0, 2, 3, 1))
+    for layer in model.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_allclose(h, logits, rtol=1e-13, atol=1e-13)
+    g = grad
+    for layer in reversed(model.layers):
+        g = layer.backward(g)
+    np.testing.assert_allclose(np.transpose(g, (0, 3, 1, 2)), grad_x, rtol=1e-12, atol=1e-13)
+    for param in model.parameters():
+        np.testing.assert_allclose(param.grad, params[param.name], rtol=1e-12, atol=1e-13)
 
 
 def test_fused_conv_relu_pool_training_equals_the_layers_one_by_one(xp, rng):

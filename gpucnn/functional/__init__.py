@@ -24,6 +24,8 @@ from .activations import (
 from .conv import (
     conv2d_backward,
     conv2d_forward,
+    conv2d_relu_backward,
+    conv2d_relu_forward,
     conv2d_relu_max_pool2d_backward,
     conv2d_relu_max_pool2d_forward,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
+    "conv2d_relu_backward",
+    "conv2d_relu_forward",
     "conv2d_relu_max_pool2d_backward",
     "conv2d_relu_max_pool2d_forward",
     "dense_backward",

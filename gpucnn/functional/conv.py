@@ -16,6 +16,7 @@ from ._numpy_kernels import (
     conv_relu_max_pool_backward_fast,
     conv_relu_max_pool_forward_fast,
 )
+from .activations import relu_backward, relu_forward
 from .im2col import Padding, Pair, col2im, im2col, output_size, pad2d, unpad2d
 from .pooling import max_pool2d_backward, max_pool2d_forward
 
@@ -135,6 +136,43 @@ def conv2d_backward(
     padded_shape = (N, PT + H + PB, PL + W + PR, C)
     grad_padded = col2im(xp.reshape(grad_cols, (KH, KW, N, OH, OW, C)), padded_shape, stride)
     return unpad2d(grad_padded, padding), grad_weight, grad_bias
+
+
+def conv2d_relu_forward(
+    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding
+) -> tuple[Array, Array]:
+    """``relu(conv2d(x))``: on NumPy the ReLU runs on each thread's GEMM output in place,
+    while it is still in cache, instead of as one more pass over the whole output.
+
+    Parameters and returns as :func:`conv2d_forward`; ``out`` is non-negative.
+    """
+    fast = conv2d_forward_fast(x, weight, bias, stride, padding, relu=True)
+    if fast is not None:
+        return fast
+    out, cols = conv2d_forward(x, weight, bias, stride, padding)
+    return relu_forward(out), cols
+
+
+def conv2d_relu_backward(
+    grad_out: Array,
+    out: Array,
+    cols: Array,
+    weight: Array,
+    x_shape: tuple[int, int, int, int],
+    stride: Pair,
+    padding: Padding,
+    need_input_grad: bool = True,
+) -> tuple[Array | None, Array, Array]:
+    """Gradients of :func:`conv2d_relu_forward`: ``grad_out`` (N, OH, OW, F) passes where
+    ``out`` (its output) is positive, then as :func:`conv2d_backward` (on NumPy each thread
+    masks its own images, without a whole masked copy in between)."""
+    fast = conv2d_backward_fast(
+        grad_out, cols, weight, x_shape, stride, padding, need_input_grad, relu_out=out
+    )
+    if fast is not None:
+        return fast
+    grad_conv = relu_backward(grad_out, out)
+    return conv2d_backward(grad_conv, cols, weight, x_shape, stride, padding, need_input_grad)
 
 
 def conv2d_relu_max_pool2d_forward(

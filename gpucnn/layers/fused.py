@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..backend import Array
-from ..functional.conv import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
+from ..functional.conv import (
+    conv2d_relu_backward,
+    conv2d_relu_forward,
+    conv2d_relu_max_pool2d_backward,
+    conv2d_relu_max_pool2d_forward,
+)
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .base import Layer
 from .conv import Conv2D
@@ -111,8 +116,55 @@ class Conv2DReLUMaxPool2D:
         return grad_x
 
 
-# the fused steps, tried in this order at each position (the first that matches wins)
-FUSIONS: list[type] = [Conv2DReLUMaxPool2D, ReLUMaxPool2D]
+class Conv2DReLU:
+    """Runs ``Conv2D, ReLU`` as one step: any convolution followed by a ReLU (convolutions
+    back to back, strided convolutions, a pooling that :class:`Conv2DReLUMaxPool2D` does not
+    take). The ReLU is the convolution's epilogue (see
+    :func:`gpucnn.functional.conv.conv2d_relu_forward`): on NumPy each thread clamps its own
+    GEMM output in place, and backward masks each thread's gradient as it starts, so neither
+    direction makes a pass over the whole activation of its own. Results equal the two layers'.
+
+    Parameters
+    ----------
+    conv, relu : the two layers, built.
+
+    Input (N, H, W, C) -> output (N, OH, OW, F), as ``conv``. Sets ``conv``'s gradients.
+    """
+
+    pattern = (Conv2D, ReLU)
+
+    def __init__(self, conv: Conv2D, relu: ReLU):
+        self.conv = conv
+        self.name = f"{conv.path}+{relu.path}"
+        self._cache = None
+
+    @staticmethod
+    def accepts(conv: Conv2D, relu: ReLU) -> bool:
+        return True
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        conv = self.conv
+        conv.check_input(x)
+        out, cols = conv2d_relu_forward(
+            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding
+        )
+        self._cache = (cols, out, tuple(x.shape)) if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        cols, out, x_shape = self._cache
+        conv = self.conv
+        grad_x, grad_w, grad_b = conv2d_relu_backward(
+            grad_out, out, cols, conv.weight.data, x_shape, conv.stride, conv.padding,
+            need_input_grad,
+        )  # fmt: skip
+        conv.weight.grad, conv.bias.grad = grad_w, grad_b
+        return grad_x
+
+
+# the fused steps, tried in this order at each position (the first that matches wins): a
+# convolution followed by a ReLU and a pooling it accepts fuses all three, else the first two
+FUSIONS: list[type] = [Conv2DReLUMaxPool2D, Conv2DReLU, ReLUMaxPool2D]
 
 
 def plan(layers: Sequence[Layer]) -> list:
