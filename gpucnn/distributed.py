@@ -111,6 +111,7 @@ class MPICommunicator:
         self.cuda_aware = _cuda_aware(self.mpi) if cuda_aware is None else bool(cuda_aware)
         self.allreduce_seconds = 0.0
         self.allreduce_calls = 0
+        self.statistics_allreduce_calls = 0
         self.buffer_size = 0
 
     @property
@@ -218,6 +219,16 @@ class MPICommunicator:
             b.data[...] = xp.reshape(flat[offset : offset + b.size], b.shape)
             offset += b.size
 
+    def sum_arrays(self, values: Array) -> Array:
+        """``values`` (1-d, any namespace) summed over ranks, in a new array of the same
+        namespace: the batch statistics of BatchNorm layers (see ``Trainer``)."""
+        xp = namespace(values)
+        start = time.perf_counter()
+        out = self._reduce(xp.asarray(values, copy=True), self.mpi.SUM)
+        self.allreduce_seconds += time.perf_counter() - start
+        self.statistics_allreduce_calls += 1
+        return out
+
     def sum(self, values: Iterable[float]) -> np.ndarray:
         """Sum a few host numbers over ranks; float64 array of the same length."""
         host = np.array(list(values), dtype=np.float64)
@@ -237,6 +248,7 @@ class MPICommunicator:
         return {
             "world_size": self.size,
             "allreduce_calls": self.allreduce_calls,
+            "statistics_allreduce_calls": self.statistics_allreduce_calls,
             "allreduce_seconds": self.allreduce_seconds,
             "gradient_buffer_elements": self.buffer_size,
             "cuda_aware_mpi": self.cuda_aware,

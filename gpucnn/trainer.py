@@ -193,6 +193,11 @@ class Trainer:
         are averaged over ranks before the optimizer step (so clipping sees the averaged
         gradient); rank 0's weights are broadcast when ``fit`` starts; only rank 0 logs,
         draws progress and writes checkpoints.
+    sync_batch_statistics : with a ``communicator``, normalise with the statistics of the
+        whole global batch (True, the default: one all-reduce per BatchNorm layer in forward
+        and one in backward, and P processes train as one does) or with each rank's own share
+        (False: no extra communication; the running statistics are then averaged over ranks
+        after every epoch).
 
     Example
     -------
@@ -215,6 +220,7 @@ class Trainer:
         augment: Augment | None = None,
         communicator: MPICommunicator | None = None,
         label_smoothing: float = 0.0,
+        sync_batch_statistics: bool = True,
     ):
         owner = "Trainer"
         check_instance("model", model, Sequential, owner=owner)
@@ -264,6 +270,9 @@ class Trainer:
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.shuffle_rng = np.random.default_rng(seed)
         self.communicator = communicator
+        self.sync_batch_statistics = check_bool(
+            "sync_batch_statistics", sync_batch_statistics, owner=owner
+        )
         quiet = communicator is not None and not communicator.is_root
         self.progress = False if quiet else progress
         self.log = None if quiet else log
@@ -360,13 +369,18 @@ class Trainer:
             comm.broadcast_parameters([*self.model.parameters(), *self.model.buffers()])
         target = self.epoch + epochs
         # a diverging run is reported once by _check_finite, not by NumPy's overflow warnings
-        with self._signals_caught(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with (
+            self._signals_caught(),
+            self._batch_statistics_synchronised(),
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+        ):
             while self.epoch < target and not self.stop_training:
                 self._set_epoch_lr()
                 for callback in self.callbacks:
                     callback.on_epoch_begin(self, self.epoch + 1)
                 logs = self._run_epoch(x_dev, y_dev, batch_size)
-                if comm is not None:  # each rank updated its buffers from its own share
+                if comm is not None and not self._synchronised_layers():
+                    # each rank updated its buffers from its own share
                     comm.average_buffers(self.model.buffers())
                 if validation_data is not None:
                     logs["val_loss"], logs["val_accuracy"] = evaluate(
@@ -382,6 +396,22 @@ class Trainer:
                     self.log(self._epoch_line(target, logs))
         self.finish()
         return self.history
+
+    @contextlib.contextmanager
+    def _batch_statistics_synchronised(self):
+        """In a distributed run with ``sync_batch_statistics``, give every layer that takes
+        statistics over the batch the communicator's sum over ranks, for the time of ``fit``."""
+        comm = self.communicator
+        layers = []
+        if comm is not None and self.sync_batch_statistics:
+            layers = [m for m in self.model.modules() if m.batch_statistics]
+        for layer in layers:
+            layer.sum_over_processes = comm.sum_arrays
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.sum_over_processes = None
 
     def finish(self) -> None:
         """End training as :meth:`fit` does after its last epoch: each callback's
@@ -629,6 +659,15 @@ class Trainer:
             xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
             loss, logits = self._eager_step.forward_backward(xb, yb)
             loss_sum, correct = loss * count, count_correct(logits, yb)
+        elif self._synchronised_layers():
+            # a last global batch smaller than the number of ranks leaves this one idle, but
+            # its layers must still take part in the statistics' all-reduces: an empty share
+            # contributes zeros to them, and zero gradients
+            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
+            self._eager_step.forward_backward(xb, yb)
+            for p in model.parameters():
+                p.grad = xp.zeros_like(p.data)
+            loss_sum, correct = 0.0, 0
         else:  # a last global batch smaller than the number of ranks leaves this one idle
             for p in model.parameters():
                 p.grad = xp.zeros_like(p.data)
@@ -646,6 +685,12 @@ class Trainer:
         epoch.sums[1] = epoch.sums[1] + round(correct)
         epoch.seen += total
         return loss
+
+    def _synchronised_layers(self) -> bool:
+        """True while layers take their batch statistics over every rank."""
+        return any(
+            m.sum_over_processes is not None for m in self.model.modules() if m.batch_statistics
+        )
 
     def _stop_signal(self) -> int | None:
         """The signal to stop for: in a distributed run the one all ranks agreed on."""

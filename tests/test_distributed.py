@@ -47,9 +47,12 @@ def train_args(out, *extra):
 
 
 def max_relative_difference(a_path, b_path):
+    """Over every parameter and buffer of two saved models, relative to the array's largest
+    value, or to 1e-3 for arrays that stay near zero (a convolution's bias before BatchNorm
+    gets no gradient, so it holds rounding noise)."""
     a, b = load_checkpoint(a_path).params, load_checkpoint(b_path).params
     assert a.keys() == b.keys()
-    return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(a[k]))) for k in a)
+    return max(float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(a[k])), 1e-3)) for k in a)
 
 
 # ---------------------------------------------------------------------- without MPI
@@ -101,18 +104,19 @@ def test_shards_cover_the_batch_once_and_differ_by_at_most_one(count):
 # ---------------------------------------------------------------------- under mpirun
 @needs_mpirun
 @pytest.mark.parametrize(
-    "dtype,batch,tolerance",
+    "dtype,batch,tolerance,model",
     [
-        ("float64", 32, 1e-10),
-        pytest.param("float32", 32, 1e-5, marks=pytest.mark.slow),
-        pytest.param("float64", 33, 1e-10, marks=pytest.mark.slow),
+        ("float64", 32, 1e-10, "small"),
+        ("float64", 32, 1e-10, "small_bn"),
+        pytest.param("float32", 32, 1e-5, "small", marks=pytest.mark.slow),
+        pytest.param("float64", 33, 1e-10, "small", marks=pytest.mark.slow),
     ],
-    ids=["float64", "float32", "float64-indivisible-batch"],
+    ids=["float64", "float64-batchnorm", "float32", "float64-indivisible-batch"],
 )
-def test_two_processes_give_the_weights_of_one(tmp_path, dtype, batch, tolerance):
-    """One epoch on digits (no dropout, no BatchNorm: each rank would normalise its own share)
-    with global batch B: P=2 ends where P=1 does."""
-    flags = ["--epochs", 1, "--batch-size", batch, "--dtype", dtype, "--model", "small"]
+def test_two_processes_give_the_weights_of_one(tmp_path, dtype, batch, tolerance, model):
+    """One epoch on digits with global batch B: P=2 ends where P=1 does, BatchNorm included
+    (its statistics are taken over the global batch); the running statistics too."""
+    flags = ["--epochs", 1, "--batch-size", batch, "--dtype", dtype, "--model", model]
     single, double = tmp_path / "p1", tmp_path / "p2"
     assert main([str(a) for a in train_args(single, *flags)[2:]]) == 0
     result = mpirun(*train_args(double, *flags))
@@ -170,11 +174,15 @@ def test_python_api_with_clipping_matches_one_process(tmp_path):
 
 
 @needs_mpirun
-def test_a_batch_norm_model_trains_on_two_processes_and_saves_one_state(tmp_path):
-    """Each rank normalises its own share; the running statistics are averaged over the ranks
-    after every epoch, so the saved model evaluates to the accuracy training printed."""
+def test_batch_norm_on_each_ranks_share_saves_one_state(tmp_path):
+    """--no-sync-batch-norm: each rank normalises its own share; the running statistics are
+    averaged over the ranks after every epoch, so the saved model evaluates to the accuracy
+    training printed."""
     out = tmp_path / "bn"
-    result = mpirun(*train_args(out, "--model", "small_bn", "--epochs", 2, "--batch-size", 32))
+    result = mpirun(
+        *train_args(out, "--model", "small_bn", "--epochs", 2, "--batch-size", 32),
+        "--no-sync-batch-norm",
+    )
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())["test_accuracy"]
     assert main(["evaluate", str(out / "model.npz"), "--json", str(tmp_path / "e.json")]) == 0
@@ -225,22 +233,58 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
 
 
 # ---------------------------------------------------------------------- ranks as threads
-def _fit(backend, comm=None, samples=41, batch=8):
+def _layers(kind):
+    from gpucnn.layers import BatchNorm1D, BatchNorm2D, Conv2D, MaxPool2D, Residual
+
+    if kind == "plain":
+        return [Conv2D(3, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)]
+    return [  # BatchNorm in a nested container, before and after the flatten
+        Conv2D(3, 3), BatchNorm2D(), ReLU(),
+        Residual([Conv2D(3, 3, padding=1), BatchNorm2D(momentum=0.3)]),
+        MaxPool2D(2), Flatten(), Dense(5), BatchNorm1D(), ReLU(), Dense(3),
+    ]  # fmt: skip
+
+
+def _fit(backend, comm=None, samples=41, batch=8, kind="plain", sync=True):
     from gpucnn import SGD, Sequential
-    from gpucnn.layers import Conv2D, MaxPool2D
 
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(samples, 1, 6, 6))
+    x = rng.normal(loc=0.5, size=(samples, 1, 6, 6))
     y = rng.integers(0, 3, size=samples)
-    model = Sequential(
-        [Conv2D(3, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(3)], (1, 6, 6), "float64", backend
-    )
+    model = Sequential(_layers(kind), (1, 6, 6), "float64", backend)
     trainer = Trainer(
         model, SGD(lr=0.1, momentum=0.9, clip_norm=1.0), communicator=comm, log=None,
-        progress=False,
+        progress=False, sync_batch_statistics=sync,
     )  # fmt: skip
     trainer.fit(x, y, validation_data=(x[:9], y[:9]), epochs=2, batch_size=batch)
     return model.state_dict(), trainer.history
+
+
+def _fit_on_thread_ranks(size, cuda_aware=False, **fit):
+    """``_fit(**fit)`` on ``size`` ranks that are threads; returns the results and the
+    communicators, by rank."""
+    group, results, comms = ThreadGroup(size), [None] * size, [None] * size
+
+    def rank_main(rank):
+        comms[rank] = MPICommunicator(ThreadComm(group, rank), cuda_aware=cuda_aware)
+        results[rank] = _fit(comm=comms[rank], **fit)
+
+    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(result is not None for result in results)
+    return results, comms
+
+
+def _assert_same_training(results, expected, expected_history):
+    for weights, history in results:
+        assert weights.keys() == expected.keys()
+        for name, value in expected.items():
+            np.testing.assert_allclose(weights[name], value, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(history["loss"], expected_history["loss"], rtol=1e-10)
+        assert history["val_accuracy"] == expected_history["val_accuracy"]
 
 
 @pytest.mark.parametrize(
@@ -257,20 +301,44 @@ def test_two_thread_ranks_match_one_process(monkeypatch, backend, cuda_aware):
             pytest.skip("no GPU")
     monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
     expected, expected_history = _fit(backend)
-    group, results = ThreadGroup(2), [None, None]
+    results, _ = _fit_on_thread_ranks(2, backend=backend, cuda_aware=cuda_aware)
+    _assert_same_training(results, expected, expected_history)
 
-    def rank_main(rank):
-        comm = MPICommunicator(ThreadComm(group, rank), cuda_aware=cuda_aware)
-        results[rank] = _fit(backend, comm)
 
-    threads = [threading.Thread(target=rank_main, args=(rank,)) for rank in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert results[0] is not None and results[1] is not None
-    for weights, history in results:
-        for name, value in expected.items():
-            np.testing.assert_allclose(weights[name], value, rtol=1e-10, atol=1e-13)
-        np.testing.assert_allclose(history["loss"], expected_history["loss"], rtol=1e-10)
-        assert history["val_accuracy"] == expected_history["val_accuracy"]
+@pytest.mark.parametrize(
+    "size,samples,batch",
+    [(2, 42, 8), (3, 42, 8), (3, 40, 7)],
+    ids=["two-ranks", "three-ranks-one-idle", "three-ranks-unequal-shares"],
+)
+def test_batch_norm_statistics_over_thread_ranks_match_one_process(
+    monkeypatch, size, samples, batch
+):
+    """BatchNorm2D/1D (one inside a Residual) with the statistics of the global batch: the
+    running statistics, every weight and the losses equal one process's, float64. 42 images
+    at batch 8 end with a batch of two, so one of three ranks joins the all-reduces with an
+    empty share (and BatchNorm1D sees one value per rank); 40 at batch 7 on three ranks
+    gives shares of 2 and 3."""
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
+    expected, expected_history = _fit("numpy", samples=samples, batch=batch, kind="bn")
+    assert any(name.endswith("running_var") for name in expected)
+    results, comms = _fit_on_thread_ranks(
+        size, backend="numpy", samples=samples, batch=batch, kind="bn"
+    )
+    _assert_same_training(results, expected, expected_history)
+    steps = 2 * -(-samples // batch)
+    # three BatchNorm layers, one all-reduce each in forward and one in backward per step
+    assert comms[0].stats()["statistics_allreduce_calls"] == steps * 3 * 2
+
+
+def test_batch_norm_on_own_shares_differs_and_averages_running_statistics(monkeypatch):
+    """sync_batch_statistics=False: each rank normalises its own share (so training differs
+    from one process) and every rank ends with the same, averaged, running statistics."""
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
+    expected, _ = _fit("numpy", samples=44, kind="bn")
+    results, comms = _fit_on_thread_ranks(2, backend="numpy", samples=44, kind="bn", sync=False)
+    (first, _), (second, _) = results
+    assert comms[0].stats()["statistics_allreduce_calls"] == 0
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    name = "batchnorm2d_1.running_mean"
+    assert not np.allclose(first[name], expected[name], rtol=1e-6)

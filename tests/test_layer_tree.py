@@ -209,6 +209,35 @@ def test_batch_norm_trains_with_batch_statistics_and_infers_with_running_ones(xp
     np.testing.assert_allclose(host(model.forward(on(xp, x))), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind,shape", [(BatchNorm2D, (3, 4, 5)), (BatchNorm1D, (6,))])
+def test_batch_norm_over_processes_of_one_equals_the_local_statistics(xp, rng, kind, shape):
+    """The distributed path (shifted sums, one all-reduce forward and one backward) with one
+    process equals the two-pass local path: output, running statistics and every gradient."""
+    models = [
+        Sequential([kind(momentum=0.3)], input_shape=shape, dtype="float64", backend=xp)
+        for _ in range(2)
+    ]
+    calls = []
+    models[1].layers[0].sum_over_processes = lambda sums: calls.append(sums.shape) or sums
+    for model in models:
+        model.layers[0].weight.data = on(xp, np.linspace(0.5, 2.0, shape[0]))
+    for _ in range(3):
+        x = on(xp, rng.standard_normal((7, *shape)) * 3 + 5)  # far from the zero shift at first
+        g = on(xp, rng.standard_normal((7, *shape)))
+        outs, grads = [], []
+        for model in models:
+            outs.append(host(model.forward(x, training=True)))
+            grads.append(host(model.backward(g)))
+        np.testing.assert_allclose(outs[1], outs[0], atol=1e-11)
+        np.testing.assert_allclose(grads[1], grads[0], atol=1e-11)
+        expected, state = models[0].state_dict(), models[1].state_dict()
+        for name, value in expected.items():
+            np.testing.assert_allclose(host(state[name]), host(value), rtol=1e-11, atol=1e-12)
+        for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            np.testing.assert_allclose(host(b.grad), host(a.grad), rtol=1e-12, atol=1e-12)
+    assert calls == [(2 * shape[0] + 1,), (2 * shape[0],)] * 3
+
+
 def test_batch_norm_refuses_one_value_per_channel_in_training():
     model = Sequential([Flatten(), BatchNorm1D()], input_shape=(4,), backend="numpy")
     with pytest.raises(

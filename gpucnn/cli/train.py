@@ -199,6 +199,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "one process); --batch-size is the global batch",
     )
     train.add_argument(
+        "--sync-batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="in a distributed run, BatchNorm uses the statistics of the whole global batch "
+        "(default; N processes train as one) or, with --no-sync-batch-norm, each rank's own "
+        "share (no extra messages; running statistics averaged after every epoch)",
+    )
+    train.add_argument(
         "--report",
         action="store_true",
         help="also draw the pictures of 'gpucnn report' (needs [plot])",
@@ -226,15 +234,17 @@ RUN_FLAGS = (
     "augment_flip", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov",
     "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "clip_norm", "val_fraction",
     "patience", "checkpoint_best", "csv_log", "tensorboard", "dtype", "seed", "out", "overwrite",
+    "sync_batch_norm",
 )  # fmt: skip
 TRAIN_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "warmup_epochs": 0, "label_smoothing": 0.0, "val_fraction": 0.1, "dtype": "float32", "seed": 0,
+    "sync_batch_norm": True,
 }  # fmt: skip
 # what a run recorded before these settings existed (or without --data) amounts to
 RECORDED_DEFAULTS = {
     "augment_shift": 0, "augment_flip": False, "test_fraction": 0.2, "warmup_epochs": 0,
-    "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False,
+    "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False, "sync_batch_norm": True,
 }  # fmt: skip
 # scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
 MAX_SEED = 2**32 - 2
@@ -714,6 +724,7 @@ def _build_trainer(
         checkpoint_meta={"run": run},
         seed=run["seed"],
         label_smoothing=run.get("label_smoothing", 0.0),
+        sync_batch_statistics=run.get("sync_batch_norm", True),
         progress=progress,
         log=lambda line: print(line, flush=True),
     )

@@ -62,19 +62,43 @@ def batch_norm_backward(
     -------
     grad_x : (N, ..., C) or None; grad_weight, grad_bias : (C,).
     """
-    xp = namespace(grad_out)
-    x_hat, inv_std = cache
-    axes = _axes(grad_out)
-    grad_bias = xp.sum(grad_out, axis=axes)
-    grad_weight = xp.sum(grad_out * x_hat, axis=axes)
+    grad_weight, grad_bias = batch_norm_parameter_grads(grad_out, cache)
     if not need_input_grad:
         return None, grad_weight, grad_bias
     count = 1
     for n in grad_out.shape[:-1]:
         count *= n
-    g = grad_out * weight
-    grad_x = (g - grad_bias * weight / count - x_hat * (grad_weight * weight / count)) * inv_std
+    grad_x = batch_norm_input_grad(grad_out, cache, weight, grad_bias / count, grad_weight / count)
     return grad_x, grad_weight, grad_bias
 
 
-__all__ = ["batch_norm_backward", "batch_norm_forward", "batch_norm_statistics"]
+def batch_norm_parameter_grads(grad_out: Array, cache: tuple[Array, Array]) -> tuple[Array, Array]:
+    """``(grad_weight, grad_bias)``, the (C,) sums of ``grad_out * x_hat`` and ``grad_out``."""
+    xp = namespace(grad_out)
+    x_hat, _ = cache
+    axes = _axes(grad_out)
+    return xp.sum(grad_out * x_hat, axis=axes), xp.sum(grad_out, axis=axes)
+
+
+def batch_norm_input_grad(
+    grad_out: Array,
+    cache: tuple[Array, Array],
+    weight: Array,
+    mean_grad: Array,
+    mean_grad_x_hat: Array,
+) -> Array:
+    """``inv_std * weight * (grad_out - mean_grad - x_hat * mean_grad_x_hat)``: the input
+    gradient, given the channel means of ``grad_out`` and ``grad_out * x_hat`` (C,) over every
+    value the statistics were taken over (this batch's, or the whole global batch's when the
+    statistics were summed over processes)."""
+    x_hat, inv_std = cache
+    return (grad_out - mean_grad - x_hat * mean_grad_x_hat) * (weight * inv_std)
+
+
+__all__ = [
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_input_grad",
+    "batch_norm_parameter_grads",
+    "batch_norm_statistics",
+]

@@ -18,8 +18,8 @@ siblings, so a layer's ``path`` (``residual_1.conv2d_2``) and its arrays' names
 (``residual_1.conv2d_2.weight``) are unique by construction.
 
 Machinery asks layers instead of keeping type tables: ``uses_randomness`` (a recorded CUDA graph
-would freeze its draws), ``exportable`` / ``onnx_nodes(graph)`` (each layer writes its own ONNX
-nodes), and the fused steps of :mod:`gpucnn.layers.fused` say which layer runs they replace.
+would freeze its draws), ``batch_statistics`` (data-parallel training synchronises them),
+``exportable`` / ``onnx_nodes(graph)`` (each layer writes its own ONNX nodes), and the fused steps of :mod:`gpucnn.layers.fused` say which layer runs they replace.
 
 Layers register under their class name (``LAYERS``), so ``layer_from_config(get_config())``
 rebuilds any of them; the base class supplies ``"type"`` and subclasses add their arguments.
@@ -71,9 +71,13 @@ class Layer:
     grads : dict-like view ``{key: array}`` of the gradients computed so far.
     uses_randomness : class attribute, True for layers that draw random numbers in training
         (dropout masks): a recorded CUDA graph would replay the same draws.
+    batch_statistics : class attribute, True for layers whose training output depends on the
+        whole batch (BatchNorm); data-parallel training gives each of them
+        ``sum_over_processes``, so the statistics are those of the global batch.
     """
 
     uses_randomness: bool = False
+    batch_statistics: bool = False
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name or "." in name):

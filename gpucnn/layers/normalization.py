@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
-from ..backend import Array
+from ..backend import Array, namespace
 from ..functional.normalization import (
     batch_norm_backward,
     batch_norm_forward,
+    batch_norm_input_grad,
+    batch_norm_parameter_grads,
     batch_norm_statistics,
 )
 from .base import LAYERS, BuildContext, Layer, Shape, public_shape
@@ -31,9 +34,15 @@ class _BatchNorm(Layer):
 
     Training normalises with the batch's statistics and updates the running ones in place;
     inference normalises with the running ones and changes nothing.
+
+    In data-parallel training the statistics are those of the whole global batch: the trainer
+    sets ``sum_over_processes`` (a function that sums a 1-d array over the ranks), and each
+    training step then all-reduces three sums per channel in forward and two in backward, so
+    ``mpirun -n P`` trains as one process does on the same global batch.
     """
 
     rank = 0  # the per-sample rank this kind normalises: 3 for (H, W, C), 1 for (D,)
+    batch_statistics = True
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
@@ -47,6 +56,8 @@ class _BatchNorm(Layer):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not float(eps) > 0.0:
             raise ValueError(f"{kind}: expected eps > 0; received {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
+        self.sum_over_processes: Callable[[Array], Array] | None = None
+        self._share = 1.0  # this process's count / the global batch's count
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
         if len(input_shape) != self.rank:
@@ -73,18 +84,47 @@ class _BatchNorm(Layer):
                 self.running_mean.data, self.running_var.data, self.eps,
             )  # fmt: skip
             return out
-        count = math.prod(x.shape[:-1])
-        if count < 2:
-            raise self.error(
-                "expected more than one value per channel in training (the batch variance of "
-                f"one value is undefined); received input of shape {tuple(x.shape)}"
-            )
-        mean, var = batch_norm_statistics(x)
+        if self.sum_over_processes is None:
+            count = math.prod(x.shape[:-1])
+            self._check_count(count, x.shape)
+            mean, var = batch_norm_statistics(x)
+        else:
+            mean, var, count = self._global_statistics(x)
         out, self._cache = batch_norm_forward(
             x, self.weight.data, self.bias.data, mean, var, self.eps
         )
         self._update_running(mean, var, count)
         return out
+
+    def _check_count(self, count: int, shape: tuple[int, ...]) -> None:
+        if count < 2:
+            raise self.error(
+                "expected more than one value per channel in training (the batch variance of "
+                f"one value is undefined); received input of shape {tuple(shape)}"
+            )
+
+    def _global_statistics(self, x: Array) -> tuple[Array, Array, int]:
+        """Mean, biased variance and count of every process's share of the batch, from one
+        all-reduce of ``[sum(x - K), sum((x - K)^2), count]``. The shift K is the running mean
+        (the same on every process, and near the batch mean once training has begun), which
+        keeps the variance ``E[(x-K)^2] - E[x-K]^2`` clear of cancellation."""
+        xp = namespace(x)
+        axes = tuple(range(x.ndim - 1))
+        local_count = math.prod(x.shape[:-1])
+        shift = self.running_mean.data
+        centred = x - shift
+        sums = xp.concat([
+            xp.sum(centred, axis=axes), xp.sum(centred * centred, axis=axes),
+            xp.full((1,), float(local_count), dtype=x.dtype),
+        ])  # fmt: skip
+        sums = self.sum_over_processes(sums)
+        C = x.shape[-1]
+        count = round(float(sums[2 * C]))
+        self._check_count(count, (count, *x.shape[1:]))
+        self._share = local_count / count
+        mean_shifted = sums[:C] / count
+        var = xp.clip(sums[C : 2 * C] / count - mean_shifted * mean_shifted, 0.0, None)
+        return shift + mean_shifted, var, count
 
     def _update_running(self, mean: Array, var: Array, count: int) -> None:
         """In place, so the buffers keep their addresses (a recorded CUDA graph writes them)."""
@@ -94,11 +134,28 @@ class _BatchNorm(Layer):
         running_var[...] = (1.0 - m) * running_var + (m * count / (count - 1)) * var
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        grad_x, grad_w, grad_b = batch_norm_backward(
-            grad_out, self._cache, self.weight.data, need_input_grad
-        )
+        if self.sum_over_processes is None:
+            grad_x, grad_w, grad_b = batch_norm_backward(
+                grad_out, self._cache, self.weight.data, need_input_grad
+            )
+            self.weight.grad, self.bias.grad = grad_w, grad_b
+            return grad_x
+        # the parameters' gradients stay this process's own (the trainer's gradient
+        # all-reduce weighs and sums them); the input gradient needs the global channel
+        # means of grad_out and grad_out * x_hat, each process's sums weighted by its share
+        # as its loss gradient is (see gpucnn.distributed)
+        xp = namespace(grad_out)
+        grad_w, grad_b = batch_norm_parameter_grads(grad_out, self._cache)
         self.weight.grad, self.bias.grad = grad_w, grad_b
-        return grad_x
+        sums = self.sum_over_processes(xp.concat([grad_b * self._share, grad_w * self._share]))
+        if not need_input_grad:
+            return None
+        C = grad_out.shape[-1]
+        local_count = max(math.prod(grad_out.shape[:-1]), 1)
+        return batch_norm_input_grad(
+            grad_out, self._cache, self.weight.data,
+            sums[:C] / local_count, sums[C:] / local_count,
+        )  # fmt: skip
 
     def onnx_nodes(self, graph: Any) -> None:
         """BatchNormalization in inference mode, with the running statistics."""
