@@ -40,6 +40,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
 from .architectures import BUILTIN, architecture
+from .augment import Augment
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -68,10 +69,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    model : ``"auto"`` (default), a built-in name (``"small"``, ``"lenet"``, ``"reference"``),
+    model : ``"auto"`` (default), a built-in name (``"small_bn"``, ``"small"``, ``"lenet"``, ...),
         the path of a JSON architecture file, or a list of layer configs as the command line's
         JSON takes, e.g. ``[{"type": "Conv2D", "filters": 8, "kernel_size": 3}, {"type": "ReLU"}]``.
-        ``"auto"`` is ``"small"`` for images and ``Dense(100), ReLU`` for a feature matrix. A list
+        ``"auto"`` is ``"small_bn"`` (the small network with BatchNorm) for images and ``Dense(100), ReLU`` for a feature matrix. A list
         that ends with a Dense layer is used as is (its ``units`` must equal the number of
         classes); otherwise ``Flatten`` (for images, if the list has none) and ``Dense(K)`` are
         appended.
@@ -91,6 +92,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     early_stopping : stop when the validation loss has not improved for ``patience`` epochs
         and keep the best epoch's weights.
     patience : epochs without improvement before stopping.
+    augment_shift : P >= 0: in training, shift each image by a random offset of up to P
+        pixels each way (zero-filled), a new one every epoch; 0 turns it off. Images only.
     backend : ``"auto"``, ``"numpy"`` or ``"cupy"``; everything returned is NumPy either way.
     dtype : ``"float32"`` or ``"float64"``.
     random_state : int, RandomState or None; seeds weights, shuffling and the validation split.
@@ -129,6 +132,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         early_stopping: bool = False,
         patience: int = 3,
+        augment_shift: int = 0,
         backend: str = "auto",
         dtype: str = "float32",
         random_state: int | np.random.RandomState | None = None,
@@ -146,6 +150,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.patience = patience
+        self.augment_shift = augment_shift
         self.backend = backend
         self.dtype = dtype
         self.random_state = random_state
@@ -369,6 +374,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_bool("early_stopping", self.early_stopping, owner=owner)
         if not isinstance(self.verbose, bool):  # verbose=True is scikit-learn usage
             check_int("verbose", self.verbose, 0, owner=owner)
+        check_int("augment_shift", self.augment_shift, 0, owner=owner)
         if self.image_shape is not None:
             shape = _image_shape(self.image_shape)
             if shape is None:
@@ -446,7 +452,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         spec, tabular = self.model, len(input_shape) == 1
         if isinstance(spec, str):
             if spec == "auto":
-                spec = list(TABULAR_LAYERS) if tabular else "small"
+                spec = list(TABULAR_LAYERS) if tabular else "small_bn"
             elif spec in BUILTIN and tabular:
                 raise ValueError(
                     f"model={spec!r} is a convolutional network and needs images: pass X of "
@@ -523,13 +529,22 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         ``call`` numbers the training runs since the network was built (0 for ``fit``, the
         epoch count for ``partial_fit``): each gets its own shuffle order, all from one seed.
         """
-        seed = np.random.SeedSequence([self._seed, call])
+        seed = int(np.random.SeedSequence([self._seed, call]).generate_state(1)[0])
+        augment = None
+        if self.augment_shift:
+            if len(self.input_shape_) != 3:
+                raise ValueError(
+                    f"augment_shift={self.augment_shift} shifts images; received a feature "
+                    f"matrix of {self.input_shape_[0]} columns (give image_shape=(C, H, W))"
+                )
+            augment = Augment(int(self.augment_shift), seed=seed + 1)
         trainer = Trainer(
             self.model_,
             optimizer=self._optimizer,
             schedule=schedule,
             callbacks=callbacks,
-            seed=int(seed.generate_state(1)[0]),
+            augment=augment,
+            seed=seed,
             progress=self.verbose >= 2,
             log=print if self.verbose else None,
         )

@@ -168,6 +168,19 @@ def test_model_choices(digits):
         clf.predict(images)
 
 
+def test_images_default_to_the_batch_norm_network_and_may_be_shifted(digits):
+    X, y = digits[0][:200], digits[1][:200]
+    images = X.reshape(-1, 1, 8, 8)
+    plain = CNNClassifier(epochs=2, backend="numpy", random_state=0).fit(images, y)
+    types = [layer["type"] for layer in plain.model_.get_config()["layers"]]
+    assert types.count("BatchNorm2D") == 2 and types.count("Conv2D") == 2
+    shifted = CNNClassifier(epochs=2, backend="numpy", random_state=0, augment_shift=1)
+    shifted.fit(images, y)
+    assert shifted.history_["loss"] != plain.history_["loss"]  # other images, same start
+    with pytest.raises(ValueError, match=r"augment_shift=1 shifts images; received a feature"):
+        CNNClassifier(augment_shift=1, epochs=1, backend="numpy").fit(X, y)
+
+
 def test_model_from_a_json_file(tmp_path, digits):
     X, y = digits[0][:200], digits[1][:200]
     path = tmp_path / "net.json"
@@ -189,6 +202,7 @@ def test_model_from_a_json_file(tmp_path, digits):
         ({"lr": -1.0}, "expected a learning rate"),
         ({"dtype": "float16"}, "expected dtype in"),
         ({"backend": "tpu"}, "expected a backend in"),
+        ({"augment_shift": -1}, "expected augment_shift to be an int >= 0; received -1"),
     ],
 )
 def test_bad_parameters_are_reported(params, match, digits):
