@@ -144,6 +144,46 @@ def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
     np.testing.assert_array_equal(relu_backward(g, out), expected)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(5, 4, 3, 6), (9000, 3)], ids=["images", "features-chunks"])
+def test_numpy_batch_norm_equals_the_standard_code(three_threads, dtype, tol, relu, shape):
+    """Statistics, forward (with and without the fused ReLU) and every gradient of the NumPy
+    paths against the standard code under array-api-strict; 9000 rows cross the chunks.
+    Values far from zero (mean 4, std 0.5) would show a cancellation."""
+    import array_api_strict
+
+    from gpucnn.functional import (
+        batch_norm_backward,
+        batch_norm_forward,
+        batch_norm_statistics,
+        relu_backward,
+    )
+    from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
+
+    rng = np.random.default_rng(8)
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 0.5 + 4.0).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    weight, bias = rng.uniform(0.5, 2.0, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    assert batch_norm_statistics_fast(x) is not None
+    strict = [array_api_strict.asarray(a) for a in (x, g, weight, bias)]
+    results = []
+    for xs, gs, ws, bs in ([x, g, weight, bias], strict):
+        mean, var = batch_norm_statistics(xs)
+        out, cache = batch_norm_forward(xs, ws, bs, mean, var, 1e-5, relu=relu)
+        if relu:
+            gs = relu_backward(gs, out)
+        grads = batch_norm_backward(gs, cache, ws)
+        results.append([to_numpy(a) for a in (mean, var, out, *grads)])
+    for name, fast, standard in zip(
+        ["mean", "var", "out", "grad_x", "grad_weight", "grad_bias"], *results, strict=True
+    ):
+        scale = max(float(np.max(np.abs(standard))), 1.0)
+        np.testing.assert_allclose(fast, standard, rtol=0, atol=tol * scale, err_msg=name)
+        assert fast.dtype == dtype
+
+
 # erf's arguments: both branches of the standard code (the split is at |x| = 2), its
 # saturation, the tails in float32, zeros of either sign and NaN
 ERF_POINTS = np.concatenate(

@@ -255,6 +255,47 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
         )
 
 
+def test_batch_norm_relu_pairs_fuse_with_identical_results(xp, rng):
+    """BatchNorm2D/1D followed by ReLU run as one step; training output, every gradient and
+    inference equal the layers run one by one, float64 on every namespace."""
+    from gpucnn.layers import BatchNorm1D, BatchNorm1DReLU, BatchNorm2D, BatchNorm2DReLU
+
+    model = Sequential(
+        [Conv2D(3, 3), BatchNorm2D(), ReLU(), Flatten(), Dense(5), BatchNorm1D(), ReLU(),
+         Dense(2)],
+        input_shape=(2, 6, 6), dtype="float64", backend=xp, seed=4,
+    )  # fmt: skip
+    kinds = [type(step) for step in model.steps]
+    assert BatchNorm2DReLU in kinds and BatchNorm1DReLU in kinds and len(kinds) == 6
+    x = rng.standard_normal((4, 2, 6, 6)) + 1.0
+    g = rng.standard_normal((4, 2))
+    for norm in (model.layers[1], model.layers[5]):  # running statistics away from 0 and 1
+        norm.running_mean.data[...] = on(xp, rng.standard_normal(norm.running_mean.shape))
+        norm.running_var.data[...] = on(xp, rng.uniform(0.5, 2.0, norm.running_var.shape))
+    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
+    for layer in model.layers:
+        h = layer.forward(h)
+    np.testing.assert_allclose(host(h), host(model.forward(on(xp, x))), rtol=1e-12, atol=1e-12)
+
+    fused_out = host(model.forward(on(xp, x), training=True))
+    fused_grad = host(model.backward(on(xp, g)))
+    fused_params = {param.name: host(param.grad) for param in model.parameters()}
+    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
+    for layer in model.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_allclose(host(h), fused_out, rtol=1e-12, atol=1e-12)
+    grad = on(xp, g)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    np.testing.assert_allclose(
+        host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=1e-12, atol=1e-12
+    )
+    for param in model.parameters():
+        np.testing.assert_allclose(
+            host(param.grad), fused_params[param.name], rtol=1e-12, atol=1e-12
+        )
+
+
 def test_blocked_cpu_inference_equals_one_pass(rng):
     from gpucnn.model import INFERENCE_BLOCK
 

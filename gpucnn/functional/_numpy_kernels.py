@@ -540,3 +540,128 @@ def erf_fast(x: Array) -> Array | None:
     except ImportError:
         return None
     return erf(x)
+
+
+# ---------------------------------------------------------------------- batch normalisation
+BN_CHUNK_ROWS = (
+    4096  # rows of (M, C) per inner step: a few hundred KB, so temporaries stay in cache
+)
+
+
+def _channel_rows(*arrays) -> list | None:
+    """``(M, C)`` views of C-contiguous float arrays (..., C) of one dtype and shape, or None."""
+    if not _same_float_dtype(*arrays) or any(a.shape != arrays[0].shape for a in arrays):
+        return None
+    if arrays[0].ndim < 2 or not all(a.flags.c_contiguous for a in arrays):
+        return None
+    return [a.reshape(-1, a.shape[-1]) for a in arrays]
+
+
+def _chunk_sums(M: int, C: int, itemsize: int, chunk_sum) -> Array:
+    """The float64 (C,) sum over ``range(M)`` of ``chunk_sum(start, stop)``, taken in chunks of
+    ``BN_CHUNK_ROWS`` rows, the parts split over the CPU threads and added in a fixed order
+    (reproducible; float64 partial sums keep a float32 mean over 10^5 rows accurate)."""
+    sums = {}
+
+    def rows(start, stop):
+        total = np.zeros(C, dtype=np.float64)
+        for s in range(start, stop, BN_CHUNK_ROWS):
+            total += chunk_sum(s, min(s + BN_CHUNK_ROWS, stop))
+        sums[start] = total
+
+    over_images(M, 2 * C * itemsize, rows)
+    return _sum_in_order(sums)
+
+
+def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
+    """NumPy: :func:`gpucnn.functional.batch_norm_statistics` (mean and biased variance per
+    channel, two passes) without a temporary the size of ``x``: each pass reads ``x`` once,
+    chunk by chunk, over the CPU threads. None where it does not apply."""
+    views = _channel_rows(x)
+    if views is None:
+        return None
+    (rows,) = views
+    M, C = rows.shape
+    mean = (_chunk_sums(M, C, x.itemsize, lambda s, e: np.einsum("ij->j", rows[s:e])) / M).astype(
+        x.dtype
+    )
+
+    def squares(s, e):
+        centred = rows[s:e] - mean
+        return np.einsum("ij,ij->j", centred, centred)
+
+    var = (_chunk_sums(M, C, x.itemsize, squares) / M).astype(x.dtype)
+    return mean, var
+
+
+def batch_norm_forward_fast(x, weight, bias, mean, var, eps: float, relu: bool) -> Array | None:
+    """NumPy: ``(x - mean) / sqrt(var + eps) * weight + bias`` (then ``max(., 0)`` with
+    ``relu``) as one multiply-add per value, ``x * scale + shift``, over the CPU threads.
+    None where it does not apply."""
+    views = _channel_rows(x)
+    if views is None or not _same_float_dtype(x, weight, bias, mean, var):
+        return None
+    (rows,) = views
+    scale = weight / np.sqrt(var + eps)
+    shift = bias - mean * scale
+    out = np.empty(x.shape, dtype=x.dtype)
+    out_rows = out.reshape(rows.shape)
+
+    def part(start, stop):
+        o = out_rows[start:stop]
+        np.multiply(rows[start:stop], scale, out=o)
+        np.add(o, shift, out=o)
+        if relu:
+            np.maximum(o, 0.0, out=o)
+
+    over_images(rows.shape[0], 2 * rows.shape[1] * x.itemsize, part)
+    return out
+
+
+def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array] | None:
+    """NumPy: ``(sum(grad_out * x_hat), sum(grad_out))`` per channel with
+    ``x_hat = (x - mean) * inv_std`` made chunk by chunk (never whole). None where it does not
+    apply."""
+    views = _channel_rows(grad_out, x)
+    if views is None or not _same_float_dtype(x, mean, inv_std):
+        return None
+    g, rows = views
+    M, C = rows.shape
+
+    def products(s, e):
+        return np.einsum("ij,ij->j", g[s:e], (rows[s:e] - mean) * inv_std)
+
+    grad_weight = _chunk_sums(M, C, 2 * x.itemsize, products).astype(x.dtype)
+    grad_bias = _chunk_sums(M, C, x.itemsize, lambda s, e: np.einsum("ij->j", g[s:e]))
+    return grad_weight, grad_bias.astype(x.dtype)
+
+
+def batch_norm_input_grad_fast(
+    grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
+) -> Array | None:
+    """NumPy: :func:`gpucnn.functional.batch_norm_input_grad`,
+    ``weight * inv_std * (grad_out - mean_grad - x_hat * mean_grad_x_hat)``, as
+    ``grad_out * a + (x - mean) * b + c`` per channel, chunk by chunk over the CPU threads.
+    None where it does not apply."""
+    views = _channel_rows(grad_out, x)
+    if views is None or not _same_float_dtype(x, mean, inv_std, weight):
+        return None
+    g, rows = views
+    a = weight * inv_std
+    b = -a * inv_std * mean_grad_x_hat  # x_hat * m = (x - mean) * inv_std * m
+    c = -a * mean_grad
+    out = np.empty(x.shape, dtype=x.dtype)
+    out_rows = out.reshape(rows.shape)
+
+    def part(start, stop):
+        for s in range(start, stop, BN_CHUNK_ROWS):
+            e = min(s + BN_CHUNK_ROWS, stop)
+            o = out_rows[s:e]
+            np.multiply(g[s:e], a, out=o)
+            centred = rows[s:e] - mean
+            centred *= b
+            o += centred
+            o += c
+
+    over_images(rows.shape[0], 3 * rows.shape[1] * x.itemsize, part)
+    return out

@@ -8,6 +8,12 @@ statistics are taken over: N*H*W for images, N for features.
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._numpy_kernels import (
+    batch_norm_forward_fast,
+    batch_norm_grad_sums_fast,
+    batch_norm_input_grad_fast,
+    batch_norm_statistics_fast,
+)
 
 
 def _axes(x: Array) -> tuple[int, ...]:
@@ -19,6 +25,9 @@ def batch_norm_statistics(x: Array) -> tuple[Array, Array]:
 
     The variance is the mean of squared deviations (two passes: no cancellation as in
     E[x^2] - E[x]^2)."""
+    fast = batch_norm_statistics_fast(x)
+    if fast is not None:
+        return fast
     xp = namespace(x)
     mean = xp.mean(x, axis=_axes(x))
     var = xp.mean((x - mean) ** 2, axis=_axes(x))
@@ -26,9 +35,10 @@ def batch_norm_statistics(x: Array) -> tuple[Array, Array]:
 
 
 def batch_norm_forward(
-    x: Array, weight: Array, bias: Array, mean: Array, var: Array, eps: float
-) -> tuple[Array, tuple[Array, Array]]:
-    """``(x - mean) / sqrt(var + eps) * weight + bias``, channel by channel.
+    x: Array, weight: Array, bias: Array, mean: Array, var: Array, eps: float, relu: bool = False
+) -> tuple[Array, tuple[Array, Array, Array]]:
+    """``(x - mean) / sqrt(var + eps) * weight + bias``, channel by channel; with ``relu``
+    then ``max(., 0)`` (a BatchNorm followed by a ReLU, in one pass on NumPy).
 
     Parameters
     ----------
@@ -40,19 +50,27 @@ def batch_norm_forward(
     Returns
     -------
     out : array of ``x.shape``.
-    cache : ``(x_hat, inv_std)``, the normalised input and (C,) ``1 / sqrt(var + eps)``, which
+    cache : ``(x, mean, inv_std)`` with the (C,) ``1 / sqrt(var + eps)``, which
         :func:`batch_norm_backward` needs (for batch statistics).
     """
     xp = namespace(x)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    x_hat = (x - mean) * inv_std
-    return x_hat * weight + bias, (x_hat, inv_std)
+    out = batch_norm_forward_fast(x, weight, bias, mean, var, eps, relu)
+    if out is None:
+        out = (x - mean) * inv_std * weight + bias
+        if relu:
+            out = xp.maximum(out, 0.0)
+    return out, (x, mean, inv_std)
 
 
 def batch_norm_backward(
-    grad_out: Array, cache: tuple[Array, Array], weight: Array, need_input_grad: bool = True
+    grad_out: Array,
+    cache: tuple[Array, Array, Array],
+    weight: Array,
+    need_input_grad: bool = True,
 ) -> tuple[Array | None, Array, Array]:
-    """Gradients of :func:`batch_norm_forward` with the batch's own statistics.
+    """Gradients of :func:`batch_norm_forward` with the batch's own statistics (for a fused
+    ReLU, pass the gradient through the ReLU's backward first).
 
     The mean and variance depend on every value of the channel, so the input gradient is
     ``inv_std * (g - mean(g) - x_hat * mean(g * x_hat))`` with ``g = grad_out * weight`` and
@@ -72,17 +90,23 @@ def batch_norm_backward(
     return grad_x, grad_weight, grad_bias
 
 
-def batch_norm_parameter_grads(grad_out: Array, cache: tuple[Array, Array]) -> tuple[Array, Array]:
+def batch_norm_parameter_grads(
+    grad_out: Array, cache: tuple[Array, Array, Array]
+) -> tuple[Array, Array]:
     """``(grad_weight, grad_bias)``, the (C,) sums of ``grad_out * x_hat`` and ``grad_out``."""
+    x, mean, inv_std = cache
+    fast = batch_norm_grad_sums_fast(grad_out, x, mean, inv_std)
+    if fast is not None:
+        return fast
     xp = namespace(grad_out)
-    x_hat, _ = cache
     axes = _axes(grad_out)
+    x_hat = (x - mean) * inv_std
     return xp.sum(grad_out * x_hat, axis=axes), xp.sum(grad_out, axis=axes)
 
 
 def batch_norm_input_grad(
     grad_out: Array,
-    cache: tuple[Array, Array],
+    cache: tuple[Array, Array, Array],
     weight: Array,
     mean_grad: Array,
     mean_grad_x_hat: Array,
@@ -91,7 +115,13 @@ def batch_norm_input_grad(
     gradient, given the channel means of ``grad_out`` and ``grad_out * x_hat`` (C,) over every
     value the statistics were taken over (this batch's, or the whole global batch's when the
     statistics were summed over processes)."""
-    x_hat, inv_std = cache
+    x, mean, inv_std = cache
+    fast = batch_norm_input_grad_fast(
+        grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
+    )
+    if fast is not None:
+        return fast
+    x_hat = (x - mean) * inv_std
     return (grad_out - mean_grad - x_hat * mean_grad_x_hat) * (weight * inv_std)
 
 

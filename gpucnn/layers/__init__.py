@@ -9,7 +9,14 @@ from .base import LAYERS, BuildContext, Layer, layer_from_config, public_shape
 from .containers import Container, Residual
 from .conv import Conv2D
 from .core import Dense, Dropout, Flatten, ReLU
-from .fused import Conv2DReLU, Conv2DReLUMaxPool2D, ReLUMaxPool2D, plan
+from .fused import (
+    BatchNorm1DReLU,
+    BatchNorm2DReLU,
+    Conv2DReLU,
+    Conv2DReLUMaxPool2D,
+    ReLUMaxPool2D,
+    plan,
+)
 from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
@@ -23,6 +30,8 @@ __all__ = [
     "BuildContext",
     "Container",
     "Conv2D",
+    "BatchNorm1DReLU",
+    "BatchNorm2DReLU",
     "Conv2DReLU",
     "Conv2DReLUMaxPool2D",
     "Dense",

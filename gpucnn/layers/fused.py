@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..backend import Array
+from ..functional.activations import relu_backward
 from ..functional.conv import (
     conv2d_relu_backward,
     conv2d_relu_forward,
@@ -23,6 +24,7 @@ from ..functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .base import Layer
 from .conv import Conv2D
 from .core import ReLU
+from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import MaxPool2D
 
 
@@ -162,9 +164,47 @@ class Conv2DReLU:
         return grad_x
 
 
+class BatchNorm2DReLU:
+    """Runs a ``BatchNorm2D, ReLU`` pair as one pass: on NumPy the normalisation is one
+    multiply-add per value and the ReLU is taken in place while the result is in cache. In
+    backward the ReLU's mask comes first, then the BatchNorm's gradients. Results equal the
+    two layers' (training and inference, statistics over processes included).
+
+    Input (N, H, W, C) (or (N, D) for :class:`BatchNorm1DReLU`) -> output of the same shape.
+    Sets the BatchNorm's gradients and updates its running statistics in training.
+    """
+
+    pattern: tuple[type, ...] = (BatchNorm2D, ReLU)
+
+    def __init__(self, norm: BatchNorm2D | BatchNorm1D, relu: ReLU):
+        self.norm = norm
+        self.name = f"{norm.path}+{relu.path}"
+        self._out = None
+
+    @staticmethod
+    def accepts(norm, relu: ReLU) -> bool:
+        return True
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        out = self.norm.forward_then_relu(x, training, relu=True)
+        self._out = out if training else None
+        return out
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return self.norm.backward(relu_backward(grad_out, self._out), need_input_grad)
+
+
+class BatchNorm1DReLU(BatchNorm2DReLU):
+    """A ``BatchNorm1D, ReLU`` pair as one step (see :class:`BatchNorm2DReLU`)."""
+
+    pattern = (BatchNorm1D, ReLU)
+
+
 # the fused steps, tried in this order at each position (the first that matches wins): a
 # convolution followed by a ReLU and a pooling it accepts fuses all three, else the first two
-FUSIONS: list[type] = [Conv2DReLUMaxPool2D, Conv2DReLU, ReLUMaxPool2D]
+FUSIONS: list[type] = [
+    Conv2DReLUMaxPool2D, Conv2DReLU, ReLUMaxPool2D, BatchNorm2DReLU, BatchNorm1DReLU,
+]  # fmt: skip
 
 
 def plan(layers: Sequence[Layer]) -> list:

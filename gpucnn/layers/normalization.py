@@ -76,12 +76,17 @@ class _BatchNorm(Layer):
         return input_shape
 
     def forward(self, x: Array, training: bool = False) -> Array:
+        return self.forward_then_relu(x, training, relu=False)
+
+    def forward_then_relu(self, x: Array, training: bool, relu: bool) -> Array:
+        """``forward``, then ``max(., 0)`` in the same pass with ``relu`` (the fused
+        ``BatchNorm, ReLU`` step of :mod:`gpucnn.layers.fused`)."""
         self.check_input(x)
         if not training:
             self._cache = None
             out, _ = batch_norm_forward(
                 x, self.weight.data, self.bias.data,
-                self.running_mean.data, self.running_var.data, self.eps,
+                self.running_mean.data, self.running_var.data, self.eps, relu,
             )  # fmt: skip
             return out
         if self.sum_over_processes is None:
@@ -91,7 +96,7 @@ class _BatchNorm(Layer):
         else:
             mean, var, count = self._global_statistics(x)
         out, self._cache = batch_norm_forward(
-            x, self.weight.data, self.bias.data, mean, var, self.eps
+            x, self.weight.data, self.bias.data, mean, var, self.eps, relu
         )
         self._update_running(mean, var, count)
         return out
