@@ -24,15 +24,37 @@ RECIPES: dict[str, dict[str, Any]] = {
     # your own data (--data PATH): the small network adapts to any image size
     "custom": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
 }  # fmt: skip
+# Recipes of a model on a dataset, on top of the dataset's: `gpucnn train --dataset D --model M`
+# takes them (any flag given overrides its part). Measured figures: docs/performance.md.
+MODEL_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("fashion-mnist", "resnet"): {
+        "epochs": 8, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
+        "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "label_smoothing": 0.1, "augment_shift": 2, "augment_flip": True,
+    },
+    ("mnist", "resnet"): {
+        "epochs": 6, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
+        "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "label_smoothing": 0.1, "augment_shift": 2,
+    },
+}  # fmt: skip
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 
 
-def run_config(dataset: str, **settings: Any) -> dict[str, Any]:
-    """The run for ``dataset``: its recipe with every non-None ``settings`` value applied."""
+def recipe(dataset: str, model: str | None = None) -> dict[str, Any]:
+    """The default settings for ``model`` (None: the dataset's own model) on ``dataset``."""
     if dataset not in RECIPES:
         raise ValueError(f"expected a dataset in {sorted(RECIPES)}; received {dataset!r}")
-    run = {"dataset": dataset, **RECIPES[dataset]}
+    settings = dict(RECIPES[dataset])
+    settings.update(MODEL_RECIPES.get((dataset, model or settings["model"]), {}))
+    return settings
+
+
+def run_config(dataset: str, **settings: Any) -> dict[str, Any]:
+    """The run for ``dataset``: its recipe (for ``settings["model"]`` when given) with every
+    non-None ``settings`` value applied."""
+    run = {"dataset": dataset, **recipe(dataset, settings.get("model"))}
     run.update({k: v for k, v in settings.items() if v is not None or k not in run})
     return run
 

@@ -255,21 +255,31 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
         )
 
 
-def test_batch_norm_relu_pairs_fuse_with_identical_results(xp, rng):
-    """BatchNorm2D/1D followed by ReLU run as one step; training output, every gradient and
-    inference equal the layers run one by one, float64 on every namespace."""
-    from gpucnn.layers import BatchNorm1D, BatchNorm1DReLU, BatchNorm2D, BatchNorm2DReLU
+def test_batch_norm_steps_fuse_with_identical_results(xp, rng):
+    """Conv2D, BatchNorm2D (and ReLU) and BatchNorm1D, ReLU run as fused steps (the
+    convolution's BatchNorm folded into its weights at inference); training output, every
+    gradient and inference equal the layers run one by one, float64 on every namespace."""
+    from gpucnn.layers import (
+        BatchNorm1D,
+        BatchNorm1DReLU,
+        BatchNorm2D,
+        BatchNorm2DReLU,
+        Conv2DBatchNorm2D,
+        Conv2DBatchNorm2DReLU,
+    )
 
     model = Sequential(
-        [Conv2D(3, 3), BatchNorm2D(), ReLU(), Flatten(), Dense(5), BatchNorm1D(), ReLU(),
-         Dense(2)],
+        [Conv2D(3, 3), BatchNorm2D(), ReLU(), Conv2D(2, 1, stride=2), BatchNorm2D(),
+         BatchNorm2D(), ReLU(), Flatten(), Dense(5), BatchNorm1D(), ReLU(), Dense(2)],
         input_shape=(2, 6, 6), dtype="float64", backend=xp, seed=4,
     )  # fmt: skip
     kinds = [type(step) for step in model.steps]
-    assert BatchNorm2DReLU in kinds and BatchNorm1DReLU in kinds and len(kinds) == 6
+    assert kinds[:3] == [Conv2DBatchNorm2DReLU, Conv2DBatchNorm2D, BatchNorm2DReLU]
+    assert BatchNorm1DReLU in kinds and len(kinds) == 7
     x = rng.standard_normal((4, 2, 6, 6)) + 1.0
     g = rng.standard_normal((4, 2))
-    for norm in (model.layers[1], model.layers[5]):  # running statistics away from 0 and 1
+    norms = [layer for layer in model.layers if isinstance(layer, (BatchNorm2D, BatchNorm1D))]
+    for norm in norms:  # running statistics away from 0 and 1
         norm.running_mean.data[...] = on(xp, rng.standard_normal(norm.running_mean.shape))
         norm.running_var.data[...] = on(xp, rng.uniform(0.5, 2.0, norm.running_var.shape))
     h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))

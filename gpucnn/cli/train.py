@@ -30,6 +30,7 @@ from ..recipes import (
     build_model,
     build_optimizer,
     build_schedule,
+    recipe,
     run_config,
 )
 from ..trainer import EarlyStopping, Trainer, evaluate
@@ -90,13 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="P",
         help="augment: shift each training image by up to P pixels (= random crop with P "
-        "pixels of zero padding); default 0 (off)",
+        "pixels of zero padding); default: the recipe's (0, off, but for --model resnet)",
     )
     train.add_argument(
         "--augment-flip",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="augment: random horizontal flips (for photos; wrong for digits and text)",
+        help="augment: random horizontal flips (for photos and clothes; wrong for digits and "
+        "text); default: the recipe's (off, but for --dataset fashion-mnist --model resnet)",
     )
     train.add_argument(
         "--data-dir",
@@ -579,8 +581,6 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         if args.data_dir is not None:
             run["data_dir"] = str(Path(args.data_dir).resolve())
         return run, out, checkpoint
-    settings = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
-    settings = {k: TRAIN_DEFAULTS[k] if v is None else v for k, v in settings.items()}
     model = args.model
     if model is not None and model not in BUILTIN:
         model = str(Path(model).resolve())
@@ -599,11 +599,15 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
         if args.data
         else {}
     )
+    dataset = "custom" if args.data else args.dataset or "digits"
+    # a flag not given takes the recipe's value for this model and dataset, else its default
+    defaults = {**TRAIN_DEFAULTS, "augment_shift": 0, "augment_flip": False}
+    defaults.update({k: v for k, v in recipe(dataset, model).items() if k in defaults})
+    settings = {k: getattr(args, k) for k in defaults}
+    settings = {k: defaults[k] if v is None else v for k, v in settings.items()}
     run = run_config(
-        "custom" if args.data else args.dataset or "digits",
+        dataset,
         **own,
-        augment_shift=args.augment_shift or 0,
-        augment_flip=bool(args.augment_flip),
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         model=model,
         epochs=args.epochs,

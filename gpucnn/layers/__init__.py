@@ -12,6 +12,8 @@ from .core import Dense, Dropout, Flatten, ReLU
 from .fused import (
     BatchNorm1DReLU,
     BatchNorm2DReLU,
+    Conv2DBatchNorm2D,
+    Conv2DBatchNorm2DReLU,
     Conv2DReLU,
     Conv2DReLUMaxPool2D,
     ReLUMaxPool2D,
@@ -32,6 +34,8 @@ __all__ = [
     "Conv2D",
     "BatchNorm1DReLU",
     "BatchNorm2DReLU",
+    "Conv2DBatchNorm2D",
+    "Conv2DBatchNorm2DReLU",
     "Conv2DReLU",
     "Conv2DReLUMaxPool2D",
     "Dense",

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from ..backend import Array
 from ..functional.activations import relu_backward
 from ..functional.conv import (
+    conv2d_forward,
     conv2d_relu_backward,
     conv2d_relu_forward,
     conv2d_relu_max_pool2d_backward,
     conv2d_relu_max_pool2d_forward,
 )
+from ..functional.normalization import fold_batch_norm
 from ..functional.pooling import max_pool2d_backward, max_pool2d_forward
 from .base import Layer
 from .conv import Conv2D
@@ -200,10 +202,59 @@ class BatchNorm1DReLU(BatchNorm2DReLU):
     pattern = (BatchNorm1D, ReLU)
 
 
+class Conv2DBatchNorm2D:
+    """Runs ``Conv2D, BatchNorm2D`` as one step. At inference the BatchNorm is folded into the
+    convolution's weights and bias (:func:`gpucnn.functional.normalization.fold_batch_norm`):
+    one convolution, no pass of its own. Training runs the two layers (the statistics need the
+    whole convolution output first). Results equal the layers' up to rounding.
+
+    Input (N, H, W, C) -> output (N, OH, OW, F), as ``conv``.
+    """
+
+    pattern: tuple[type, ...] = (Conv2D, BatchNorm2D)
+    relu = False
+
+    def __init__(self, conv: Conv2D, norm: BatchNorm2D, *relu: ReLU):
+        self.conv, self.norm = conv, norm
+        self.name = "+".join(layer.path for layer in (conv, norm, *relu))
+        self.tail = BatchNorm2DReLU(norm, *relu) if relu else norm
+
+    @staticmethod
+    def accepts(conv: Conv2D, norm: BatchNorm2D, *relu: ReLU) -> bool:
+        return True
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        conv, norm = self.conv, self.norm
+        if training:
+            return self.tail.forward(conv.forward(x, training=True), training=True)
+        conv.check_input(x)
+        weight, bias = fold_batch_norm(
+            conv.weight.data, conv.bias.data, norm.weight.data, norm.bias.data,
+            norm.running_mean.data, norm.running_var.data, norm.eps,
+        )  # fmt: skip
+        convolve = conv2d_relu_forward if self.relu else conv2d_forward
+        conv._cache = None
+        return convolve(x, weight, bias, conv.stride, conv.padding)[0]
+
+    def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        return self.conv.backward(self.tail.backward(grad_out), need_input_grad)
+
+
+class Conv2DBatchNorm2DReLU(Conv2DBatchNorm2D):
+    """``Conv2D, BatchNorm2D, ReLU`` as one step: at inference one convolution with the
+    BatchNorm folded in and the ReLU as its epilogue; in training the convolution, then the
+    fused :class:`BatchNorm2DReLU`."""
+
+    pattern = (Conv2D, BatchNorm2D, ReLU)
+    relu = True
+
+
 # the fused steps, tried in this order at each position (the first that matches wins): a
-# convolution followed by a ReLU and a pooling it accepts fuses all three, else the first two
+# convolution followed by BatchNorm (and a ReLU) folds it at inference; one followed by a ReLU
+# and a pooling it accepts fuses all three, else the first two
 FUSIONS: list[type] = [
-    Conv2DReLUMaxPool2D, Conv2DReLU, ReLUMaxPool2D, BatchNorm2DReLU, BatchNorm1DReLU,
+    Conv2DBatchNorm2DReLU, Conv2DBatchNorm2D, Conv2DReLUMaxPool2D, Conv2DReLU, ReLUMaxPool2D,
+    BatchNorm2DReLU, BatchNorm1DReLU,
 ]  # fmt: skip
 
 
