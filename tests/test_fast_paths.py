@@ -536,6 +536,30 @@ def test_cuda_relu_backward_and_loss_equal_the_standard_code(cupy, dtype, monkey
     assert_close(*run_both(monkeypatch, compute), dtype)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_cuda_batch_norm_equals_the_standard_code(cupy, dtype, monkeypatch, relu):
+    """The BatchNorm kernels (switched on by GPUCNN_CUDA_BATCH_NORM=1) against the standard
+    code: forward with and without ReLU, every gradient, (N, H, W, C) and (N, D)."""
+    from gpucnn.functional import batch_norm_backward, batch_norm_forward, batch_norm_statistics
+    from gpucnn.functional._cuda_kernels import BATCH_NORM_ENV
+
+    monkeypatch.setenv(BATCH_NORM_ENV, "1")
+    rng = np.random.default_rng(9)
+    for shape in ((6, 5, 4, 12), (33, 7)):
+        x = cupy.asarray(rng.standard_normal(shape) + 2.0, dtype=dtype)
+        g = cupy.asarray(rng.standard_normal(shape), dtype=dtype)
+        w = cupy.asarray(rng.uniform(0.5, 2.0, shape[-1]), dtype=dtype)
+        b = cupy.asarray(rng.standard_normal(shape[-1]), dtype=dtype)
+
+        def compute(x=x, g=g, w=w, b=b):
+            mean, var = batch_norm_statistics(x)
+            out, cache = batch_norm_forward(x, w, b, mean, var, 1e-5, relu=relu)
+            grad = relu_backward(g, out) if relu else g
+            return (out, *batch_norm_backward(grad, cache, w))
+
+        assert_close(*run_both(monkeypatch, compute), dtype)
+
+
 def test_cuda_dropout_draw_equals_the_host_draw(cupy, dtype, monkeypatch):
     from gpucnn.random import Random
 

@@ -133,6 +133,37 @@ extern "C" __global__ void softmax_cross_entropy(
     }
 }
 
+// ---- BatchNorm, channels-last (M rows of C channels), the statistics given per channel:
+// out = x * scale[c] + shift[c], then max(., 0) if relu. One pass instead of five kernels.
+extern "C" __global__ void batch_norm_apply(
+    const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ shift,
+    T* __restrict__ out, const int total, const int C, const int relu)
+{
+    FOR_EACH(idx, total) {
+        const int c = idx % C;
+        T value = x[idx] * scale[c] + shift[c];
+        if (relu && !(value > (T)0)) value = (T)0;
+        out[idx] = value;
+    }
+}
+
+// ---- BatchNorm input gradient: g = grad (times out > 0 if relu), then
+// grad_x = g * a[c] + (x - mean[c]) * b[c] + k[c] (the per-channel factors of
+// gpucnn.functional._numpy_kernels.batch_norm_input_grad_fast). One pass instead of about ten.
+extern "C" __global__ void batch_norm_input_grad(
+    const T* __restrict__ grad, const T* __restrict__ out, const T* __restrict__ x,
+    const T* __restrict__ mean, const T* __restrict__ a, const T* __restrict__ b,
+    const T* __restrict__ k, T* __restrict__ grad_x, const int total, const int C,
+    const int relu)
+{
+    FOR_EACH(idx, total) {
+        const int c = idx % C;
+        T g = grad[idx];
+        if (relu && !(out[idx] > (T)0)) g = (T)0;
+        grad_x[idx] = g * a[c] + (x[idx] - mean[c]) * b[c] + k[c];
+    }
+}
+
 // ---- uniform [0, 1) samples: element i is splitmix64(key + (i + 1) * golden), its top
 // 24 (float) or 53 (double) bits scaled; the same numbers as gpucnn.random.hashed_uniform.
 extern "C" __global__ void hashed_uniform(
@@ -682,6 +713,48 @@ def softmax_cross_entropy(logits, labels):
         (1,), (THREADS,), (logits, labels, grad, loss, correct, *_ints(N, K))
     )
     return loss, grad, correct
+
+
+# The BatchNorm kernels have been compiled (NVRTC, in the test suite) but not yet run on a GPU:
+# they stay off unless GPUCNN_CUDA_BATCH_NORM=1, and the standard code runs instead.
+BATCH_NORM_ENV = "GPUCNN_CUDA_BATCH_NORM"
+
+
+def _batch_norm_kernels_on() -> bool:
+    import os
+
+    return os.environ.get(BATCH_NORM_ENV, "0").strip() == "1"
+
+
+def batch_norm_apply(x, scale, shift, relu: bool):
+    """``x * scale + shift`` per channel (last axis), then ReLU if ``relu``: one launch, or
+    None (kernels switched off, or arrays the kernel does not take)."""
+    if not _batch_norm_kernels_on() or x.ndim < 1 or scale.dtype != x.dtype:
+        return None
+    x = _contiguous(x)
+    scale, shift = _contiguous(scale.astype(x.dtype)), _contiguous(shift.astype(x.dtype))
+    out = cupy.empty_like(x)
+    if not _supported(x, scale, shift, out):
+        return None
+    args = (x, scale, shift, out, *_ints(x.size, x.shape[-1], int(relu)))
+    _launch("batch_norm_apply", x.dtype, x.size, args)
+    return out
+
+
+def batch_norm_input_grad(grad, relu_out, x, mean, a, b, k):
+    """``g * a + (x - mean) * b + k`` per channel with ``g = grad * (relu_out > 0)`` (or
+    ``grad`` when ``relu_out`` is None): one launch, or None."""
+    if not _batch_norm_kernels_on() or grad.shape != x.shape or grad.dtype != x.dtype:
+        return None
+    grad, x = _contiguous(grad), _contiguous(x)
+    out = grad if relu_out is None else _contiguous(relu_out)
+    factors = [_contiguous(v.astype(x.dtype)) for v in (mean, a, b, k)]
+    grad_x = cupy.empty_like(x)
+    if out.shape != x.shape or not _supported(grad, out, x, grad_x, *factors):
+        return None
+    args = (grad, out, x, *factors, grad_x, *_ints(x.size, x.shape[-1], relu_out is not None))
+    _launch("batch_norm_input_grad", x.dtype, x.size, args)
+    return grad_x
 
 
 def hashed_uniform(key: int, shape: tuple[int, ...], dtype):

@@ -8,6 +8,7 @@ statistics are taken over: N*H*W for images, N for features.
 from __future__ import annotations
 
 from ..backend import Array, namespace
+from ._dispatch import cuda_kernels
 from ._numpy_kernels import (
     batch_norm_forward_fast,
     batch_norm_grad_sums_fast,
@@ -55,7 +56,12 @@ def batch_norm_forward(
     """
     xp = namespace(x)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    out = batch_norm_forward_fast(x, weight, bias, mean, var, eps, relu)
+    cuda = cuda_kernels(xp)
+    if cuda:
+        scale = weight * inv_std
+        out = cuda.batch_norm_apply(x, scale, bias - mean * scale, relu)
+    else:
+        out = batch_norm_forward_fast(x, weight, bias, mean, var, eps, relu)
     if out is None:
         out = (x - mean) * inv_std * weight + bias
         if relu:
@@ -116,9 +122,16 @@ def batch_norm_input_grad(
     value the statistics were taken over (this batch's, or the whole global batch's when the
     statistics were summed over processes)."""
     x, mean, inv_std = cache
-    fast = batch_norm_input_grad_fast(
-        grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
-    )
+    cuda = cuda_kernels(namespace(grad_out))
+    if cuda:
+        a = weight * inv_std
+        fast = cuda.batch_norm_input_grad(
+            grad_out, None, x, mean, a, -a * inv_std * mean_grad_x_hat, -a * mean_grad
+        )
+    else:
+        fast = batch_norm_input_grad_fast(
+            grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
+        )
     if fast is not None:
         return fast
     x_hat = (x - mean) * inv_std
