@@ -7,11 +7,18 @@ one library only: in one process, PyTorch's OpenMP workers keep spinning after e
 steal the CPU from NumPy's BLAS threads, which skews the comparison. With ``--device cuda``
 both run in this one process instead (the GPU does the work, and one CUDA start-up is paid
 once, not per run), every batch size in turn; there PyTorch is also timed with TF32 off
-(its cuDNN convolutions use TF32 by default; gpucnn computes in full float32).
+(its cuDNN convolutions use TF32 by default; gpucnn computes in full float32), then at its
+best: each configuration of ``--torch-configs`` (all by default; see ``torch_best.py``: the
+whole step in a CUDA graph, ``torch.compile(mode="reduce-overhead")``, ``cudnn.benchmark``,
+``channels_last``, float32 with TF32 off and on, bfloat16 autocast) in turn, in alternating
+pairs with gpucnn, with the fastest configuration per precision. ``--smoke`` runs each
+configuration for two steps of a tiny batch, on any device, and times nothing.
 
     python benchmarks/compare_torch.py --model reference --batch-size 128 --pairs 5
     python benchmarks/compare_torch.py --model reference --mode infer --batch-size 1000
     python benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048
+    python benchmarks/compare_torch.py --backend cupy --device cuda --torch-configs graph,compile
+    python benchmarks/compare_torch.py --smoke --mode infer
 
 Writes a JSON report with ``--json FILE``.
 """
@@ -19,6 +26,7 @@ Writes a JSON report with ``--json FILE``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -34,14 +42,19 @@ from gpucnn.optim import SGD
 from gpucnn.resources import retain_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch_best  # noqa: E402
 from torch_mirror import time_gpucnn, time_torch, torch_twin  # noqa: E402
+
+
+def host_batch(batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch every run times: images (N, C, H, W) in [0, 1) and labels (N,)."""
+    rng = np.random.default_rng(0)
+    return rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), rng.integers(0, 10, batch_size)
 
 
 def setup(args, library: str, batch_size: int, torch):
     """A function that times one run of ``library`` at ``batch_size`` (images/s)."""
-    rng = np.random.default_rng(0)
-    x_host = rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32)
-    y_host = rng.integers(0, 10, batch_size)
+    x_host, y_host = host_batch(batch_size)
     if library == "gpucnn":
         retain_freed_memory()  # as Trainer.fit does (glibc keeps freed memory for reuse)
         backend = select_backend(args.backend)
@@ -75,8 +88,9 @@ def child(args) -> float:
     return run()
 
 
-def in_process(args, batch_size: int, torch) -> tuple[list, list, list]:
-    """Alternating pairs in this process: gpucnn, PyTorch as configured, PyTorch without TF32."""
+def in_process(args, batch_size: int, torch) -> tuple[list, list, list, dict]:
+    """Alternating pairs in this process: gpucnn, PyTorch as configured, PyTorch without TF32;
+    then each of ``args.torch_configs`` in turn (see :func:`time_configs`)."""
     runs = {name: setup(args, name, batch_size, torch) for name in ("gpucnn", "torch")}
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     mine, theirs, theirs_fp32 = [], [], []
@@ -88,7 +102,110 @@ def in_process(args, batch_size: int, torch) -> tuple[list, list, list]:
         set_torch_tf32(torch, False)
         theirs_fp32.append(runs["torch"]())
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    return mine, theirs, theirs_fp32
+    del runs["torch"]  # its memory, before the configurations claim theirs
+    configs = time_configs(args, batch_size, torch, runs["gpucnn"])
+    return mine, theirs, theirs_fp32, configs
+
+
+def time_configs(args, batch_size: int, torch, gpucnn_run) -> dict:
+    """Each PyTorch configuration of ``args.torch_configs`` (see ``torch_best.py``) in turn:
+    built and warmed up, then timed in ``args.pairs`` alternating pairs with ``gpucnn_run``,
+    then freed. One at a time, so that a recorded graph or compiled step holds no memory
+    while another runs, and each ratio comes from pairs taken side by side. A configuration
+    that fails to build or run is reported as ``"failed: <reason>"``, and the others go on."""
+    x_host, y_host = host_batch(batch_size)
+    model = build_model(args.model, select_backend("numpy"))  # the weights gpucnn starts from
+    results = {}
+    for config in args.torch_configs:
+        mine, theirs = [], []
+        try:
+            run = torch_best.build(
+                torch, config, model, x_host, y_host, args.mode, args.steps, args.device
+            )
+            counters = torch_best.compile_counters(torch) if config.runner == "compile" else {}
+            for _ in range(args.pairs):
+                mine.append(gpucnn_run())
+                theirs.append(run())
+        except Exception as error:  # one configuration failing must not end the comparison
+            results[config.name] = {"status": torch_best.failure(error)}
+            continue
+        finally:
+            run = None
+            if torch.cuda.is_available():
+                # after a failed capture the device may refuse; the next run will say so
+                with contextlib.suppress(RuntimeError):
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+        results[config.name] = {
+            "status": "ok",
+            "runner": config.runner,
+            "precision": config.precision,
+            "cudnn_benchmark": config.cudnn_benchmark,
+            "channels_last": config.channels_last,
+            **counters,
+            "torch_images_per_second": statistics.median(theirs),
+            "gpucnn_images_per_second": statistics.median(mine),
+            "median_pair_ratio": statistics.median(
+                a / b for a, b in zip(mine, theirs, strict=True)
+            ),
+            "pairs": [{"gpucnn": a, "torch": b} for a, b in zip(mine, theirs, strict=True)],
+        }
+    return results
+
+
+def best_configs(configs: dict) -> dict:
+    """Per precision, the fastest configuration that ran: ``{"torch_best_fp32": {...}, ...}``.
+    ``fp32`` (TF32 off) is the one that computes what gpucnn computes."""
+    best = {}
+    for precision in torch_best.PRECISIONS:
+        ran = {
+            name: result
+            for name, result in configs.items()
+            if result["status"] == "ok" and result["precision"] == precision
+        }
+        if ran:
+            name = max(ran, key=lambda n: ran[n]["torch_images_per_second"])
+            best[f"torch_best_{precision}"] = {
+                "config": name,
+                "torch_images_per_second": ran[name]["torch_images_per_second"],
+                "median_pair_ratio": ran[name]["median_pair_ratio"],
+            }
+    return best
+
+
+def config_lines(configs: dict, best: dict) -> list[str]:
+    """One printed line per configuration, then the best one per precision."""
+    lines = []
+    for name, result in configs.items():
+        if result["status"] != "ok":
+            lines.append(f"  torch[{name}] {result['status']}")
+            continue
+        line = (
+            f"  torch[{name}] {result['torch_images_per_second']:.0f} img/s, "
+            f"ratio {result['median_pair_ratio']:.2f}x"
+        )
+        if result["runner"] == "compile":
+            line += (
+                f" ({result['graph_breaks']} graph breaks, "
+                f"{result['cudagraph_skips']} CUDA-graph skips)"
+            )
+        lines.append(line)
+    for key, result in best.items():
+        lines.append(
+            f"  best {key.removeprefix('torch_best_')}: {result['config']} "
+            f"{result['torch_images_per_second']:.0f} img/s, ratio {result['median_pair_ratio']:.2f}x"
+        )
+    return lines
+
+
+def smoke(args, torch) -> int:
+    """``--smoke``: every selected configuration for two steps of a tiny batch on
+    ``--device``; those that need CUDA are skipped elsewhere. Exit status 1 if one failed."""
+    model = build_model(args.model, select_backend("numpy"))
+    outcome = torch_best.smoke(torch, model, args.device, args.mode, args.torch_configs)
+    for name, status in outcome.items():
+        print(f"{args.model} {args.mode} torch[{name}] on {args.device}: {status}")
+    return int(any(status.startswith("failed") for status in outcome.values()))
 
 
 def main() -> None:
@@ -104,11 +221,34 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy", help="gpucnn backend")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--torch-configs",
+        help="with --device cuda (or --smoke): PyTorch configurations timed beside eager, "
+        "'all' (the default there), 'none', or a comma list of names, globs or name parts "
+        "such as eager,graph,compile or bf16; see benchmarks/torch_best.py",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run each --torch-configs configuration for two steps of a tiny batch on --device "
+        "(those needing CUDA are skipped elsewhere) and time nothing",
+    )
     parser.add_argument("--child", choices=("gpucnn", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps({"images_per_second": child(args)}))
         return
+    cuda = args.device.startswith("cuda")
+    if args.torch_configs is not None and not (cuda or args.smoke):
+        parser.error("--torch-configs needs --device cuda or --smoke")
+    try:
+        args.torch_configs = torch_best.select_configs(args.torch_configs or "all")
+    except ValueError as error:
+        parser.error(str(error))
+    if args.smoke:
+        import torch
+
+        sys.exit(smoke(args, torch))
 
     def measure(library: str, batch_size: int) -> float:
         command = [sys.executable, __file__, "--child", library, *sys.argv[1:]]
@@ -121,9 +261,9 @@ def main() -> None:
     backend = select_backend(args.backend)
     reports = []
     for batch_size in args.batch_size:
-        fp32 = None
-        if args.device.startswith("cuda"):
-            mine, torch_rates, fp32 = in_process(args, batch_size, torch)
+        fp32 = configs = None
+        if cuda:
+            mine, torch_rates, fp32, configs = in_process(args, batch_size, torch)
         else:
             mine, torch_rates = [], []
             for _ in range(args.pairs):
@@ -160,6 +300,11 @@ def main() -> None:
                 f"ratio {report['median_pair_ratio_no_tf32']:.2f}x"
             )
         print(line, flush=True)
+        if configs:
+            best = best_configs(configs)
+            report["torch_configs"] = configs
+            report.update(best)
+            print("\n".join(config_lines(configs, best)), flush=True)
         reports.append(report)
     if args.json:
         with open(args.json, "w") as f:
