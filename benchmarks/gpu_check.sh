@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One-shot GPU check (about 2 minutes on an NVIDIA H200): kernels and GPU time per training step
-# with the standard ops, the CUDA kernels and a CUDA graph, and per inference pass beside
-# PyTorch's; `gpucnn bench` on CuPy in those three modes (per-layer profile); PyTorch CUDA
-# comparisons; 3 epochs of MNIST with CUDA graphs off and on; the NumPy path against PyTorch
-# on the host's CPU cores; then the whole test suite with
-# its CuPy tests (in 8 processes where pytest-xdist is installed). Benchmarks run first, on a
-# quiet GPU.
+# One-shot GPU check (about 2 minutes on an NVIDIA H200, plus the compile time of the
+# torch.compile configurations): kernels and GPU time per training step with the standard ops,
+# the CUDA kernels and a CUDA graph, and per inference pass beside PyTorch's; `gpucnn bench` on
+# CuPy in those three modes (per-layer profile); PyTorch CUDA comparisons, eager and at its best
+# (benchmarks/torch_best.py); 3 epochs of MNIST with CUDA graphs off and on; the NumPy path
+# against PyTorch on the host's CPU cores; then the whole test suite with its CuPy tests (in 8
+# processes where pytest-xdist is installed). Benchmarks run first, on a quiet GPU.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
 #
@@ -47,9 +47,17 @@ done
 section "PyTorch CUDA comparisons (CUDA kernels and graphs on)"
 export GPUCNN_CUDA_GRAPHS=1
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048 \
-  --pairs 3 --json "$scratch/torch-train.json"
+  --pairs 3 --torch-configs none --json "$scratch/torch-train.json"
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
-  --steps 50 --pairs 3 --json "$scratch/torch-infer-1000.json"
+  --steps 50 --pairs 3 --torch-configs none --json "$scratch/torch-infer-1000.json"
+
+# apart from the eager comparison, so that a configuration that breaks the CUDA context
+# cannot take those figures with it
+section "PyTorch at its best (CUDA graph, torch.compile, cudnn.benchmark, channels_last, TF32, bf16)"
+run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048 \
+  --pairs 3 --torch-configs all --json "$scratch/torch-best-train.json"
+run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
+  --steps 50 --pairs 3 --torch-configs all --json "$scratch/torch-best-infer-1000.json"
 
 section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()
