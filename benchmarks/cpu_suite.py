@@ -74,7 +74,7 @@ NETWORKS: dict[str, tuple[tuple[int, int, int], list | str, str]] = {
     "small": (MNIST, "small", "built-in: 16/32 filters, 'same' padding"),
     "lenet": (MNIST, "lenet", "built-in: LeNet-5, 5x5 kernels"),
     "small_bn": (MNIST, "small_bn", "built-in: small with BatchNorm"),
-    "resnet": (MNIST, "resnet", "built-in: ResNet, 16/32/64 filters, global average pooling"),
+    "resnet": (MNIST, "resnet", "built-in: ResNet, 32/64/64/128 filters, global average pooling"),
     "wide5x5": (
         MNIST,
         [conv(64, 5, padding=2), RELU, pool(2), conv(128, 5, padding=2), RELU, pool(2),
@@ -106,10 +106,17 @@ def config(name: str) -> dict:
     return {"input_shape": list(shape), "layers": [dict(layer) for layer in layers]}
 
 
+# the parent's architecture of the network a child times: a --baseline tree then builds the
+# same network, even where its own built-in of that name differs
+CONFIG_ENV = "GPUCNN_SUITE_CONFIG"
+
+
 def build(name: str, dtype: str = "float32", seed: int = 0):
     from gpucnn import Sequential
 
-    return Sequential.from_config(config(name), backend="numpy", seed=seed, dtype=dtype)
+    given = os.environ.get(CONFIG_ENV)
+    spec = json.loads(given) if given else config(name)
+    return Sequential.from_config(spec, backend="numpy", seed=seed, dtype=dtype)
 
 
 def skip_reason(name: str) -> str | None:
@@ -205,6 +212,7 @@ def measure(
         "--batch", str(batch), "--threads", str(args.threads), "--seconds", str(args.seconds),
     ]  # fmt: skip
     env = dict(os.environ, GPUCNN_CPU_THREADS=str(args.threads))
+    env[CONFIG_ENV] = json.dumps(config(network))
     if library == "torch" and args.torch_omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.torch_omp_wait_policy
     if source:
