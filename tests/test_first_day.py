@@ -616,6 +616,31 @@ def test_train_help_shows_the_recipe_defaults(capsys):
             assert f"default: from the dataset's recipe (digits: {digits}, mnist: {mnist}" in text
 
 
+def test_a_model_recipe_fills_the_flags_not_given(tmp_path):
+    """--model resnet on (Fashion-)MNIST takes its recipe; any flag given overrides its part,
+    and the default model of a dataset keeps the dataset's recipe."""
+    from gpucnn.cli import build_parser
+    from gpucnn.cli.train import _resolve_run
+    from gpucnn.recipes import MODEL_RECIPES, RECIPES
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), *argv])
+        return _resolve_run(args)[0]
+
+    fashion = resolved("--dataset", "fashion-mnist", "--model", "resnet")
+    for key, value in MODEL_RECIPES["fashion-mnist", "resnet"].items():
+        assert fashion[key] == value, key
+    assert fashion["augment_flip"] is True and fashion["nesterov"] is True
+    mnist = resolved("--dataset", "mnist", "--model", "resnet", "--epochs", "2", "--no-nesterov")
+    assert mnist["epochs"] == 2 and mnist["nesterov"] is False and mnist["augment_flip"] is False
+    assert mnist["augment_shift"] == 2 and mnist["label_smoothing"] == 0.1
+    plain = resolved("--dataset", "mnist")
+    assert plain["model"] == RECIPES["mnist"]["model"] and plain["augment_shift"] == 0
+    assert plain["epochs"] == RECIPES["mnist"]["epochs"] and plain["label_smoothing"] == 0.0
+    flipped = resolved("--dataset", "fashion-mnist", "--model", "resnet", "--no-augment-flip")
+    assert flipped["augment_flip"] is False
+
+
 def test_evaluate_has_a_description(capsys):
     assert "Evaluate a saved model on the test split" in help_text(capsys, "evaluate")
 

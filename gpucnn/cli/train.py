@@ -134,20 +134,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "unless --weight-decay)",
     )
     train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    train.add_argument("--nesterov", action="store_true", default=None)
     train.add_argument(
-        "--weight-decay", type=float, help="applied to weights, not biases (default 0)"
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Nesterov momentum for SGD (default: the recipe's; off but for --model resnet)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        help="applied to weights, not biases (default 0; 5e-4 in the resnet recipes)",
     )
     train.add_argument("--schedule", choices=SCHEDULE_NAMES, help="default: cosine")
     train.add_argument(
         "--warmup-epochs",
         type=int,
-        help="raise the learning rate linearly over the first N epochs (default 0)",
+        help="raise the learning rate linearly over the first N epochs (default 0; 1 in the "
+        "resnet recipes)",
     )
     train.add_argument(
         "--label-smoothing",
         type=float,
-        help="epsilon in [0, 1) of the training loss's label smoothing (default 0)",
+        help="epsilon in [0, 1) of the training loss's label smoothing (default 0; 0.1 in the "
+        "resnet recipes)",
     )
     train.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     train.add_argument(
