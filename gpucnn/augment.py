@@ -57,12 +57,16 @@ class Augment:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, share: tuple[int, slice] | None = None) -> Array:
         """Augment a batch.
 
         Parameters
         ----------
         x : array of shape (N, C, H, W) in any supported namespace.
+        share : ``(total, part)`` when ``x`` is the ``part`` (a slice) of a batch of ``total``
+            images, as in data-parallel training: the random choices are drawn for all
+            ``total`` images and those of ``part`` applied, so every process's share gets the
+            choices one process would have made for it.
 
         Returns
         -------
@@ -75,8 +79,18 @@ class Augment:
             return x
         xp = namespace(x)
         N = x.shape[0]
-        flips = self.rng.random(N) < 0.5 if self.flip else None
-        offsets = self.rng.integers(0, 2 * self.shift + 1, size=(2, N)) if self.shift else None
+        total, part = share if share is not None else (N, slice(0, N))
+        if len(range(total)[part]) != N:
+            raise ValueError(
+                f"augment: expected {len(range(total)[part])} images for part {part} of "
+                f"{total}; received {N}"
+            )
+        flips = (self.rng.random(total) < 0.5)[part] if self.flip else None
+        offsets = (
+            self.rng.integers(0, 2 * self.shift + 1, size=(2, total))[:, part]
+            if self.shift
+            else None
+        )
         if flips is not None:
             mask = to_device(flips, xp)
             x = xp.where(mask[:, None, None, None], xp.flip(x, axis=3), x)

@@ -25,7 +25,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "custom": {"model": "small", "epochs": 10, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
 }  # fmt: skip
 # Recipes of a model on a dataset, on top of the dataset's: `gpucnn train --dataset D --model M`
-# takes them (any flag given overrides its part). Measured figures: docs/performance.md.
+# takes them (any flag given overrides its part). Measured figures: docs/performance.md
+# ("BatchNorm, ResNet and the recipes").
 MODEL_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("fashion-mnist", "resnet"): {
         "epochs": 11, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
@@ -42,19 +43,29 @@ SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 
 
-def recipe(dataset: str, model: str | None = None) -> dict[str, Any]:
-    """The default settings for ``model`` (None: the dataset's own model) on ``dataset``."""
+# what a model's recipe sets for its optimizer: not taken by a run with another optimizer
+OPTIMIZER_SETTINGS = ("lr", "momentum", "nesterov", "weight_decay")
+
+
+def recipe(dataset: str, model: str | None = None, optimizer: str | None = None) -> dict[str, Any]:
+    """The default settings for ``model`` (None: the dataset's own model) on ``dataset``;
+    with an ``optimizer`` other than the model recipe's, without that recipe's settings for
+    its optimizer (the dataset's learning rate and the optimizer's own defaults apply)."""
     if dataset not in RECIPES:
         raise ValueError(f"expected a dataset in {sorted(RECIPES)}; received {dataset!r}")
     settings = dict(RECIPES[dataset])
-    settings.update(MODEL_RECIPES.get((dataset, model or settings["model"]), {}))
+    specific = dict(MODEL_RECIPES.get((dataset, model or settings["model"]), {}))
+    if optimizer is not None and optimizer != specific.get("optimizer", optimizer):
+        specific = {k: v for k, v in specific.items() if k not in OPTIMIZER_SETTINGS}
+        specific.pop("optimizer")
+    settings.update(specific)
     return settings
 
 
 def run_config(dataset: str, **settings: Any) -> dict[str, Any]:
-    """The run for ``dataset``: its recipe (for ``settings["model"]`` when given) with every
-    non-None ``settings`` value applied."""
-    run = {"dataset": dataset, **recipe(dataset, settings.get("model"))}
+    """The run for ``dataset``: its recipe (for ``settings["model"]`` and
+    ``settings["optimizer"]`` when given) with every non-None ``settings`` value applied."""
+    run = {"dataset": dataset, **recipe(dataset, settings.get("model"), settings.get("optimizer"))}
     run.update({k: v for k, v in settings.items() if v is not None or k not in run})
     return run
 

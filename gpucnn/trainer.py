@@ -159,6 +159,22 @@ class _Epoch:
     check_every: int
     reader: Prefetcher | None = None  # disk-backed data: the epoch's batches, read ahead
 
+    def bounds(self, b: int) -> tuple[int, int]:
+        """Positions ``[lo, hi)`` of batch ``b`` in the epoch's order (the last batch ends at
+        ``n``: it is short, or one longer where it takes a lone last image, see
+        :func:`batch_count`)."""
+        lo = b * self.batch_size
+        return lo, self.n if b == self.num_batches - 1 else min(lo + self.batch_size, self.n)
+
+
+def batch_count(n: int, batch_size: int, batch_statistics: bool) -> int:
+    """Batches in an epoch of ``n`` images. A last batch of one image joins the batch before
+    it where a layer takes statistics over the batch: BatchNorm cannot normalise one value
+    per channel (PyTorch refuses such a batch; its DataLoader's ``drop_last`` drops it)."""
+    if batch_statistics and n > batch_size and n % batch_size == 1:
+        return n // batch_size
+    return -(-n // batch_size)
+
 
 class Trainer:
     """Fits a :class:`Sequential` classifier with softmax cross-entropy.
@@ -345,10 +361,9 @@ class Trainer:
                 f"expected a global batch_size >= the number of processes ({comm.size}); "
                 f"received {batch_size}"
             )
-        if comm is not None and (is_disk_backed(x) or self.augment is not None):
+        if comm is not None and is_disk_backed(x):
             raise ValueError(
-                "distributed training expects in-memory data without augmentation; received "
-                + ("disk-backed data" if is_disk_backed(x) else "an augment")
+                "distributed training expects in-memory data; received disk-backed data"
             )
         validate_dataset(self.model, x, y, "training data")
         if validation_data is not None:
@@ -540,7 +555,7 @@ class Trainer:
             epoch.reader = Prefetcher(
                 x_dev,
                 (
-                    epoch.order_host[b * batch_size : min((b + 1) * batch_size, epoch.n)]
+                    epoch.order_host[slice(*epoch.bounds(b))]
                     for b in range(epoch.first, epoch.num_batches)
                 ),
                 workers=self.prefetch_workers,
@@ -549,13 +564,14 @@ class Trainer:
         try:
             for b in range(epoch.first, epoch.num_batches):
                 if self.communicator is not None:  # eager: the all-reduce sits before the update
-                    index = epoch.order[b * batch_size : min((b + 1) * batch_size, epoch.n)]
+                    index = epoch.order[slice(*epoch.bounds(b))]
                     loss = self._train_batch_distributed(epoch, b, x_dev, y_dev, index)
                 else:
                     xb, yb = self._gather(epoch, b, x_dev, y_dev)
                     loss = self._train_batch(epoch, b, xb, yb)
                 if self._batch_callbacks:
-                    size = min((b + 1) * batch_size, epoch.n) - b * batch_size
+                    lo, hi = epoch.bounds(b)
+                    size = hi - lo
                     batch_logs = BatchLogs(loss, size)
                     for callback in self._batch_callbacks:
                         callback.on_batch_end(self, b, batch_logs)
@@ -591,7 +607,9 @@ class Trainer:
         return _Epoch(
             n=n,
             batch_size=batch_size,
-            num_batches=-(-n // batch_size),
+            num_batches=batch_count(
+                n, batch_size, any(m.batch_statistics for m in self.model.modules())
+            ),
             order=to_device(order, xp),
             order_host=order,
             rng_at_start=rng_at_start,
@@ -610,7 +628,7 @@ class Trainer:
     def _gather(self, epoch: _Epoch, b: int, x_dev, y_dev) -> tuple[Array, Array]:
         """Batch ``b`` of the epoch's order on the device, augmented when asked."""
         xp = self.model.xp
-        lo, hi = b * epoch.batch_size, min((b + 1) * epoch.batch_size, epoch.n)
+        lo, hi = epoch.bounds(b)
         index = epoch.order[lo:hi]
         if is_disk_backed(x_dev):  # one batch from disk to the device
             rows = epoch.order_host[lo:hi]
@@ -653,17 +671,19 @@ class Trainer:
         the gradients and sums the loss, correct count and signal flag over ranks."""
         model, xp, comm = self.model, self.model.xp, self.communicator
         total = index.shape[0]
-        index = index[comm.shard(total)]
+        share = comm.shard(total)
+        index = index[share]
         count = index.shape[0]
+        xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
+        if self.augment is not None:  # every rank draws for the whole batch (even when idle)
+            xb = self.augment(xb, share=(total, share))
         if count:
-            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
             loss, logits = self._eager_step.forward_backward(xb, yb)
             loss_sum, correct = loss * count, count_correct(logits, yb)
         elif self._synchronised_layers():
             # a last global batch smaller than the number of ranks leaves this one idle, but
             # its layers must still take part in the statistics' all-reduces: an empty share
             # contributes zeros to them, and zero gradients
-            xb, yb = xp.take(x_dev, index, axis=0), xp.take(y_dev, index, axis=0)
             self._eager_step.forward_backward(xb, yb)
             for p in model.parameters():
                 p.grad = xp.zeros_like(p.data)

@@ -245,8 +245,9 @@ def _layers(kind):
     ]  # fmt: skip
 
 
-def _fit(backend, comm=None, samples=41, batch=8, kind="plain", sync=True):
+def _fit(backend, comm=None, samples=41, batch=8, kind="plain", sync=True, augment=False):
     from gpucnn import SGD, Sequential
+    from gpucnn.augment import Augment
 
     rng = np.random.default_rng(3)
     x = rng.normal(loc=0.5, size=(samples, 1, 6, 6))
@@ -255,6 +256,7 @@ def _fit(backend, comm=None, samples=41, batch=8, kind="plain", sync=True):
     trainer = Trainer(
         model, SGD(lr=0.1, momentum=0.9, clip_norm=1.0), communicator=comm, log=None,
         progress=False, sync_batch_statistics=sync,
+        augment=Augment(shift=1, flip=True, seed=5) if augment else None,
     )  # fmt: skip
     trainer.fit(x, y, validation_data=(x[:9], y[:9]), epochs=2, batch_size=batch)
     return model.state_dict(), trainer.history
@@ -306,26 +308,27 @@ def test_two_thread_ranks_match_one_process(monkeypatch, backend, cuda_aware):
 
 
 @pytest.mark.parametrize(
-    "size,samples,batch",
-    [(2, 42, 8), (3, 42, 8), (3, 40, 7)],
-    ids=["two-ranks", "three-ranks-one-idle", "three-ranks-unequal-shares"],
+    "size,samples,batch,augment",
+    [(2, 42, 8, False), (3, 42, 8, False), (3, 40, 7, False), (3, 41, 8, True)],
+    ids=["two-ranks", "three-ranks-one-idle", "three-ranks-unequal-shares", "augmented"],
 )
 def test_batch_norm_statistics_over_thread_ranks_match_one_process(
-    monkeypatch, size, samples, batch
+    monkeypatch, size, samples, batch, augment
 ):
     """BatchNorm2D/1D (one inside a Residual) with the statistics of the global batch: the
     running statistics, every weight and the losses equal one process's, float64. 42 images
     at batch 8 end with a batch of two, so one of three ranks joins the all-reduces with an
     empty share (and BatchNorm1D sees one value per rank); 40 at batch 7 on three ranks
-    gives shares of 2 and 3."""
+    gives shares of 2 and 3. With augmentation (shifts and flips), each rank applies the
+    choices one process makes for its share; 41 images at batch 8 end with a lone image,
+    which joins the batch before it."""
     monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)
-    expected, expected_history = _fit("numpy", samples=samples, batch=batch, kind="bn")
+    fit = dict(samples=samples, batch=batch, kind="bn", augment=augment)
+    expected, expected_history = _fit("numpy", **fit)
     assert any(name.endswith("running_var") for name in expected)
-    results, comms = _fit_on_thread_ranks(
-        size, backend="numpy", samples=samples, batch=batch, kind="bn"
-    )
+    results, comms = _fit_on_thread_ranks(size, backend="numpy", **fit)
     _assert_same_training(results, expected, expected_history)
-    steps = 2 * -(-samples // batch)
+    steps = 2 * (samples // batch if samples % batch == 1 else -(-samples // batch))
     # three BatchNorm layers, one all-reduce each in forward and one in backward per step
     assert comms[0].stats()["statistics_allreduce_calls"] == steps * 3 * 2
 

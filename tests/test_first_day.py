@@ -639,6 +639,12 @@ def test_a_model_recipe_fills_the_flags_not_given(tmp_path):
     assert plain["epochs"] == RECIPES["mnist"]["epochs"] and plain["label_smoothing"] == 0.0
     flipped = resolved("--dataset", "fashion-mnist", "--model", "resnet", "--no-augment-flip")
     assert flipped["augment_flip"] is False
+    # another optimizer: the recipe's SGD settings give way to the optimizer's own defaults
+    adamw = resolved("--dataset", "mnist", "--model", "resnet", "--optimizer", "adamw")
+    assert adamw["lr"] == RECIPES["mnist"]["lr"] and adamw["weight_decay"] is None
+    assert adamw["augment_shift"] == 2 and adamw["label_smoothing"] == 0.1
+    still = resolved("--dataset", "mnist", "--model", "resnet", "--momentum", "0")
+    assert still["nesterov"] is False and still["momentum"] == 0
 
 
 def test_evaluate_has_a_description(capsys):

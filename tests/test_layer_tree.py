@@ -238,6 +238,19 @@ def test_batch_norm_over_processes_of_one_equals_the_local_statistics(xp, rng, k
     assert calls == [(2 * shape[0] + 1,), (2 * shape[0],)] * 3
 
 
+def test_batch_norm_over_processes_keeps_float32_statistics_of_far_off_values(rng):
+    """Values of mean 1000 and std 1 in float32, the shift (the running mean) still at 0: the
+    statistics summed over processes equal the local two-pass ones to float32 rounding."""
+    x = (rng.standard_normal((64, 5)) + 1000.0).astype(np.float32)
+    outs = []
+    for summed in (False, True):
+        model = Sequential([BatchNorm1D()], input_shape=(5,), backend="numpy")
+        if summed:
+            model.layers[0].sum_over_processes = lambda sums: sums
+        outs.append(model.forward(x, training=True))
+    np.testing.assert_allclose(outs[1], outs[0], atol=2e-3)
+
+
 def test_batch_norm_refuses_one_value_per_channel_in_training():
     model = Sequential([Flatten(), BatchNorm1D()], input_shape=(4,), backend="numpy")
     with pytest.raises(

@@ -181,6 +181,14 @@ def test_images_default_to_the_batch_norm_network_and_may_be_shifted(digits):
         CNNClassifier(augment_shift=1, epochs=1, backend="numpy").fit(X, y)
 
 
+def test_a_lone_last_image_joins_the_batch_before_it(digits):
+    """33 images at batch 32: the BatchNorm network trains on one batch of 33 (a batch of one
+    image gives BatchNorm1D a single value per feature)."""
+    X, y = digits[0][:33], digits[1][:33]
+    clf = CNNClassifier(image_shape=(1, 8, 8), epochs=2, backend="numpy", random_state=0)
+    assert clf.fit(X, y).n_iter_ == 2
+
+
 def test_model_from_a_json_file(tmp_path, digits):
     X, y = digits[0][:200], digits[1][:200]
     path = tmp_path / "net.json"

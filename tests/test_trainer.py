@@ -293,3 +293,13 @@ def test_retained_memory_is_reused_without_new_page_faults():
     # (measured: 30-35 thousand minor faults); retained, only the first round faults (~3,000)
     default, retained = faults("default"), faults("retain")
     assert retained < default / 4, (default, retained)
+
+
+def test_batch_bounds_give_a_lone_last_image_to_the_batch_before_it():
+    from gpucnn.trainer import batch_count
+
+    assert batch_count(33, 32, batch_statistics=True) == 1
+    assert batch_count(33, 32, batch_statistics=False) == 2
+    assert batch_count(34, 32, batch_statistics=True) == 2
+    assert batch_count(1, 32, batch_statistics=True) == 1
+    assert batch_count(64, 32, batch_statistics=True) == 2

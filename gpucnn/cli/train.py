@@ -91,14 +91,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="P",
         help="augment: shift each training image by up to P pixels (= random crop with P "
-        "pixels of zero padding); default: the recipe's (0, off, but for --model resnet)",
+        "pixels of zero padding); default: the recipe's (0, but 2 for --model resnet on mnist "
+        "and fashion-mnist)",
     )
     train.add_argument(
         "--augment-flip",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="augment: random horizontal flips (for photos and clothes; wrong for digits and "
-        "text); default: the recipe's (off, but for --dataset fashion-mnist --model resnet)",
+        "text); default: the recipe's (off, but on for --dataset fashion-mnist --model resnet)",
     )
     train.add_argument(
         "--data-dir",
@@ -138,7 +139,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--nesterov",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Nesterov momentum for SGD (default: the recipe's; off but for --model resnet)",
+        help="Nesterov momentum for SGD (default: the recipe's; off, but on for --model resnet "
+        "on mnist and fashion-mnist)",
     )
     train.add_argument(
         "--weight-decay",
@@ -255,7 +257,8 @@ TRAIN_DEFAULTS = {
 # what a run recorded before these settings existed (or without --data) amounts to
 RECORDED_DEFAULTS = {
     "augment_shift": 0, "augment_flip": False, "test_fraction": 0.2, "warmup_epochs": 0,
-    "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False, "sync_batch_norm": True,
+    "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False,
+    "sync_batch_norm": False,  # distributed BatchNorm ran on each rank's share before
 }  # fmt: skip
 # scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
 MAX_SEED = 2**32 - 2
@@ -611,7 +614,10 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Checkp
     dataset = "custom" if args.data else args.dataset or "digits"
     # a flag not given takes the recipe's value for this model and dataset, else its default
     defaults = {**TRAIN_DEFAULTS, "augment_shift": 0, "augment_flip": False}
-    defaults.update({k: v for k, v in recipe(dataset, model).items() if k in defaults})
+    settings = recipe(dataset, model, args.optimizer)
+    if args.momentum == 0:  # Nesterov needs momentum: a recipe's Nesterov goes with it
+        settings.pop("nesterov", None)
+    defaults.update({k: v for k, v in settings.items() if k in defaults})
     settings = {k: getattr(args, k) for k in defaults}
     settings = {k: defaults[k] if v is None else v for k, v in settings.items()}
     run = run_config(
@@ -688,12 +694,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# boolean run flags that have a --no- form
+NEGATABLE = ("stream", "augment_flip", "nesterov", "sync_batch_norm")
+
+
 def _shown(name: str, value: Any) -> str:
     """A flag with its value as a command line gives it (``--seed 7``, ``--no-stream``)."""
-    if value is None or value is False and name != "stream":
+    if value is None or value is False and name not in NEGATABLE:
         return f"no {_flag(name)}"
     if isinstance(value, bool):
-        return _flag(name) if value else f"--no-{name}"
+        return _flag(name) if value else f"--no-{name.replace('_', '-')}"
     if isinstance(value, list | tuple):
         return f"{_flag(name)} " + " ".join(str(v) for v in value)
     return f"{_flag(name)} {value}"
@@ -737,7 +747,7 @@ def _build_trainer(
         checkpoint_meta={"run": run},
         seed=run["seed"],
         label_smoothing=run.get("label_smoothing", 0.0),
-        sync_batch_statistics=run.get("sync_batch_norm", True),
+        sync_batch_statistics=run.get("sync_batch_norm", RECORDED_DEFAULTS["sync_batch_norm"]),
         progress=progress,
         log=lambda line: print(line, flush=True),
     )

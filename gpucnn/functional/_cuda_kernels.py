@@ -142,7 +142,7 @@ extern "C" __global__ void batch_norm_apply(
     FOR_EACH(idx, total) {
         const int c = idx % C;
         T value = x[idx] * scale[c] + shift[c];
-        if (relu && !(value > (T)0)) value = (T)0;
+        if (relu && value < (T)0) value = (T)0;  // NaN stays NaN, as in max(x, 0)
         out[idx] = value;
     }
 }

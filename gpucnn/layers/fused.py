@@ -233,7 +233,10 @@ class Conv2DBatchNorm2D:
             norm.running_mean.data, norm.running_var.data, norm.eps,
         )  # fmt: skip
         convolve = conv2d_relu_forward if self.relu else conv2d_forward
-        conv._cache = None
+        # an inference pass keeps no training activations alive, as the layers do
+        conv._cache = norm._cache = None
+        if self.relu:
+            self.tail._out = None
         return convolve(x, weight, bias, conv.stride, conv.padding)[0]
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:

@@ -109,27 +109,31 @@ class _BatchNorm(Layer):
             )
 
     def _global_statistics(self, x: Array) -> tuple[Array, Array, int]:
-        """Mean, biased variance and count of every process's share of the batch, from one
-        all-reduce of ``[sum(x - K), sum((x - K)^2), count]``. The shift K is the running mean
-        (the same on every process, and near the batch mean once training has begun), which
-        keeps the variance ``E[(x-K)^2] - E[x-K]^2`` clear of cancellation."""
+        """Mean, biased variance and count of every process's share of the batch.
+
+        Each process takes its share's exact two-pass statistics (count n, mean m, variance v)
+        and one float64 all-reduce sums ``[n (m - K), n v + n (m - K)^2, n]``, the first two
+        moments about a shift K common to all processes (the running mean: near the batch
+        mean once training has begun), so ``var = S2 / N - (S1 / N)^2`` cancels only the
+        spread of the processes' means about K, in float64."""
         xp = namespace(x)
-        axes = tuple(range(x.ndim - 1))
-        local_count = math.prod(x.shape[:-1])
-        shift = self.running_mean.data
-        centred = x - shift
-        sums = xp.concat([
-            xp.sum(centred, axis=axes), xp.sum(centred * centred, axis=axes),
-            xp.full((1,), float(local_count), dtype=x.dtype),
-        ])  # fmt: skip
-        sums = self.sum_over_processes(sums)
         C = x.shape[-1]
+        local_count = math.prod(x.shape[:-1])
+        shift = xp.astype(self.running_mean.data, xp.float64)
+        if local_count:
+            mean, var = (xp.astype(a, xp.float64) for a in batch_norm_statistics(x))
+            offset = mean - shift
+            first, second = local_count * offset, local_count * (var + offset * offset)
+        else:  # an idle process (a short last batch) adds nothing, but joins the call
+            first = second = xp.zeros((C,), dtype=xp.float64)
+        count = xp.full((1,), float(local_count), dtype=xp.float64)
+        sums = self.sum_over_processes(xp.concat([first, second, count]))
         count = round(float(sums[2 * C]))
         self._check_count(count, (count, *x.shape[1:]))
         self._share = local_count / count
-        mean_shifted = sums[:C] / count
-        var = xp.clip(sums[C : 2 * C] / count - mean_shifted * mean_shifted, 0.0, None)
-        return shift + mean_shifted, var, count
+        mean_offset = sums[:C] / count
+        var = xp.clip(sums[C : 2 * C] / count - mean_offset * mean_offset, 0.0, None)
+        return xp.astype(shift + mean_offset, x.dtype), xp.astype(var, x.dtype), count
 
     def _update_running(self, mean: Array, var: Array, count: int) -> None:
         """In place, so the buffers keep their addresses (a recorded CUDA graph writes them)."""
