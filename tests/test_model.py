@@ -235,24 +235,28 @@ def test_relu_maxpool_pairs_run_pooled_first_with_identical_results(xp, rng):
     x = rng.standard_normal((3, 1, 11, 11))
     x[0, 0, :4, :4] = -1.0  # a region whose windows are all <= 0 after the first conv too
     g = rng.standard_normal((3, 2))
+    assert_training_equals_the_layers(xp, model, x, g, tol=1e-13)
+
+
+def assert_training_equals_the_layers(xp, model, x, g, tol):
+    """A training forward and backward of ``model`` (its fused steps) give the output, input
+    gradient and parameter gradients of its layers run one by one, in the order written."""
     fused_out = host(model.forward(on(xp, x), training=True))
     fused_grad = host(model.backward(on(xp, g)))
     fused_params = {param.name: host(param.grad) for param in model.parameters()}
 
     h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
-    for layer in model.layers:  # the layers one by one, in the order the user wrote them
+    for layer in model.layers:
         h = layer.forward(h, training=True)
-    np.testing.assert_allclose(host(h), fused_out, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(host(h), fused_out, rtol=tol, atol=tol)
     grad = on(xp, g)
     for layer in reversed(model.layers):
         grad = layer.backward(grad)
     np.testing.assert_allclose(
-        host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=1e-13, atol=1e-13
+        host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=tol, atol=tol
     )
     for param in model.parameters():
-        np.testing.assert_allclose(
-            host(param.grad), fused_params[param.name], rtol=1e-13, atol=1e-13
-        )
+        np.testing.assert_allclose(host(param.grad), fused_params[param.name], rtol=tol, atol=tol)
 
 
 def test_batch_norm_steps_fuse_with_identical_results(xp, rng):
@@ -286,24 +290,7 @@ def test_batch_norm_steps_fuse_with_identical_results(xp, rng):
     for layer in model.layers:
         h = layer.forward(h)
     np.testing.assert_allclose(host(h), host(model.forward(on(xp, x))), rtol=1e-12, atol=1e-12)
-
-    fused_out = host(model.forward(on(xp, x), training=True))
-    fused_grad = host(model.backward(on(xp, g)))
-    fused_params = {param.name: host(param.grad) for param in model.parameters()}
-    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
-    for layer in model.layers:
-        h = layer.forward(h, training=True)
-    np.testing.assert_allclose(host(h), fused_out, rtol=1e-12, atol=1e-12)
-    grad = on(xp, g)
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad)
-    np.testing.assert_allclose(
-        host(xp.permute_dims(grad, (0, 3, 1, 2))), fused_grad, rtol=1e-12, atol=1e-12
-    )
-    for param in model.parameters():
-        np.testing.assert_allclose(
-            host(param.grad), fused_params[param.name], rtol=1e-12, atol=1e-12
-        )
+    assert_training_equals_the_layers(xp, model, x, g, tol=1e-12)
 
 
 def test_blocked_cpu_inference_equals_one_pass(rng):
