@@ -29,7 +29,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # ("BatchNorm, ResNet and the recipes").
 MODEL_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("fashion-mnist", "resnet"): {
-        "epochs": 13, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
+        "epochs": 11, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
         "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
         "label_smoothing": 0.1, "augment_shift": 2, "augment_flip": True,
     },
