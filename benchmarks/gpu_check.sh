@@ -61,6 +61,18 @@ run $py benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 12
 run $py benchmarks/compare_torch.py --backend cupy --device cuda --mode infer --batch-size 1000 \
   --steps 50 --pairs 3 --torch-configs "$best" --json "$scratch/torch-best-infer-1000.json"
 
+section "BatchNorm networks on CuPy: small_bn and resnet, BatchNorm kernels off, then on"
+for model in small_bn resnet; do
+  for bn in 0 1; do
+    echo "GPUCNN_CUDA_BATCH_NORM=$bn"
+    run env GPUCNN_CUDA_BATCH_NORM=$bn $py -m gpucnn bench --backend cupy --model $model \
+      --batch-size 128 512 2048 --infer-batch-size 1000 --json "$scratch/bench-$model-bn$bn.json"
+  done
+done
+run env GPUCNN_CUDA_GRAPHS=1 $py benchmarks/compare_torch.py --backend cupy --device cuda \
+  --model resnet --batch-size 128 512 2048 --pairs 3 --torch-configs "$best" \
+  --json "$scratch/torch-best-train-resnet.json"
+
 section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()
 [ -d "$mnist" ] && data_args=(--data-dir "$mnist" --no-download)
