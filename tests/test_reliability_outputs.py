@@ -85,7 +85,7 @@ CASES = [
     # --resume: flags that would change the run, compared by value
     ("train --resume {run} --data {files}/data.npz", 2, "--data would change it"),
     ("train --resume {run} --augment-flip", 2,
-     "--augment-flip would change it (received --augment-flip, the run has no --augment-flip)"),
+     "--augment-flip would change it (received --augment-flip, the run has --no-augment-flip)"),
     ("train --resume {run} --augment-shift 2", 2, "--augment-shift would change it"),
     ("train --resume {run} --test-fraction 0.3", 2, "--test-fraction would change it"),
     ("train --resume {run} --momentum 0", 2, "received --momentum 0.0, the run has --momentum 0.9"),
