@@ -72,12 +72,14 @@ class Layer:
     uses_randomness : class attribute, True for layers that draw random numbers in training
         (dropout masks): a recorded CUDA graph would replay the same draws.
     batch_statistics : class attribute, True for layers whose training output depends on the
-        whole batch (BatchNorm); data-parallel training gives each of them
-        ``sum_over_processes``, so the statistics are those of the global batch.
+        whole batch (BatchNorm); data-parallel training sets their ``sum_over_processes`` (a
+        function summing a 1-d array over the ranks; None otherwise) for the time of ``fit``,
+        so the statistics are those of the global batch.
     """
 
     uses_randomness: bool = False
     batch_statistics: bool = False
+    sum_over_processes = None
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name or "." in name):
