@@ -72,10 +72,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     model : ``"auto"`` (default), a built-in name (``"small_bn"``, ``"small"``, ``"lenet"``, ...),
         the path of a JSON architecture file, or a list of layer configs as the command line's
         JSON takes, e.g. ``[{"type": "Conv2D", "filters": 8, "kernel_size": 3}, {"type": "ReLU"}]``.
-        ``"auto"`` is ``"small_bn"`` (the small network with BatchNorm) for images and ``Dense(100), ReLU`` for a feature matrix. A list
-        that ends with a Dense layer is used as is (its ``units`` must equal the number of
-        classes); otherwise ``Flatten`` (for images, if the list has none) and ``Dense(K)`` are
-        appended.
+        ``"auto"`` is ``"small_bn"`` (the small network with BatchNorm) for images and
+        ``Dense(100), ReLU`` for a feature matrix. A list that ends with a Dense layer is used
+        as is (its ``units`` must equal the number of classes); otherwise ``Flatten`` (for
+        images, if the list has none) and ``Dense(K)`` are appended.
     image_shape : ``(C, H, W)`` (or ``(H, W)`` for one channel) to reshape 2-D ``X`` of
         ``C*H*W`` columns into images; also checked against 3-D/4-D ``X``. None: 2-D ``X`` is a
         feature matrix.

@@ -147,20 +147,17 @@ extern "C" __global__ void batch_norm_apply(
     }
 }
 
-// ---- BatchNorm input gradient: g = grad (times out > 0 if relu), then
-// grad_x = g * a[c] + (x - mean[c]) * b[c] + k[c] (the per-channel factors of
-// gpucnn.functional._numpy_kernels.batch_norm_input_grad_fast). One pass instead of about ten.
+// ---- BatchNorm input gradient: grad_x = grad * a[c] + (x - mean[c]) * b[c] + k[c] (the
+// per-channel factors of gpucnn.functional.batch_norm_input_grad). One pass instead of about
+// ten.
 extern "C" __global__ void batch_norm_input_grad(
-    const T* __restrict__ grad, const T* __restrict__ out, const T* __restrict__ x,
-    const T* __restrict__ mean, const T* __restrict__ a, const T* __restrict__ b,
-    const T* __restrict__ k, T* __restrict__ grad_x, const int total, const int C,
-    const int relu)
+    const T* __restrict__ grad, const T* __restrict__ x, const T* __restrict__ mean,
+    const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ k,
+    T* __restrict__ grad_x, const int total, const int C)
 {
     FOR_EACH(idx, total) {
         const int c = idx % C;
-        T g = grad[idx];
-        if (relu && !(out[idx] > (T)0)) g = (T)0;
-        grad_x[idx] = g * a[c] + (x[idx] - mean[c]) * b[c] + k[c];
+        grad_x[idx] = grad[idx] * a[c] + (x[idx] - mean[c]) * b[c] + k[c];
     }
 }
 
@@ -741,18 +738,16 @@ def batch_norm_apply(x, scale, shift, relu: bool):
     return out
 
 
-def batch_norm_input_grad(grad, relu_out, x, mean, a, b, k):
-    """``g * a + (x - mean) * b + k`` per channel with ``g = grad * (relu_out > 0)`` (or
-    ``grad`` when ``relu_out`` is None): one launch, or None."""
+def batch_norm_input_grad(grad, x, mean, a, b, k):
+    """``grad * a + (x - mean) * b + k`` per channel (last axis): one launch, or None."""
     if not _batch_norm_kernels_on() or grad.shape != x.shape or grad.dtype != x.dtype:
         return None
     grad, x = _contiguous(grad), _contiguous(x)
-    out = grad if relu_out is None else _contiguous(relu_out)
     factors = [_contiguous(v.astype(x.dtype)) for v in (mean, a, b, k)]
     grad_x = cupy.empty_like(x)
-    if out.shape != x.shape or not _supported(grad, out, x, grad_x, *factors):
+    if not _supported(grad, x, grad_x, *factors):
         return None
-    args = (grad, out, x, *factors, grad_x, *_ints(x.size, x.shape[-1], relu_out is not None))
+    args = (grad, x, *factors, grad_x, *_ints(x.size, x.shape[-1]))
     _launch("batch_norm_input_grad", x.dtype, x.size, args)
     return grad_x
 

@@ -543,9 +543,8 @@ def erf_fast(x: Array) -> Array | None:
 
 
 # ---------------------------------------------------------------------- batch normalisation
-BN_CHUNK_ROWS = (
-    4096  # rows of (M, C) per inner step: a few hundred KB, so temporaries stay in cache
-)
+# rows of (M, C) per inner step: a few hundred KB, so temporaries stay in cache
+BN_CHUNK_ROWS = 4096
 
 
 def _channel_rows(*arrays) -> list | None:
@@ -594,16 +593,14 @@ def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
     return mean, var
 
 
-def batch_norm_forward_fast(x, weight, bias, mean, var, eps: float, relu: bool) -> Array | None:
-    """NumPy: ``(x - mean) / sqrt(var + eps) * weight + bias`` (then ``max(., 0)`` with
-    ``relu``) as one multiply-add per value, ``x * scale + shift``, over the CPU threads.
-    None where it does not apply."""
+def batch_norm_apply_fast(x, scale, shift, relu: bool) -> Array | None:
+    """NumPy: ``x * scale + shift`` per channel (last axis), then ``max(., 0)`` with ``relu``:
+    BatchNorm's normalisation as one multiply-add per value, over the CPU threads. None where
+    it does not apply."""
     views = _channel_rows(x)
-    if views is None or not _same_float_dtype(x, weight, bias, mean, var):
+    if views is None or not _same_float_dtype(x, scale, shift):
         return None
     (rows,) = views
-    scale = weight / np.sqrt(var + eps)
-    shift = bias - mean * scale
     out = np.empty(x.shape, dtype=x.dtype)
     out_rows = out.reshape(rows.shape)
 
@@ -636,20 +633,14 @@ def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array]
     return grad_weight, grad_bias.astype(x.dtype)
 
 
-def batch_norm_input_grad_fast(
-    grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
-) -> Array | None:
-    """NumPy: :func:`gpucnn.functional.batch_norm_input_grad`,
-    ``weight * inv_std * (grad_out - mean_grad - x_hat * mean_grad_x_hat)``, as
-    ``grad_out * a + (x - mean) * b + c`` per channel, chunk by chunk over the CPU threads.
-    None where it does not apply."""
+def batch_norm_input_grad_fast(grad_out, x, mean, a, b, c) -> Array | None:
+    """NumPy: BatchNorm's input gradient ``grad_out * a + (x - mean) * b + c`` per channel
+    (the factors of :func:`gpucnn.functional.batch_norm_input_grad`), chunk by chunk over the
+    CPU threads. None where it does not apply."""
     views = _channel_rows(grad_out, x)
-    if views is None or not _same_float_dtype(x, mean, inv_std, weight):
+    if views is None or not _same_float_dtype(x, mean, a, b, c):
         return None
     g, rows = views
-    a = weight * inv_std
-    b = -a * inv_std * mean_grad_x_hat  # x_hat * m = (x - mean) * inv_std * m
-    c = -a * mean_grad
     out = np.empty(x.shape, dtype=x.dtype)
     out_rows = out.reshape(rows.shape)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..backend import Array, namespace
 from ._dispatch import cuda_kernels
 from ._numpy_kernels import (
-    batch_norm_forward_fast,
+    batch_norm_apply_fast,
     batch_norm_grad_sums_fast,
     batch_norm_input_grad_fast,
     batch_norm_statistics_fast,
@@ -56,12 +56,10 @@ def batch_norm_forward(
     """
     xp = namespace(x)
     inv_std = 1.0 / xp.sqrt(var + eps)
+    scale = weight * inv_std  # (C,): the fast paths compute x * scale + shift
     cuda = cuda_kernels(xp)
-    if cuda:
-        scale = weight * inv_std
-        out = cuda.batch_norm_apply(x, scale, bias - mean * scale, relu)
-    else:
-        out = batch_norm_forward_fast(x, weight, bias, mean, var, eps, relu)
+    apply = cuda.batch_norm_apply if cuda else batch_norm_apply_fast
+    out = apply(x, scale, bias - mean * scale, relu)
     if out is None:
         out = (x - mean) * inv_std * weight + bias
         if relu:
@@ -122,16 +120,11 @@ def batch_norm_input_grad(
     value the statistics were taken over (this batch's, or the whole global batch's when the
     statistics were summed over processes)."""
     x, mean, inv_std = cache
+    # as grad_out * a + (x - mean) * b + c per channel (x_hat * m = (x - mean) * inv_std * m)
+    a = weight * inv_std
     cuda = cuda_kernels(namespace(grad_out))
-    if cuda:
-        a = weight * inv_std
-        fast = cuda.batch_norm_input_grad(
-            grad_out, None, x, mean, a, -a * inv_std * mean_grad_x_hat, -a * mean_grad
-        )
-    else:
-        fast = batch_norm_input_grad_fast(
-            grad_out, x, mean, inv_std, weight, mean_grad, mean_grad_x_hat
-        )
+    input_grad = cuda.batch_norm_input_grad if cuda else batch_norm_input_grad_fast
+    fast = input_grad(grad_out, x, mean, a, -a * inv_std * mean_grad_x_hat, -a * mean_grad)
     if fast is not None:
         return fast
     x_hat = (x - mean) * inv_std

@@ -19,7 +19,8 @@ siblings, so a layer's ``path`` (``residual_1.conv2d_2``) and its arrays' names
 
 Machinery asks layers instead of keeping type tables: ``uses_randomness`` (a recorded CUDA graph
 would freeze its draws), ``batch_statistics`` (data-parallel training synchronises them),
-``exportable`` / ``onnx_nodes(graph)`` (each layer writes its own ONNX nodes), and the fused steps of :mod:`gpucnn.layers.fused` say which layer runs they replace.
+``exportable`` / ``onnx_nodes(graph)`` (each layer writes its own ONNX nodes), and the fused
+steps of :mod:`gpucnn.layers.fused` say which layer runs they replace.
 
 Layers register under their class name (``LAYERS``), so ``layer_from_config(get_config())``
 rebuilds any of them; the base class supplies ``"type"`` and subclasses add their arguments.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from ..backend import Array, namespace
 from ..functional.normalization import (
-    batch_norm_backward,
     batch_norm_forward,
     batch_norm_input_grad,
     batch_norm_parameter_grads,
@@ -56,7 +54,6 @@ class _BatchNorm(Layer):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not float(eps) > 0.0:
             raise ValueError(f"{kind}: expected eps > 0; received {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
-        self.sum_over_processes: Callable[[Array], Array] | None = None
         self._share = 1.0  # this process's count / the global batch's count
 
     def _build(self, input_shape: Shape, context: BuildContext) -> Shape:
@@ -143,28 +140,23 @@ class _BatchNorm(Layer):
         running_var[...] = (1.0 - m) * running_var + (m * count / (count - 1)) * var
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
-        if self.sum_over_processes is None:
-            grad_x, grad_w, grad_b = batch_norm_backward(
-                grad_out, self._cache, self.weight.data, need_input_grad
-            )
-            self.weight.grad, self.bias.grad = grad_w, grad_b
-            return grad_x
-        # the parameters' gradients stay this process's own (the trainer's gradient
-        # all-reduce weighs and sums them); the input gradient needs the global channel
-        # means of grad_out and grad_out * x_hat, each process's sums weighted by its share
-        # as its loss gradient is (see gpucnn.distributed)
-        xp = namespace(grad_out)
         grad_w, grad_b = batch_norm_parameter_grads(grad_out, self._cache)
         self.weight.grad, self.bias.grad = grad_w, grad_b
-        sums = self.sum_over_processes(xp.concat([grad_b * self._share, grad_w * self._share]))
+        if self.sum_over_processes is not None:
+            # the parameters' gradients stay this process's own (the trainer's gradient
+            # all-reduce weighs and sums them); the input gradient needs the global channel
+            # means of grad_out and grad_out * x_hat, each process's sums weighted by its
+            # share as its loss gradient is (see gpucnn.distributed). Every process joins
+            # the call, whether or not it needs the input gradient.
+            xp = namespace(grad_out)
+            sums = self.sum_over_processes(xp.concat([grad_b * self._share, grad_w * self._share]))
+            grad_b, grad_w = sums[: grad_b.shape[0]], sums[grad_b.shape[0] :]
         if not need_input_grad:
             return None
-        C = grad_out.shape[-1]
-        local_count = max(math.prod(grad_out.shape[:-1]), 1)
+        count = max(math.prod(grad_out.shape[:-1]), 1)  # an idle process has no values
         return batch_norm_input_grad(
-            grad_out, self._cache, self.weight.data,
-            sums[:C] / local_count, sums[C:] / local_count,
-        )  # fmt: skip
+            grad_out, self._cache, self.weight.data, grad_b / count, grad_w / count
+        )
 
     def onnx_nodes(self, graph: Any) -> None:
         """BatchNormalization in inference mode, with the running statistics."""
