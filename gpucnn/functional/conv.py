@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..backend import Array, namespace
 from ..resources import check_arrays
+from . import _winograd
 from ._dispatch import cuda_kernels, matmul
 from ._numpy_kernels import (
     conv2d_backward_fast,
@@ -29,8 +30,8 @@ def _weight_matrix(weight: Array) -> Array:
 
 
 def conv2d_forward(
-    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding
-) -> tuple[Array, Array]:
+    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding, training: bool = True
+) -> tuple[Array, Array | None]:
     """Convolve a batch of images with F filters.
 
     Parameters
@@ -40,14 +41,19 @@ def conv2d_forward(
     bias : array of shape (F,)
     stride : (SH, SW)
     padding : (PT, PB, PL, PR) zeros added around each image
+    training : False: no backward pass follows; the second value may then be None
 
     Returns
     -------
     out : array of shape (N, OH, OW, F)
-    cols : array of shape (N, OH, OW, L), the im2col matrix with its ones column (see
-        :func:`gpucnn.functional.im2col.im2col`), kept for :func:`conv2d_backward`. L is
-        KH*KW*C + 1, except on CUDA where zero columns align L to a multiple of 4.
+    cols : what :func:`conv2d_backward` needs: the im2col matrix with its ones column, of
+        shape (N, OH, OW, L) (see :func:`gpucnn.functional.im2col.im2col`; L is KH*KW*C + 1,
+        except on CUDA where zero columns align L to a multiple of 4), or, for the 3x3
+        stride-1 convolutions NumPy computes by Winograd's algorithm (see
+        :mod:`gpucnn.functional._winograd`), the transformed input (None without ``training``).
     """
+    if _winograd.applies(x, weight, bias, stride, padding):
+        return _winograd.forward(x, weight, bias, padding, training=training)
     split = conv2d_forward_fast(x, weight, bias, stride, padding)
     if split is not None:
         return split
@@ -99,6 +105,8 @@ def conv2d_backward(
     grad_weight : array of shape (F, C, KH, KW)
     grad_bias : array of shape (F,)
     """
+    if isinstance(cols, _winograd.TransformedInput):
+        return _winograd.backward(grad_out, cols, weight, need_input_grad)
     split = conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_input_grad)
     if split is not None:
         return split
@@ -139,13 +147,15 @@ def conv2d_backward(
 
 
 def conv2d_relu_forward(
-    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding
-) -> tuple[Array, Array]:
+    x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding, training: bool = True
+) -> tuple[Array, Array | None]:
     """``relu(conv2d(x))``: on NumPy the ReLU runs on each thread's GEMM output in place,
     while it is still in cache, instead of as one more pass over the whole output.
 
     Parameters and returns as :func:`conv2d_forward`; ``out`` is non-negative.
     """
+    if _winograd.applies(x, weight, bias, stride, padding):
+        return _winograd.forward(x, weight, bias, padding, relu=True, training=training)
     fast = conv2d_forward_fast(x, weight, bias, stride, padding, relu=True)
     if fast is not None:
         return fast
@@ -166,6 +176,8 @@ def conv2d_relu_backward(
     """Gradients of :func:`conv2d_relu_forward`: ``grad_out`` (N, OH, OW, F) passes where
     ``out`` (its output) is positive, then as :func:`conv2d_backward` (on NumPy each thread
     masks its own images, without a whole masked copy in between)."""
+    if isinstance(cols, _winograd.TransformedInput):
+        return _winograd.backward(grad_out, cols, weight, need_input_grad, relu_out=out)
     fast = conv2d_backward_fast(
         grad_out, cols, weight, x_shape, stride, padding, need_input_grad, relu_out=out
     )
@@ -199,11 +211,16 @@ def conv2d_relu_max_pool2d_forward(
         path taken (on NumPy a pool-aware path that evaluates the convolution only where a
         window looks, see :func:`gpucnn.functional._numpy_kernels.conv_relu_max_pool_forward_fast`).
     """
-    fast = conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training)
+    # a convolution Winograd's algorithm takes is faster whole, then pooled, than pool-aware
+    winograd = _winograd.applies(x, weight, bias, stride, padding)
+    fast = (
+        None if winograd
+        else conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training)
+    )  # fmt: skip
     if fast is not None:
         out, cache = fast
         return out, (("phases", cache) if training else None)
-    conv_out, cols = conv2d_forward(x, weight, bias, stride, padding)
+    conv_out, cols = conv2d_forward(x, weight, bias, stride, padding, training)
     out = max_pool2d_forward(conv_out, pool, pool, relu=True)
     return out, (("layers", (cols, conv_out, out)) if training else None)
 

@@ -85,7 +85,9 @@ class Conv2D(Layer):
 
     def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
-        out, cols = conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding)
+        out, cols = conv2d_forward(
+            x, self.weight.data, self.bias.data, self.stride, self.padding, training
+        )
         self._cache = (cols, tuple(x.shape)) if training else None
         return out
 

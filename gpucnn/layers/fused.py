@@ -150,7 +150,7 @@ class Conv2DReLU:
         conv = self.conv
         conv.check_input(x)
         out, cols = conv2d_relu_forward(
-            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding
+            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding, training
         )
         self._cache = (cols, out, tuple(x.shape)) if training else None
         return out
@@ -237,7 +237,7 @@ class Conv2DBatchNorm2D:
         conv._cache = norm._cache = None
         if self.relu:
             self.tail._out = None
-        return convolve(x, weight, bias, conv.stride, conv.padding)[0]
+        return convolve(x, weight, bias, conv.stride, conv.padding, training=False)[0]
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         return self.conv.backward(self.tail.backward(grad_out), need_input_grad)

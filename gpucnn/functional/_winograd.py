@@ -1,0 +1,368 @@
+"""NumPy only: 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3).
+
+im2col + GEMM spends 9 multiply-adds per (output pixel, channel, filter) and first copies every
+input value 9 times. Winograd's F(2x2, 3x3) computes a 2x2 block of outputs from a 4x4 tile of
+the input with 16 multiply-adds instead of 36 (2.25x fewer) and copies each input value 4 times
+(Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016):
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A        for one channel; summed over the channels
+
+with d a 4x4 input tile (tiles start every 2 pixels and overlap by 2), g a 3x3 filter and ``*``
+element-wise. Summed over the channels, each of the 16 tile positions xi is one GEMM:
+M_xi (tiles, F) = V_xi (tiles, C) @ U_xi (C, F), with V = B^T d B the transformed input and
+U = G g G^T the transformed filters. The backward pass is the same algebra transposed: the
+output gradient through A's adjoint gives gM; the weight gradient is G^T (V^T gM) G and the
+input gradient B (gM U^T) B^T, added where tiles overlap. The transforms only add and subtract
+(G's 1/2 is exact), so the result equals the direct convolution up to rounding: float64
+agrees to ~1e-15, float32 to a few ulps more than im2col.
+
+Each thread (:mod:`._cpu_threads`) takes its images in blocks small enough that every
+intermediate stays in the CPU's cache (the transforms are element-wise passes: out of cache they
+would cost more than the GEMMs). Training keeps the transformed input for the backward pass: 4x
+the input's size, where an im2col matrix is 9x.
+
+Shape symbols as in :mod:`gpucnn.functional.im2col`; images are channels-last. Tiles: TH =
+ceil(OH / 2) by TW = ceil(OW / 2) per image, on the input padded to HQ = 2 TH + 2 rows and
+WQ = 2 TW + 2 columns (one more zero row or column than the padding asks for where OH or OW is
+odd; the extra output row or column is dropped).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import Array
+from ..resources import check_arrays
+from ._cpu_threads import over_images
+
+WINOGRAD_ENV = "GPUCNN_WINOGRAD"  # "0": every convolution takes im2col + GEMM
+# Where Winograd is the faster one: the GEMMs shrink 2.25x but the transforms are element-wise
+# passes over C and F channels, which pay off only with enough channels and pixels. Measured
+# (AMD EPYC, 2 threads, batch 128, training step of one layer against im2col + GEMM): C = 16
+# loses everywhere (0.4-0.8x); 32x32 outputs with C >= 32 win 1.1-2x; 16x16 and 14x14 win
+# 1.1-1.7x with C >= 64 and are even or worse with C = 32; 7x7 loses (0.5-0.8x).
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_SIDE = 12  # output rows and columns
+WINOGRAD_MIN_WORK = 12288  # output pixels times input channels, OH * OW * C
+# A block's transformed input; measured best between 0.5 and 2 MiB (L2 is 0.5-2 MiB per core).
+BLOCK_BYTES = 1 << 20
+
+# the transforms of F(2x2, 3x3), as written in the comments where they are applied
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+class TransformedInput(NamedTuple):
+    """What :func:`backward` needs from the forward pass: the transformed input V
+    (4, 4, N, TH, TW, C), the input's shape (N, H, W, C) and the padding."""
+
+    v: Array
+    x_shape: tuple[int, int, int, int]
+    padding: tuple[int, int, int, int]
+
+
+def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
+    """Whether :func:`forward` takes this convolution: NumPy arrays of one floating dtype, a
+    3x3 kernel, stride 1, a size where it is measured faster than im2col + GEMM (see
+    :data:`WINOGRAD_MIN_WORK`), and the switch ``GPUCNN_WINOGRAD`` not "0"."""
+    arrays = (x, weight) if bias is None else (x, weight, bias)
+    if not (
+        all(isinstance(a, np.ndarray) and a.dtype == x.dtype for a in arrays)
+        and x.dtype.kind == "f"
+        and tuple(weight.shape[2:]) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
+    ):
+        return False
+    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    return (
+        geo.C >= WINOGRAD_MIN_CHANNELS
+        and min(geo.OH, geo.OW) >= WINOGRAD_MIN_SIDE
+        and geo.OH * geo.OW * geo.C >= WINOGRAD_MIN_WORK
+    )
+
+
+def transform_weight(weight: Array) -> Array:
+    """(F, C, 3, 3) -> U (16, C, F): U[4i + j, c, f] = (G w[f, c] G^T)[i, j]."""
+    F, C = weight.shape[:2]
+    G = _G.astype(weight.dtype)
+    return np.einsum("ik,jl,fckl->ijcf", G, G, weight).reshape(16, C, F)
+
+
+def weight_grad(grad_u: Array) -> Array:
+    """The adjoint of :func:`transform_weight`: (16, C, F) -> (F, C, 3, 3)."""
+    _, C, F = grad_u.shape
+    G = _G.astype(grad_u.dtype)
+    return np.einsum("ik,jl,ijcf->fckl", G, G, grad_u.reshape(4, 4, C, F))
+
+
+class _Geometry(NamedTuple):
+    N: int
+    H: int
+    W: int
+    C: int
+    F: int
+    OH: int
+    OW: int
+    TH: int
+    TW: int
+    padding: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, x_shape, filters: int, padding) -> _Geometry:
+        N, H, W, C = x_shape
+        PT, PB, PL, PR = padding
+        OH, OW = H + PT + PB - 2, W + PL + PR - 2
+        return cls(N, H, W, C, filters, OH, OW, -(-OH // 2), -(-OW // 2), tuple(padding))
+
+    def block_images(self, itemsize: int) -> int:
+        per_image = 16 * self.TH * self.TW * max(self.C, self.F) * itemsize
+        return max(1, BLOCK_BYTES // per_image)
+
+    def bytes_per_image(self, itemsize: int) -> int:
+        """What one image's passes touch: its transformed input and output, twice each."""
+        return 2 * 16 * self.TH * self.TW * (self.C + self.F) * itemsize
+
+
+def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
+    """Along one axis, padded position 2t + parity holds input position 2t + parity - pad:
+    the tiles' range of t that falls inside the input, and the input's matching slice."""
+    t0, t1 = (pad - parity + 1) // 2, (pad + size - parity + 1) // 2
+    first = 2 * t0 + parity - pad
+    return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
+
+
+class _Block:
+    """One thread's buffers for blocks of up to ``m`` images, and the transforms on them.
+
+    Tiles overlap by two pixels, so a transform reads every second row and column. Strided
+    views with runs of C contiguous values would make each element-wise pass several times
+    slower; instead the padded input is stored by *phase*, xq[n, q, t, p, s, c] = padded
+    input at (2t + q, 2s + p), and every pass then reads runs of whole tile rows. One strided
+    copy enters or leaves that layout per direction.
+    """
+
+    def __init__(self, geo: _Geometry, m: int, dtype):
+        self.geo, self.m = geo, m
+        TH, TW, C, F = geo.TH, geo.TW, geo.C, geo.F
+        # zeros where the padding is: only the input's positions are ever written
+        self.xq = np.zeros((m, 2, TH + 1, 2, TW + 1, C), dtype=dtype)
+        self.rows = np.empty((4, m, TH, 2, TW + 1, C), dtype=dtype)
+        self.v = np.empty((4, 4, m, TH, TW, C), dtype=dtype)
+        self.mf = np.empty((4, 4, m, TH, TW, F), dtype=dtype)
+        self.sides = np.empty((2, 4, m, TH, TW, F), dtype=dtype)
+        self.scratch = np.empty((m, TH, TW, F), dtype=dtype)
+        self.gq = None  # the output gradient by phase, made on first use (backward only)
+        self.gx = None  # the input gradient by phase (backward only)
+        PT, _, PL, _ = geo.padding
+        # (phase q, p) -> (the tiles' rows and columns, the input's) for the input's positions
+        self.input_phases = [
+            (q, p, _phase_range(PT, geo.H, q), _phase_range(PL, geo.W, p))
+            for q in range(2) for p in range(2)
+        ]  # fmt: skip
+        # output phase (a, b) -> its valid tile rows and columns (the last may be cut off)
+        self.output_phases = [
+            (a, b, slice(0, (geo.OH - a + 1) // 2), slice(0, (geo.OW - b + 1) // 2))
+            for a in range(2) for b in range(2)
+        ]  # fmt: skip
+
+    def transform_input(self, x: Array, v: Array | None = None) -> Array:
+        """x (n, H, W, C), n <= m -> V (16, n*TH*TW, C), into ``v`` (4, 4, n, TH, TW, C) if
+        given, else into this block's buffer."""
+        geo, n = self.geo, x.shape[0]
+        TH, TW = geo.TH, geo.TW
+        xq, rows = self.xq[:n], self.rows[:, :n]
+        v = self.v[:, :, :n] if v is None else v
+        for q, p, (t, h), (s, w) in self.input_phases:
+            xq[:, q, t, p, s] = x[:, h, w]
+        # B^T d: tile rows 2t + k for k = 0..3 -> rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        _combine_forward([xq[:, k % 2, k // 2 : k // 2 + TH] for k in range(4)], rows)
+        # (B^T d) B: the same combination of each of those rows' tile columns
+        for i in range(4):
+            tile_columns = [rows[i][:, :, k % 2, k // 2 : k // 2 + TW] for k in range(4)]
+            _combine_forward(tile_columns, v[i])
+        return v.reshape(16, -1, geo.C)
+
+    def transform_output(self, m_block: Array, out: Array, bias: Array, relu: bool) -> None:
+        """M (16, n*TH*TW, F) -> out (n, OH, OW, F): A^T M A + bias, then max(., 0) if relu."""
+        geo, n = self.geo, out.shape[0]
+        mf = m_block.reshape(4, 4, n, geo.TH, geo.TW, geo.F)
+        sides, tmp = self.sides[:, :, :n], self.scratch[:n]
+        # A^T M: rows (M0 + M1 + M2, M1 - M2 - M3)
+        np.add(mf[0], mf[1], out=sides[0])
+        sides[0] += mf[2]
+        np.subtract(mf[1], mf[2], out=sides[1])
+        sides[1] -= mf[3]
+        # (A^T M) A: the same combination of each row's columns; output (2t + a, 2s + b)
+        for a, b, t, s in self.output_phases:
+            side = sides[a]
+            if b == 0:
+                np.add(side[0], side[1], out=tmp)
+                np.add(tmp[:, t, s], side[2][:, t, s], out=out[:, a::2, b::2])
+            else:
+                np.subtract(side[1], side[2], out=tmp)
+                np.subtract(tmp[:, t, s], side[3][:, t, s], out=out[:, a::2, b::2])
+        out += bias
+        if relu:
+            np.maximum(out, 0.0, out=out)
+
+    def output_grad(self, grad_out: Array) -> Array:
+        """The adjoint of :meth:`transform_output` (without bias and ReLU): grad_out
+        (n, OH, OW, F) -> gM (16, n*TH*TW, F), in this block's buffer."""
+        geo, n = self.geo, grad_out.shape[0]
+        if self.gq is None:  # zeros where a tile reaches past the output
+            self.gq = np.zeros((2, 2, self.m, geo.TH, geo.TW, geo.F), dtype=grad_out.dtype)
+        gq, gm = self.gq[:, :, :n], self.mf[:, :, :n]
+        for a, b, t, s in self.output_phases:
+            gq[a, b, :, t, s] = grad_out[:, a::2, b::2]
+        # A's adjoint on rows: tile rows (g0, g1) -> (g0, g0 + g1, g0 - g1, -g1); row 0 is g0
+        rows = self.sides.reshape(4, 2, self.m, geo.TH, geo.TW, geo.F)[1:, :, :n]
+        np.add(gq[0], gq[1], out=rows[0])
+        np.subtract(gq[0], gq[1], out=rows[1])
+        np.negative(gq[1], out=rows[2])
+        for i, r in enumerate((gq[0], *rows)):  # and on columns
+            _combine_adjoint_of_output([r[0], r[1]], gm[i])
+        return gm.reshape(16, -1, geo.F)
+
+    def input_grad(self, grad_v: Array, grad_x: Array) -> None:
+        """The adjoint of :meth:`transform_input`: gV (16, n*TH*TW, C) -> grad_x (n, H, W, C).
+        Uses ``grad_v``'s memory as scratch."""
+        geo, n = self.geo, grad_x.shape[0]
+        if self.gx is None:
+            self.gx = np.empty_like(self.xq)
+        gv = grad_v.reshape(4, 4, n, geo.TH, geo.TW, geo.C)
+        rows, gx = self.rows[:, :n], self.gx[:n]
+        for i in range(4):  # B's adjoint on columns, overlapping tiles added
+            _add_overlapping_tiles(gv[i], rows[i], axis=2)
+        _add_overlapping_tiles(rows, gx, axis=1)  # and on rows
+        for q, p, (t, h), (s, w) in self.input_phases:
+            grad_x[:, h, w] = gx[:, q, t, p, s]
+
+
+def _combine_forward(d: list, out: Array) -> None:
+    """B^T's rows on four strided views: out = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)."""
+    np.subtract(d[0], d[2], out=out[0])
+    np.add(d[1], d[2], out=out[1])
+    np.subtract(d[2], d[1], out=out[2])
+    np.subtract(d[1], d[3], out=out[3])
+
+
+def _combine_adjoint_of_output(g: list, out: Array) -> None:
+    """A's rows on two strided views: out = (g0, g0 + g1, g0 - g1, -g1)."""
+    np.copyto(out[0], g[0])
+    np.add(g[0], g[1], out=out[1])
+    np.subtract(g[0], g[1], out=out[2])
+    np.negative(g[1], out=out[3])
+
+
+def _add_overlapping_tiles(gv: Array, target: Array, axis: int) -> None:
+    """B's adjoint along one image axis: the gradients of the four tile offsets k of the tile
+    arrays gv[k] (..., T, ...), that is (gv0, gv1 - gv2 + gv3, gv1 + gv2 - gv0, -gv3), each
+    added at padded position 2t + k, into ``target`` stored by phase: ``axis`` is its parity
+    and ``axis + 1`` its tile index (T + 1 long), the axis of gv[k]'s tiles. ``gv`` is
+    overwritten."""
+
+    def at(array, *index):
+        return array[(slice(None),) * axis + index]
+
+    T = gv.shape[axis + 1]
+    even, odd = at(target, 0), at(target, 1)  # positions 2t and 2t + 1, t = 0..T
+    # offsets 0 and 1 of tile t land on 2t and 2t + 1, offsets 2 and 3 on 2(t + 1) and after
+    np.copyto(at(even, slice(0, T)), gv[0])
+    at(even, T)[...] = 0.0
+    np.subtract(gv[1], gv[2], out=at(odd, slice(0, T)))
+    at(odd, T)[...] = 0.0
+    at(odd, slice(0, T))[...] += gv[3]
+    at(odd, slice(1, T + 1))[...] -= gv[3]
+    gv[1] += gv[2]
+    gv[1] -= gv[0]
+    at(even, slice(1, T + 1))[...] += gv[1]
+
+
+def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
+            training: bool = True):  # fmt: skip
+    """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
+
+    x (N, H, W, C), weight (F, C, 3, 3), bias (F,), padding (PT, PB, PL, PR) ->
+    ``(out (N, OH, OW, F), TransformedInput or None)``: with ``training`` the transformed input
+    is kept for :func:`backward` (4x the input's size, less than half of an im2col matrix);
+    without, each block's is scratch and the second value is None.
+    """
+    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    saved_shape = (4, 4, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
+    check_arrays(
+        f"a convolution of {geo.N} images (output"
+        + (", transformed input kept for backward)" if training else ")"),
+        ((geo.N, geo.OH, geo.OW, geo.F), x.dtype),
+        (saved_shape, x.dtype),
+    )
+    out = np.empty((geo.N, geo.OH, geo.OW, geo.F), dtype=x.dtype)
+    v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
+    u = transform_weight(weight)
+    itemsize = x.itemsize
+
+    def images(start, stop):
+        m = min(geo.block_images(itemsize), stop - start)
+        block = _Block(geo, m, x.dtype)
+        for n0 in range(start, stop, m):
+            n1 = min(n0 + m, stop)
+            v = block.transform_input(x[n0:n1], v_all[:, :, n0:n1] if training else None)
+            mf = np.matmul(v, u, out=block.mf[:, :, : n1 - n0].reshape(16, -1, geo.F))
+            block.transform_output(mf, out[n0:n1], bias, relu)
+
+    over_images(geo.N, geo.bytes_per_image(itemsize), images)
+    saved = TransformedInput(v_all, tuple(x.shape), tuple(padding)) if training else None
+    return out, saved
+
+
+def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input_grad: bool = True,
+             relu_out: Array | None = None):  # fmt: skip
+    """Gradients of :func:`forward`: ``(grad_x or None, grad_weight, grad_bias)`` as
+    :func:`gpucnn.functional.conv.conv2d_backward`. With ``relu_out`` (the output of a
+    ``relu=True`` forward) the gradient first passes where that output is positive.
+
+    Each thread sums its images' gradients of U and of the bias; the threads' sums are added
+    in the order of their first image (reproducible).
+    """
+    v_all, x_shape, padding = saved
+    geo = _Geometry.of(x_shape, weight.shape[0], padding)
+    dtype, itemsize = grad_out.dtype, grad_out.itemsize
+    u_t = (
+        np.ascontiguousarray(transform_weight(weight).transpose(0, 2, 1))
+        if need_input_grad
+        else None
+    )
+    grad_x = None
+    if need_input_grad:
+        check_arrays(f"the input gradient of a convolution of {geo.N} images", (x_shape, dtype))
+        grad_x = np.empty(x_shape, dtype=dtype)
+    sums = {}
+
+    def images(start, stop):
+        m = min(geo.block_images(itemsize), stop - start)
+        block = _Block(geo, m, dtype)
+        grad_u = np.zeros((16, geo.C, geo.F), dtype=dtype)
+        grad_b = np.zeros(geo.F, dtype=dtype)
+        for n0 in range(start, stop, m):
+            n1 = min(n0 + m, stop)
+            g = grad_out[n0:n1]
+            if relu_out is not None:
+                g = np.multiply(g, relu_out[n0:n1] > 0)
+            grad_b += g.reshape(-1, geo.F).sum(axis=0)
+            gm = block.output_grad(g)
+            v = v_all[:, :, n0:n1].reshape(16, -1, geo.C)
+            grad_u += np.matmul(v.transpose(0, 2, 1), gm)
+            if need_input_grad:
+                grad_v = np.matmul(gm, u_t, out=block.v[:, :, : n1 - n0].reshape(v.shape))
+                block.input_grad(grad_v, grad_x[n0:n1])
+        sums[start] = (grad_u, grad_b)
+
+    over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
+    starts = sorted(sums)
+    grad_u, grad_b = sums[starts[0]]
+    for start in starts[1:]:
+        grad_u += sums[start][0]
+        grad_b += sums[start][1]
+    return grad_x, weight_grad(grad_u), grad_b

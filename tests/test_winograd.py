@@ -1,0 +1,199 @@
+"""Winograd F(2x2, 3x3) convolutions (NumPy) against naive loops, central differences and the
+standard im2col code, and the rule that decides where they run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_gradient, conv2d_naive, nchw
+
+from gpucnn.backend import to_numpy
+from gpucnn.functional import (
+    _cpu_threads,
+    _winograd,
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_relu_backward,
+    conv2d_relu_forward,
+    conv2d_relu_max_pool2d_backward,
+    conv2d_relu_max_pool2d_forward,
+    relu_backward,
+)
+
+# x shape (N, H, W, C), filters, padding (PT, PB, PL, PR): even and odd outputs, one tile,
+# asymmetric and wide padding
+GEOMETRIES = [
+    ((3, 8, 8, 3), 4, (1, 1, 1, 1)),
+    ((2, 7, 9, 2), 3, (0, 0, 0, 0)),
+    ((2, 6, 5, 5), 3, (1, 0, 0, 1)),
+    ((1, 3, 3, 1), 2, (0, 0, 0, 0)),
+    ((4, 11, 12, 6), 5, (2, 1, 0, 3)),
+]
+
+
+@pytest.fixture
+def everywhere(monkeypatch):
+    """Winograd for every 3x3 stride-1 convolution, however small."""
+    monkeypatch.setattr(_winograd, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(_winograd, "WINOGRAD_MIN_SIDE", 1)
+    monkeypatch.setattr(_winograd, "WINOGRAD_MIN_WORK", 0)
+
+
+def _arrays(rng, shape, filters, dtype=np.float64):
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((filters, shape[3], 3, 3)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("shape,filters,padding", GEOMETRIES)
+def test_forward_matches_naive_loops(everywhere, rng, shape, filters, padding):
+    x, w, b = _arrays(rng, shape, filters)
+    out, saved = conv2d_forward(x, w, b, (1, 1), padding)
+    assert isinstance(saved, _winograd.TransformedInput)
+    expected = conv2d_naive(nchw(x), w, b, (1, 1), padding)
+    np.testing.assert_allclose(nchw(out), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,filters,padding", GEOMETRIES[1:3])
+def test_backward_matches_central_differences(everywhere, rng, shape, filters, padding):
+    x, w, b = _arrays(rng, shape, filters)
+    out, saved = conv2d_forward(x, w, b, (1, 1), padding)
+    g = rng.standard_normal(out.shape)
+    grad_x, grad_w, grad_b = conv2d_backward(g, saved, w, x.shape, (1, 1), padding)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(conv2d_forward(x_, w_, b_, (1, 1), padding)[0] * g))
+
+    assert_gradient(lambda v: loss(v, w, b), x, grad_x)
+    assert_gradient(lambda v: loss(x, v, b), w, grad_w)
+    assert_gradient(lambda v: loss(x, w, v), b, grad_b)
+
+
+@pytest.mark.parametrize("shape,filters,padding", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads,block_bytes", [(1, 1), (3, 1), (3, 1 << 30)])
+def test_equals_the_standard_code(
+    everywhere, monkeypatch, shape, filters, padding, dtype, threads, block_bytes
+):
+    import array_api_strict
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
+    monkeypatch.setattr(_winograd, "BLOCK_BYTES", block_bytes)  # 1: one image per block
+    rng = np.random.default_rng(5)
+    x, w, b = _arrays(rng, shape, filters, dtype)
+    with _cpu_threads.parallel():
+        out, saved = conv2d_forward(x, w, b, (1, 1), padding)
+        relu_out, relu_saved = conv2d_relu_forward(x, w, b, (1, 1), padding)
+        g = rng.standard_normal(out.shape).astype(dtype)
+        fast = [out, relu_out]
+        for need_input_grad in (True, False):
+            fast += conv2d_backward(g, saved, w, x.shape, (1, 1), padding, need_input_grad)
+        fast += conv2d_relu_backward(g, relu_out, relu_saved, w, x.shape, (1, 1), padding)
+    xs, ws, bs = (array_api_strict.asarray(a) for a in (x, w, b))
+    out_s, cols_s = conv2d_forward(xs, ws, bs, (1, 1), padding)
+    relu_s = np.maximum(to_numpy(out_s), 0)
+    standard = [to_numpy(out_s), relu_s]
+    for need_input_grad in (True, False):
+        grads = conv2d_backward(
+            array_api_strict.asarray(g), cols_s, ws, x.shape, (1, 1), padding, need_input_grad
+        )
+        standard += [None if a is None else to_numpy(a) for a in grads]
+    masked = array_api_strict.asarray(to_numpy(relu_backward(g, relu_s)))
+    standard += [to_numpy(a) for a in conv2d_backward(masked, cols_s, ws, x.shape, (1, 1), padding)]
+    assert fast[5] is None and standard[5] is None
+    assert all(a is None or a.dtype == dtype for a in fast)
+    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    for a, expected in zip(fast, standard, strict=True):
+        if a is not None:
+            scale = max(1.0, float(np.max(np.abs(expected))))
+            np.testing.assert_allclose(a, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_convolution_runs_whole_then_pools(everywhere, rng, dtype):
+    import array_api_strict
+
+    x, w, b = _arrays(rng, (2, 8, 6, 3), 4, dtype)
+    out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (2, 2))
+    assert cache[0] == "layers" and isinstance(cache[1][0], _winograd.TransformedInput)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    grads = conv2d_relu_max_pool2d_backward(g, cache, w, x.shape, (1, 1), (1, 1, 1, 1), (2, 2))
+    xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, w, b, g))
+    out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), (1, 1, 1, 1), (2, 2))
+    grads_s = conv2d_relu_max_pool2d_backward(
+        gs, cache_s, ws, x.shape, (1, 1), (1, 1, 1, 1), (2, 2)
+    )
+    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    for a, expected in zip((out, *grads), (out_s, *grads_s), strict=True):
+        np.testing.assert_allclose(a, to_numpy(expected), rtol=tolerance, atol=tolerance)
+
+
+def test_inference_keeps_no_transformed_input(everywhere, rng):
+    x, w, b = _arrays(rng, (2, 6, 6, 3), 4)
+    out_training, saved = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
+    out, nothing = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), training=False)
+    assert nothing is None and saved.v.shape == (4, 4, 2, 3, 3, 3)
+    np.testing.assert_array_equal(out, out_training)
+
+
+def test_the_rule_takes_the_sizes_where_winograd_was_measured_faster(monkeypatch):
+    def takes(
+        shape, filters=64, kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dtype=np.float32
+    ):
+        x = np.zeros(shape, dtype)
+        w = np.zeros((filters, shape[3], *kernel), np.float32)
+        return _winograd.applies(x, w, np.zeros(filters, np.float32), stride, padding)
+
+    assert takes((8, 32, 32, 32))  # the colour VGG's 32x32 convolutions
+    assert takes((8, 16, 16, 64))
+    assert not takes((8, 16, 16, 32))  # too little work per pixel to pay for the transforms
+    assert not takes((8, 28, 28, 16))  # too few channels
+    assert not takes((8, 7, 7, 256))  # too few tiles
+    assert not takes((8, 32, 32, 32), stride=(2, 2))
+    assert not takes((8, 32, 32, 32), kernel=(5, 5))
+    assert not takes((8, 32, 32, 32), dtype=np.float64)  # mixed dtypes take the standard code
+    monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
+    assert not takes((8, 32, 32, 32))
+
+
+def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
+    """Every layer that convolves (plain, with ReLU, pooled, with BatchNorm folded at
+    inference) gives the same loss and gradients on both paths, in float64."""
+    from gpucnn import Sequential
+
+    layers = [
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"},
+        {"type": "ReLU"},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"},
+        {"type": "ReLU"},
+        {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 64, "kernel_size": 3, "padding": "same"},
+        {"type": "BatchNorm2D"},
+        {"type": "ReLU"},
+        {"type": "Conv2D", "filters": 16, "kernel_size": 3, "padding": "same"},
+        {"type": "GlobalAvgPool2D"},
+        {"type": "Dense", "units": 10},
+    ]
+    config = {"input_shape": [3, 32, 32], "layers": layers}
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 3, 32, 32)), rng.integers(0, 10, 4)
+    calls = []
+    forward = _winograd.forward
+    monkeypatch.setattr(_winograd, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    results = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(_winograd.WINOGRAD_ENV, switch)
+        calls.clear()
+        model = Sequential.from_config(config, backend="numpy", seed=0, dtype="float64")
+        loss, _ = model.loss_and_backward(x, y)
+        grads = [to_numpy(p.grad) for p in model.parameters()]
+        results[switch] = (float(loss), grads, to_numpy(model.predict_proba(x)))
+        # two of the four convolutions are large enough; each in training and at inference
+        assert len(calls) == (4 if switch == "1" else 0)
+    (loss0, grads0, proba0), (loss1, grads1, proba1) = results["0"], results["1"]
+    assert loss1 == pytest.approx(loss0, rel=1e-12)
+    for a, b in zip(grads1, grads0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(proba1, proba0, rtol=1e-10, atol=1e-14)
