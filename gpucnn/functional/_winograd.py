@@ -41,14 +41,16 @@ from ._cpu_threads import over_images
 WINOGRAD_ENV = "GPUCNN_WINOGRAD"  # "0": every convolution takes im2col + GEMM
 # Where Winograd is the faster one: the GEMMs shrink 2.25x but the transforms are element-wise
 # passes over C and F channels, which pay off only with enough channels and pixels. Measured
-# (AMD EPYC, 2 threads, batch 128, training step of one layer against im2col + GEMM): C = 16
-# loses everywhere (0.4-0.8x); 32x32 outputs with C >= 32 win 1.1-2x; 16x16 and 14x14 win
-# 1.1-1.7x with C >= 64 and are even or worse with C = 32; 7x7 loses (0.5-0.8x).
+# (AMD EPYC, 2 threads, batch 128, one layer's training step against im2col + GEMM): C = 16
+# loses everywhere (0.4-0.8x); C >= 32 wins 1.3x on 32x32 and 28x28 outputs and 1.1-1.2x
+# on 16x16; 14x14 with C = 32 is even or worse (0.9-1.0x), with C >= 64 it wins 1.1-1.4x;
+# 8x8 and 7x7 lose (0.7-0.9x).
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIDE = 12  # output rows and columns
-WINOGRAD_MIN_WORK = 12288  # output pixels times input channels, OH * OW * C
-# A block's transformed input; measured best between 0.5 and 2 MiB (L2 is 0.5-2 MiB per core).
-BLOCK_BYTES = 1 << 20
+WINOGRAD_MIN_WORK = 8192  # output pixels times input channels, OH * OW * C
+# A block's transformed input. Measured (vgg training step, batch 128, 2 threads): 0.5 MiB
+# 470 ms, 1 MiB 364 ms, 2 MiB 324 ms, 4 MiB 326 ms: fewer, longer passes, still in L2 + L3.
+BLOCK_BYTES = 2 << 20
 
 # the transforms of F(2x2, 3x3), as written in the comments where they are applied
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
