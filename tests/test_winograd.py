@@ -198,3 +198,26 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
     for a, b in zip(grads1, grads0, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(proba1, proba0, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape,filters,padding", [g for g in GEOMETRIES if g[0][1] > 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_pools_each_tile_as_it_is_made(everywhere, rng, shape, filters, padding, dtype):
+    """At inference a 2x2 pooled convolution pools each output tile in the Winograd block (odd
+    outputs drop their last row or column, as the pooling does)."""
+    import array_api_strict
+
+    x, w, b = _arrays(rng, shape, filters, dtype)
+    out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2), training=False)
+    assert cache is None
+    xs, ws, bs = (array_api_strict.asarray(a) for a in (x, w, b))
+    out_s, _ = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), padding, (2, 2), training=False)
+    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, to_numpy(out_s), rtol=tolerance, atol=tolerance)
+    assert out.dtype == dtype
+
+
+def test_pooling_inside_the_block_is_for_inference_only(rng):
+    x, w, b = _arrays(rng, (1, 4, 4, 1), 1)
+    with pytest.raises(ValueError, match="inference only"):
+        _winograd.forward(x, w, b, (1, 1, 1, 1), pool=True)

@@ -187,8 +187,15 @@ class _Block:
             _combine_forward(tile_columns, v[i])
         return v.reshape(16, -1, geo.C)
 
-    def transform_output(self, m_block: Array, out: Array, bias: Array, relu: bool) -> None:
-        """M (16, n*TH*TW, F) -> out (n, OH, OW, F): A^T M A + bias, then max(., 0) if relu."""
+    def transform_output(
+        self, m_block: Array, out: Array, bias: Array, relu: bool, pool: bool = False
+    ) -> None:
+        """M (16, n*TH*TW, F) -> out (n, OH, OW, F): A^T M A + bias, then max(., 0) if relu.
+
+        With ``pool`` each tile's 2x2 outputs are one window of a 2x2 max pooling, and ``out``
+        (n, OH // 2, OW // 2, F) takes their maximum (the bias and ReLU commute with it): the
+        convolution's output is never written.
+        """
         geo, n = self.geo, out.shape[0]
         mf = m_block.reshape(4, 4, n, geo.TH, geo.TW, geo.F)
         sides, tmp = self.sides[:, :, :n], self.scratch[:n]
@@ -200,12 +207,17 @@ class _Block:
         # (A^T M) A: the same combination of each row's columns; output (2t + a, 2s + b)
         for a, b, t, s in self.output_phases:
             side = sides[a]
-            if b == 0:
-                np.add(side[0], side[1], out=tmp)
-                np.add(tmp[:, t, s], side[2][:, t, s], out=out[:, a::2, b::2])
+            combine, terms = (np.add, side[:3]) if b == 0 else (np.subtract, side[1:])
+            combine(terms[0], terms[1], out=tmp)
+            if not pool:
+                combine(tmp[:, t, s], terms[2][:, t, s], out=out[:, a::2, b::2])
+                continue
+            t, s = slice(0, geo.OH // 2), slice(0, geo.OW // 2)  # whole windows only
+            if a == b == 0:
+                combine(tmp[:, t, s], terms[2][:, t, s], out=out)
             else:
-                np.subtract(side[1], side[2], out=tmp)
-                np.subtract(tmp[:, t, s], side[3][:, t, s], out=out[:, a::2, b::2])
+                combine(tmp[:, t, s], terms[2][:, t, s], out=tmp[:, t, s])
+                np.maximum(out, tmp[:, t, s], out=out)
         out += bias
         if relu:
             np.maximum(out, 0.0, out=out)
@@ -284,23 +296,28 @@ def _add_overlapping_tiles(gv: Array, target: Array, axis: int) -> None:
 
 
 def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
-            training: bool = True):  # fmt: skip
+            training: bool = True, pool: bool = False):  # fmt: skip
     """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
 
     x (N, H, W, C), weight (F, C, 3, 3), bias (F,), padding (PT, PB, PL, PR) ->
     ``(out (N, OH, OW, F), TransformedInput or None)``: with ``training`` the transformed input
     is kept for :func:`backward` (4x the input's size, less than half of an im2col matrix);
-    without, each block's is scratch and the second value is None.
+    without, each block's is scratch and the second value is None. With ``pool`` (inference
+    only) ``out`` is the 2x2 max pooling of the output, (N, OH // 2, OW // 2, F), taken while
+    each block is in cache.
     """
+    if pool and training:
+        raise ValueError("a pooled Winograd convolution is for inference only")
     geo = _Geometry.of(x.shape, weight.shape[0], padding)
     saved_shape = (4, 4, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
+    out_shape = (geo.N, geo.OH // 2, geo.OW // 2, geo.F) if pool else (geo.N, geo.OH, geo.OW, geo.F)
     check_arrays(
         f"a convolution of {geo.N} images (output"
         + (", transformed input kept for backward)" if training else ")"),
-        ((geo.N, geo.OH, geo.OW, geo.F), x.dtype),
+        (out_shape, x.dtype),
         (saved_shape, x.dtype),
     )
-    out = np.empty((geo.N, geo.OH, geo.OW, geo.F), dtype=x.dtype)
+    out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
     u = transform_weight(weight)
     itemsize = x.itemsize
@@ -312,7 +329,7 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
             n1 = min(n0 + m, stop)
             v = block.transform_input(x[n0:n1], v_all[:, :, n0:n1] if training else None)
             mf = np.matmul(v, u, out=block.mf[:, :, : n1 - n0].reshape(16, -1, geo.F))
-            block.transform_output(mf, out[n0:n1], bias, relu)
+            block.transform_output(mf, out[n0:n1], bias, relu, pool)
 
     over_images(geo.N, geo.bytes_per_image(itemsize), images)
     saved = TransformedInput(v_all, tuple(x.shape), tuple(padding)) if training else None

@@ -211,8 +211,14 @@ def conv2d_relu_max_pool2d_forward(
         path taken (on NumPy a pool-aware path that evaluates the convolution only where a
         window looks, see :func:`gpucnn.functional._numpy_kernels.conv_relu_max_pool_forward_fast`).
     """
-    # a convolution Winograd's algorithm takes is faster whole, then pooled, than pool-aware
+    # a convolution Winograd's algorithm takes is faster whole, then pooled, than pool-aware;
+    # at inference its 2x2 output tiles are the 2x2 pooling windows, pooled as they are made
     winograd = _winograd.applies(x, weight, bias, stride, padding)
+    if winograd and not training and tuple(pool) == (2, 2):
+        pooled, _ = _winograd.forward(
+            x, weight, bias, padding, relu=True, training=False, pool=True
+        )
+        return pooled, None
     fast = (
         None if winograd
         else conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, training)
