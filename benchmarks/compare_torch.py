@@ -15,6 +15,7 @@ pairs with gpucnn, with the fastest configuration per precision. ``--smoke`` run
 configuration for two steps of a tiny batch, on any device, and times nothing.
 
     python benchmarks/compare_torch.py --model reference --batch-size 128 --pairs 5
+    python benchmarks/compare_torch.py --model vgg --batch-size 128   # any network of cpu_suite.py
     python benchmarks/compare_torch.py --model reference --mode infer --batch-size 1000
     python benchmarks/compare_torch.py --backend cupy --device cuda --batch-size 128 512 2048
     python benchmarks/compare_torch.py --backend cupy --device cuda --torch-configs graph,compile
@@ -35,26 +36,40 @@ from pathlib import Path
 
 import numpy as np
 
+from gpucnn import Sequential
 from gpucnn.backend import select_backend, to_device
-from gpucnn.bench import INPUT_SHAPE, build_model
 from gpucnn.cuda_graph import training_step
 from gpucnn.optim import SGD
 from gpucnn.resources import retain_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_suite  # noqa: E402
 import torch_best  # noqa: E402
 from torch_mirror import time_gpucnn, time_torch, torch_twin  # noqa: E402
 
 
-def host_batch(batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def build_model(name: str, backend) -> Sequential:
+    """A network of ``cpu_suite.py`` (the built-ins among them) or an architecture file for
+    MNIST-shaped input, with the weights of seed 0."""
+    if name in cpu_suite.NETWORKS:
+        config = cpu_suite.config(name)
+    else:
+        from gpucnn.architectures import architecture
+
+        config = architecture(name, cpu_suite.MNIST, 10)
+    return Sequential.from_config(config, backend=backend, seed=0)
+
+
+def host_batch(batch_size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The batch every run times: images (N, C, H, W) in [0, 1) and labels (N,)."""
     rng = np.random.default_rng(0)
-    return rng.random((batch_size, *INPUT_SHAPE), dtype=np.float32), rng.integers(0, 10, batch_size)
+    shape = cpu_suite.NETWORKS[name][0] if name in cpu_suite.NETWORKS else cpu_suite.MNIST
+    return rng.random((batch_size, *shape), dtype=np.float32), rng.integers(0, 10, batch_size)
 
 
 def setup(args, library: str, batch_size: int, torch):
     """A function that times one run of ``library`` at ``batch_size`` (images/s)."""
-    x_host, y_host = host_batch(batch_size)
+    x_host, y_host = host_batch(batch_size, args.model)
     if library == "gpucnn":
         retain_freed_memory()  # as Trainer.fit does (glibc keeps freed memory for reuse)
         backend = select_backend(args.backend)
@@ -113,7 +128,7 @@ def time_configs(args, batch_size: int, torch, gpucnn_run) -> dict:
     then freed. One at a time, so that a recorded graph or compiled step holds no memory
     while another runs, and each ratio comes from pairs taken side by side. A configuration
     that fails to build or run is reported as ``"failed: <reason>"``, and the others go on."""
-    x_host, y_host = host_batch(batch_size)
+    x_host, y_host = host_batch(batch_size, args.model)
     model = build_model(args.model, select_backend("numpy"))  # the weights gpucnn starts from
     results = {}
     for config in args.torch_configs:

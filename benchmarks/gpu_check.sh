@@ -3,9 +3,10 @@
 # torch.compile configurations): kernels and GPU time per training step with the standard ops,
 # the CUDA kernels and a CUDA graph, and per inference pass beside PyTorch's; `gpucnn bench` on
 # CuPy in those three modes (per-layer profile); PyTorch CUDA comparisons, eager and at its best
-# (benchmarks/torch_best.py); 3 epochs of MNIST with CUDA graphs off and on; the NumPy path
-# against PyTorch on the host's CPU cores; then the whole test suite with its CuPy tests (in 8
-# processes where pytest-xdist is installed). Benchmarks run first, on a quiet GPU.
+# (benchmarks/torch_best.py); every other network of the CPU suite against PyTorch eager and
+# graph-captured; 3 epochs of MNIST with CUDA graphs off and on; the NumPy path against PyTorch
+# on the host's CPU cores; then the whole test suite with its CuPy tests (in 8 processes where
+# pytest-xdist is installed). Benchmarks run first, on a quiet GPU.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]       (default: $OUT, else benchmarks/results/gpu)
 #
@@ -72,6 +73,20 @@ done
 run env GPUCNN_CUDA_GRAPHS=1 $py benchmarks/compare_torch.py --backend cupy --device cuda \
   --model resnet --batch-size 128 512 2048 --pairs 3 --torch-configs "$best" \
   --json "$scratch/torch-best-train-resnet.json"
+
+# the other networks of benchmarks/cpu_suite.py: PyTorch eager (TF32 as configured and off) and
+# with the whole step in a CUDA graph (float32; compile would cost tens of seconds each)
+section "every CPU-suite network on CuPy against PyTorch eager and graph-captured float32"
+suite=${SUITE_NETWORKS:-small lenet small_bn wide5x5 strided vgg overlap_pool vgg_bn}
+suite_configs=${SUITE_TORCH_CONFIGS:-graph-fp32*}
+for net in $suite; do
+  run $py benchmarks/compare_torch.py --backend cupy --device cuda --model $net \
+    --batch-size 128 512 2048 --pairs 2 --torch-configs "$suite_configs" \
+    --json "$scratch/suite-train-$net.json"
+  run $py benchmarks/compare_torch.py --backend cupy --device cuda --model $net --mode infer \
+    --batch-size 1000 --steps 50 --pairs 2 --torch-configs "$suite_configs" \
+    --json "$scratch/suite-infer-$net.json"
+done
 
 section "MNIST, reference, 3 epochs (CUDA graphs off, then on)"
 data_args=()

@@ -56,3 +56,21 @@ def test_every_configuration_this_device_runs_takes_steps(mode):
     for config in configs:
         expected = "ok" if device == "cuda" or not config.needs_cuda else "skipped"
         assert outcome[config.name].startswith(expected), (config.name, outcome[config.name])
+
+
+def test_compare_torch_takes_every_network_of_the_cpu_suite():
+    """``--model`` names a built-in or any network of ``cpu_suite.py`` (the GPU check times them
+    all): the model and the timed batch take that network's input shape."""
+    import compare_torch
+    import cpu_suite
+
+    for name in ("vgg", "reference"):
+        model = compare_torch.build_model(name, select_backend("numpy"))
+        x, y = compare_torch.host_batch(3, name)
+        assert x.shape == (3, *cpu_suite.NETWORKS[name][0]) and y.shape == (3,)
+        assert tuple(model.input_shape) == cpu_suite.NETWORKS[name][0]
+    outcome = torch_best.smoke(
+        torch, compare_torch.build_model("vgg", select_backend("numpy")), "cpu", "train",
+        torch_best.select_configs("eager-fp32"),
+    )  # fmt: skip
+    assert outcome["eager-fp32"].startswith("ok"), outcome
