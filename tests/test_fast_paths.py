@@ -53,6 +53,8 @@ from gpucnn.parameter import Parameter
         ((3, 8, 6, 6), (2, 3), (2, 1)),
         ((1, 5, 5, 8), (5, 5), (1, 1)),
         ((2, 9, 9, 5), (3, 2), (3, 2)),
+        ((2, 9, 9, 1), (5, 5), (1, 1)),  # one channel: the gather for kernels over 9 offsets
+        ((2, 9, 8, 2), (3, 3), (2, 1)),
     ],
 )
 def test_numpy_im2col_equals_the_standard_code(shape, kernel, stride):
@@ -63,7 +65,9 @@ def test_numpy_im2col_equals_the_standard_code(shape, kernel, stride):
     standard = to_numpy(im2col(array_api_strict.asarray(x), kernel, stride, bias_column=True))
     assert fast.dtype == np.float32
     np.testing.assert_array_equal(fast, standard)
-    assert not fill_windows_fast(x[..., :1], kernel, stride, fast)  # too few channels
+    one_channel = x[..., :1]
+    # one channel under a small kernel: KH*KW slice copies along whole rows are faster
+    assert fill_windows_fast(one_channel, kernel, stride, fast) == (kernel[0] * kernel[1] > 9)
 
 
 POOL_GEOMETRIES = [((2, 2), (2, 2)), ((3, 3), (3, 3)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((2, 2), (3, 3))]  # fmt: skip
@@ -219,11 +223,12 @@ def test_numpy_erf_without_scipy_runs_the_standard_code(monkeypatch):
 
 POOLED_CONV_GEOMETRIES = [
     # x shape (N, H, W, C), filters, kernel, stride, padding, pool
-    ((3, 10, 10, 1), 4, (3, 3), (1, 1), (0, 0, 0, 0), (2, 2)),  # C < 4: the slice-loop fill
+    ((3, 10, 10, 1), 4, (3, 3), (1, 1), (0, 0, 0, 0), (2, 2)),  # C = 1, 3x3: the slice-loop fill
+    ((2, 12, 12, 1), 3, (5, 5), (1, 1), (2, 2, 2, 2), (2, 2)),  # C = 1, 5x5: the window gather
     ((2, 11, 9, 6), 5, (3, 3), (1, 1), (1, 1, 0, 1), (2, 2)),  # ragged edges, padding
     ((2, 12, 13, 4), 3, (2, 3), (2, 1), (0, 0, 0, 0), (3, 2)),
     ((1, 4, 4, 2), 2, (1, 1), (1, 1), (0, 0, 0, 0), (4, 4)),  # one window
-    ((2, 15, 13, 3), 4, (3, 2), (2, 1), (1, 0, 0, 1), (2, 3)),  # C < 4, strided, ragged
+    ((2, 15, 13, 3), 4, (3, 2), (2, 1), (1, 0, 0, 1), (2, 3)),  # C = 3, strided, ragged
 ]
 
 
@@ -285,7 +290,7 @@ def test_numpy_pooled_conv_equals_the_standard_code(
 
 CONV_GEOMETRIES = [
     # x shape (N, H, W, C), filters, kernel, stride, padding
-    ((5, 9, 8, 1), 3, (3, 3), (1, 1), (0, 0, 0, 0)),  # C < 4: the slice-loop fill
+    ((5, 9, 8, 1), 3, (3, 3), (1, 1), (0, 0, 0, 0)),  # C = 1, 3x3: the slice-loop fill
     ((4, 10, 11, 6), 4, (3, 2), (2, 1), (1, 2, 0, 1)),
     ((3, 7, 7, 4), 5, (1, 1), (1, 1), (0, 0, 0, 0)),
 ]
