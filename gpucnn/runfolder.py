@@ -37,13 +37,19 @@ def earlier_results(folder: Path) -> list[str]:
     return [name for name in RESULT_FILES if (folder / name).exists()]
 
 
-def prepare(folder: Path, flag: str = "--out") -> None:
+def prepare(folder: Path, flag: str = "--out") -> list[Path]:
     """Create ``folder`` and check that files can be written there, before any training.
+
+    Returns the folders this call created, ``folder`` first (for :func:`remove_if_empty`).
 
     Raises
     ------
     RunFolderError naming ``flag`` when the folder cannot be created or written.
     """
+    created, missing = [], folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -52,6 +58,18 @@ def prepare(folder: Path, flag: str = "--out") -> None:
         raise RunFolderError(
             f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose a writable folder"
         ) from None
+    return created
+
+
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders :func:`prepare` created, innermost first, as long as they are empty:
+    a run that stopped before writing anything (a bad flag found late, an unreadable file)
+    leaves no empty folder behind. A folder with anything in it is kept."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it and its parents stay
+            return
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

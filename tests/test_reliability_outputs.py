@@ -273,3 +273,19 @@ def test_the_cpu_test_image_holds_what_the_tests_read():
     copied = " ".join(line for line in stage.splitlines() if line.startswith("COPY"))
     # the README's Python example is run by test_reliability.py
     assert "README.md" in copied.split() and "/opt/gpucnn-tests/" in copied
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    """Flags that are refused only once the run folder is claimed (an architecture file that
+    cannot be read) remove the folders the command made; a folder that was there stays."""
+    missing = tmp_path / "missing.json"
+    assert run("train", "--model", missing, "--out", tmp_path / "a" / "b") == 2
+    one_error_line(capsys.readouterr().err, "cannot read architecture file")
+    assert not (tmp_path / "a").exists()
+    monkeypatch.chdir(tmp_path)  # the default --out, runs/<name>, under the working folder
+    assert run("train", "--model", missing) == 2
+    assert not (tmp_path / "runs").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert run("train", "--model", missing, "--out", kept) == 2
+    assert kept.is_dir() and not any(kept.iterdir())

@@ -311,7 +311,8 @@ def _claim_run_folder(
                 f"--out {out} holds an earlier run ({', '.join(earlier)}); pass --overwrite to "
                 f"replace it, --resume {out} to continue it, or choose another --out"
             )
-    runfolder.prepare(out, "--resume" if checkpoint is not None else "--out")
+    created = runfolder.prepare(out, "--resume" if checkpoint is not None else "--out")
+    stack.callback(runfolder.remove_if_empty, created)  # runs after the lock is released
     stack.enter_context(runfolder.locked(out, report=lambda line: print(line, flush=True)))
     runfolder.remove_stale_temporaries(out)
 
