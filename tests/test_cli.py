@@ -336,3 +336,30 @@ def test_bad_new_training_flags_exit_2(flag, value, message, tmp_path, capsys):
     assert run("train", flag, value, "--out", tmp_path / "r", "--backend", "numpy") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err)
+
+
+def test_the_classification_report_is_scikit_learns():
+    """Confusion matrix, precision, recall, F1 and support as scikit-learn computes them
+    (zero_division=0), with a class never predicted and a class absent from the test set."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from gpucnn.cli.evaluate import classification_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 200)  # class 4 never occurs
+    predictions = np.where(rng.random(200) < 0.7, truth, rng.integers(0, 5, 200))
+    predictions[predictions == 2] = 1  # class 2 never predicted
+    data = SimpleNamespace(
+        name="t", num_classes=5, y_test=truth, classes=[str(k) for k in range(5)]
+    )
+    report = classification_report(data, predictions)
+    labels = list(range(5))
+    expected = precision_recall_fscore_support(truth, predictions, labels=labels, zero_division=0)
+    for key, values in zip(("precision", "recall", "f1", "support"), expected, strict=True):
+        np.testing.assert_allclose(report[key], values, rtol=1e-12, err_msg=key)
+    assert (
+        report["confusion_matrix"] == confusion_matrix(truth, predictions, labels=labels).tolist()
+    )
+    assert report["accuracy"] == np.mean(truth == predictions)

@@ -247,3 +247,75 @@ def test_the_dataset_catalog_holds_digits_out_by_seed():
     assert np.array_equal(a.y_test, b.y_test)
     with pytest.raises(ValueError, match="expected a dataset in"):
         load_dataset("cifar")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**32 - 1])
+@pytest.mark.parametrize(
+    "labels,val_fraction",
+    [
+        (np.repeat(np.arange(10), 30), 0.1),  # balanced
+        (np.concatenate([np.zeros(97, int), np.ones(13, int), np.full(41, 2)]), 0.2),  # uneven
+        (np.array([3, 1, 3, 1, 2, 2, 3, 3, 1, 2, 2]), 0.45),  # few rows, ties in the shares
+        (np.array([0, 0, 0, 1, 2, 2]), 0.5),  # a class of one: a plain shuffle
+        (np.arange(40) % 7, 0.1),  # fewer held out than classes: a plain shuffle
+    ],
+)
+def test_the_split_is_scikit_learns(labels, val_fraction, seed):
+    """The same rows on each side as scikit-learn's ``train_test_split`` (stratified where it
+    applies), in the same order: runs keep their splits without importing scikit-learn."""
+    from sklearn.model_selection import train_test_split
+
+    x = np.arange(len(labels))
+    (train, y_train), (val, y_val) = train_val_split(x, labels, val_fraction, seed)
+    n_val = int(round(len(x) * val_fraction))
+    counts = np.unique_counts(labels).counts
+    stratified = counts.min() >= 2 and len(counts) <= min(n_val, len(x) - n_val)
+    expected_train, expected_val = train_test_split(
+        x, test_size=n_val, random_state=seed, shuffle=True,
+        stratify=labels if stratified else None,
+    )  # fmt: skip
+    np.testing.assert_array_equal(train, expected_train)
+    np.testing.assert_array_equal(val, expected_val)
+    np.testing.assert_array_equal(y_train, labels[train])
+    np.testing.assert_array_equal(y_val, labels[val])
+
+
+def test_training_does_not_import_scikit_learn(tmp_path):
+    """scikit-learn costs 1.5-2 s of start-up: a run on one's own data never imports it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from helpers import python_path
+
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((60, 1, 8, 8), dtype=np.float32), y=np.arange(60) % 3)
+    code = (
+        "import sys; from gpucnn.cli import main; "
+        f"code = main(['train', '--data', {str(data)!r}, '--epochs', '1', '--model', 'small', "
+        f"'--out', {str(tmp_path / 'run')!r}]); "
+        "assert code == 0, code; "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'sklearn'], 'sklearn imported'"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": python_path(root)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from gpucnn.data import digits
+
+    bunch = sklearn_digits()
+    expected = (bunch.images.astype(np.float32) / 16).reshape(-1, 1, 8, 8), bunch.target
+    for table in (digits._read_shipped_table(), None):  # the file, then scikit-learn's loader
+        monkeypatch.setattr(digits, "_read_shipped_table", lambda table=table: table)
+        x, y = digits.load_digits()
+        np.testing.assert_array_equal(x, expected[0])
+        np.testing.assert_array_equal(y, expected[1])
+        assert x.dtype == np.float32 and y.dtype == np.int64
