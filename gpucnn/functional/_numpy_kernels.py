@@ -431,6 +431,8 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     PW = output_size(W, KW, SW, PL, PR) // PKW
     if PH < 1 or PW < 1:
         return None
+    if C == 1 and KH * KW > 9 and not training:
+        return _one_channel_pooled_inference(x, weight, bias, stride, padding, pool, PH, PW), None
     D, K = PKH * PKW, KH * KW * C
     L = K + 1
     check_arrays(
@@ -481,6 +483,61 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
 
     over_images(N, per_image, images)
     return out, ((cols, first, block) if training else None)
+
+
+def _one_channel_pooled_inference(x, weight, bias, stride, padding, pool, PH, PW) -> Array:
+    """Inference of :func:`conv_relu_max_pool_forward_fast` for images of one channel (the
+    first layer of a greyscale network): ``out`` (N, PH, PW, F).
+
+    A gather of one channel's windows copies runs of only KW values. Here the im2col matrix is
+    built transposed, one row per kernel offset, (KH*KW, n, OH', OW') with OH' = PKH*PH and
+    OW' = PKW*PW (the outputs some window covers): each row a strided slice of the padded
+    images, copied in runs of whole output rows. The GEMM W (F, KH*KW) @ those rows gives the
+    output filter by filter (F, n, OH', OW'), pooled plane by plane; the bias and the ReLU come
+    after the maximum (they commute with it), and only the pooled result is turned
+    channels-last. Measured (AMD EPYC, 2 threads): LeNet's 6 filters of 5x5 on a block of 128
+    images 3.9 ms phase by phase, 2.6 ms this way (its inference at 1000 images 58 -> 38 ms);
+    under 3x3 kernels (16 or 32 filters) the phase-by-phase slice copies are the faster
+    (`reference` and `small` inference 8-15 % slower this way), so those keep them.
+    """
+    from .im2col import pad2d
+
+    F, _, KH, KW = weight.shape
+    (SH, SW), (PKH, PKW) = stride, pool
+    N, K = x.shape[0], KH * KW
+    OH, OW = PKH * PH, PKW * PW
+    w = weight.reshape(F, K)
+    check_arrays(f"a pooled convolution of {N} images", ((N, PH, PW, F), x.dtype))
+    out = np.empty((N, PH, PW, F), dtype=x.dtype)
+    per_image = (K + F) * OH * OW * x.itemsize
+    block = _pooled_conv_block(per_image * count_parts(N, per_image))  # scratch per thread
+
+    def images(start, stop):
+        b = min(block, stop - start)
+        rows = np.empty((K, b, OH, OW), dtype=x.dtype)
+        conv = np.empty((F, b, OH, OW), dtype=x.dtype)
+        pooled = np.empty((F, b, PH, PW), dtype=x.dtype)
+        for n0 in range(start, stop, block):
+            n = min(n0 + block, stop) - n0
+            xpad = pad2d(x[n0 : n0 + n], padding)[..., 0]
+            for i in range(KH):
+                for j in range(KW):
+                    rows[i * KW + j, :n] = xpad[
+                        :, i : i + SH * (OH - 1) + 1 : SH, j : j + SW * (OW - 1) + 1 : SW
+                    ]
+            y, top = conv[:, :n], pooled[:, :n]
+            np.matmul(w, rows[:, :n].reshape(K, -1), out=y.reshape(F, -1))
+            np.copyto(top, y[:, :, 0::PKH, 0::PKW])
+            for di in range(PKH):
+                for dj in range(PKW):
+                    if di or dj:
+                        np.maximum(top, y[:, :, di::PKH, dj::PKW], out=top)
+            top += bias.reshape(F, 1, 1, 1)
+            np.maximum(top, 0.0, out=top)
+            out[n0 : n0 + n] = top.transpose(1, 2, 3, 0)
+
+    over_images(N, per_image, images)
+    return out
 
 
 def conv_relu_max_pool_backward_fast(
