@@ -50,6 +50,12 @@ def one_run(command: list[str], env: dict[str, str], out: Path) -> dict:
     }
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,10 +64,12 @@ def main() -> None:
     parser.add_argument("--data-dir", help="passed to gpucnn train (default: its download cache)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--target", type=float, default=0.99, help="test accuracy to reach")
-    parser.add_argument("--runs", type=int, default=2, help="runs; the first compiles")
+    parser.add_argument("--runs", type=positive_int, default=2, help="runs; the first compiles")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("train_args", nargs="*", help="after --: more gpucnn train flags")
     args = parser.parse_args()
+    if any(a == "--out" or a.startswith("--out=") for a in args.train_args):
+        parser.error("each run writes its own folder: leave --out out of the gpucnn train flags")
 
     scratch = Path(tempfile.mkdtemp(prefix="gpucnn-tta-"))
     try:
@@ -69,7 +77,11 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report = {
-        "command": " ".join(["gpucnn train", "--dataset", args.dataset, *args.train_args]),
+        "command": " ".join(
+            ["gpucnn train", "--dataset", args.dataset, "--backend", args.backend]
+            + (["--data-dir", args.data_dir] if args.data_dir else [])
+            + args.train_args
+        ),
         "target": args.target,
         "runs": runs,
     }

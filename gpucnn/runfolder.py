@@ -117,6 +117,8 @@ def locked(folder: Path, report=None) -> Iterator[Path]:
     path = folder / LOCK_NAME
     host = socket.gethostname()
     while True:
+        # a run that failed on this new folder may just have removed it (remove_if_empty)
+        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o666)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # reading the owner from a pipe would block forever

@@ -363,3 +363,17 @@ def test_the_classification_report_is_scikit_learns():
         report["confusion_matrix"] == confusion_matrix(truth, predictions, labels=labels).tolist()
     )
     assert report["accuracy"] == np.mean(truth == predictions)
+
+
+def test_the_classification_report_refuses_labels_outside_the_classes():
+    from types import SimpleNamespace
+
+    from gpucnn.cli.evaluate import classification_report
+
+    data = SimpleNamespace(
+        name="t", num_classes=3, y_test=np.array([0, 1, 2, 2]), classes=list("abc")
+    )
+    with pytest.raises(
+        ValueError, match=r"expected predictions in \[0, 3\); received values from 0 to 3"
+    ):
+        classification_report(data, np.array([0, 3, 2, 1]))

@@ -319,3 +319,12 @@ def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch):
         np.testing.assert_array_equal(x, expected[0])
         np.testing.assert_array_equal(y, expected[1])
         assert x.dtype == np.float32 and y.dtype == np.int64
+
+
+def test_a_split_that_leaves_no_training_sample_or_has_nan_labels_is_refused():
+    from gpucnn.validation import ArgumentError
+
+    with pytest.raises(ArgumentError, match="leave at least one training sample"):
+        train_val_split(np.arange(3), np.array([0, 0, 1]), 0.9, 0)
+    with pytest.raises(ArgumentError, match="expected finite labels"):
+        train_val_split(np.arange(4.0), np.array([0.0, 1.0, np.nan, 1.0]), 0.5, 0)

@@ -221,3 +221,31 @@ def test_pooling_inside_the_block_is_for_inference_only(rng):
     x, w, b = _arrays(rng, (1, 4, 4, 1), 1)
     with pytest.raises(ValueError, match="inference only"):
         _winograd.forward(x, w, b, (1, 1, 1, 1), pool=True)
+
+
+def test_an_empty_batch_gives_empty_results(everywhere):
+    x = np.zeros((0, 6, 6, 3))
+    w, b = np.ones((4, 3, 3, 3)), np.zeros(4)
+    out, saved = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
+    grad_x, grad_w, grad_b = conv2d_backward(out, saved, w, x.shape, (1, 1), (1, 1, 1, 1))
+    assert out.shape == (0, 6, 6, 4) and grad_x.shape == x.shape
+    np.testing.assert_array_equal(grad_w, 0.0)
+    np.testing.assert_array_equal(grad_b, 0.0)
+    pooled, _ = conv2d_relu_max_pool2d_forward(
+        x, w, b, (1, 1), (1, 1, 1, 1), (2, 2), training=False
+    )
+    assert pooled.shape == (0, 3, 3, 4)
+
+
+def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monkeypatch):
+    """The memory check before a convolution counts the blocks' working buffers, not only the
+    output: a batch they would not fit in is refused before anything is allocated."""
+    from gpucnn import resources
+
+    seen = []
+    monkeypatch.setattr(
+        resources, "check_allocation", lambda nbytes, what, **k: seen.append(nbytes)
+    )
+    x, w = np.zeros((1, 64, 64, 8), np.float32), np.zeros((8, 8, 3, 3), np.float32)
+    conv2d_forward(x, w, np.zeros(8, np.float32), (1, 1), (1, 1, 1, 1), training=False)
+    assert seen and seen[-1] > 4 * x.size * 4  # output plus the blocks' buffers

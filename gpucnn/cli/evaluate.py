@@ -79,6 +79,12 @@ def classification_report(data: Dataset, predictions: np.ndarray) -> dict[str, A
     """
     K = data.num_classes
     truth, predicted = np.asarray(data.y_test, dtype=np.int64), np.asarray(predictions, np.int64)
+    for name, values in (("labels", truth), ("predictions", predicted)):
+        if values.size and (values.min() < 0 or values.max() >= K):
+            raise ValueError(
+                f"classification_report: expected {name} in [0, {K}); received values from "
+                f"{values.min()} to {values.max()}"
+            )
     confusion = np.bincount(truth * K + predicted, minlength=K * K).reshape(K, K)
     hits = np.diag(confusion).astype(np.float64)
     support, claimed = confusion.sum(axis=1), confusion.sum(axis=0)

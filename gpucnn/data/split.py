@@ -27,9 +27,16 @@ def train_val_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
             f"sample of x; received y of shape {tuple(y.shape)} for x of shape {tuple(x.shape)}"
         )
     n_val = int(round(len(x) * val_fraction))
+    if n_val >= len(x) > 0:
+        raise ArgumentError(
+            f"{owner}: expected val_fraction to leave at least one training sample; received "
+            f"{val_fraction} of {len(x)} samples, which holds out all {n_val}"
+        )
+    labels = np.asarray(y)
+    if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
+        raise ArgumentError(f"{owner}: expected finite labels; received a NaN or infinite label")
     if n_val == 0:
         return (x, y), (x.subset([]) if hasattr(x, "subset") else x[:0], y[:0])
-    labels = np.asarray(y)
     counts = np.unique_counts(labels).counts
     stratify = counts.min() >= 2 and len(counts) <= min(n_val, len(x) - n_val)
     train, val = _split_indices(labels, n_val, seed, stratify)

@@ -364,7 +364,7 @@ POOLED_CONV_BLOCK_BYTES = 64 << 20
 
 
 def _pooled_conv_block(per_image_bytes: int) -> int:
-    return max(1, POOLED_CONV_BLOCK_BYTES // per_image_bytes)
+    return max(1, POOLED_CONV_BLOCK_BYTES // max(1, per_image_bytes))  # 0 for an empty batch
 
 
 def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..backend import Array
 from ..resources import check_arrays
-from ._cpu_threads import over_images
+from ._cpu_threads import count_parts, over_images
 
 WINOGRAD_ENV = "GPUCNN_WINOGRAD"  # "0": every convolution takes im2col + GEMM
 # Where Winograd is the faster one: the GEMMs shrink 2.25x but the transforms are element-wise
@@ -136,6 +136,13 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
     return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
 
 
+def _working_memory(geo: _Geometry, itemsize: int, passes: int) -> tuple:
+    """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread."""
+    parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
+    m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))
+    return (parts * _Block.nbytes(geo, m, itemsize),), np.uint8
+
+
 class _Block:
     """One thread's buffers for blocks of up to ``m`` images, and the transforms on them.
 
@@ -147,17 +154,21 @@ class _Block:
     """
 
     def __init__(self, geo: _Geometry, m: int, dtype):
-        self.geo, self.m = geo, m
+        self.geo, self.m, self.dtype = geo, m, dtype
         TH, TW, C, F = geo.TH, geo.TW, geo.C, geo.F
-        # zeros where the padding is: only the input's positions are ever written
-        self.xq = np.zeros((m, 2, TH + 1, 2, TW + 1, C), dtype=dtype)
-        self.rows = np.empty((4, m, TH, 2, TW + 1, C), dtype=dtype)
-        self.v = np.empty((4, 4, m, TH, TW, C), dtype=dtype)
-        self.mf = np.empty((4, 4, m, TH, TW, F), dtype=dtype)
-        self.sides = np.empty((2, 4, m, TH, TW, F), dtype=dtype)
-        self.scratch = np.empty((m, TH, TW, F), dtype=dtype)
-        self.gq = None  # the output gradient by phase, made on first use (backward only)
-        self.gx = None  # the input gradient by phase (backward only)
+        # name -> (shape, zero-filled): each made on first use (forward and backward use
+        # different ones); zeros where only some positions are ever written (the padding)
+        self.shapes = {
+            "xq": ((m, 2, TH + 1, 2, TW + 1, C), True),  # the padded input by phase
+            "rows": ((4, m, TH, 2, TW + 1, C), False),
+            "v": ((4, 4, m, TH, TW, C), False),
+            "mf": ((4, 4, m, TH, TW, F), False),
+            "sides": ((2, 4, m, TH, TW, F), False),
+            "scratch": ((m, TH, TW, F), False),
+            "gq": ((2, 2, m, TH, TW, F), True),  # the output gradient by phase
+            "gx": ((m, 2, TH + 1, 2, TW + 1, C), False),  # the input gradient by phase
+        }
+        self.buffers: dict[str, Array] = {}
         PT, _, PL, _ = geo.padding
         # (phase q, p) -> (the tiles' rows and columns, the input's) for the input's positions
         self.input_phases = [
@@ -169,6 +180,24 @@ class _Block:
             (a, b, slice(0, (geo.OH - a + 1) // 2), slice(0, (geo.OW - b + 1) // 2))
             for a in range(2) for b in range(2)
         ]  # fmt: skip
+
+    def __getattr__(self, name: str) -> Array:
+        """A buffer by name (see ``shapes``), made the first time it is asked for."""
+        if name not in self.__dict__.get("shapes", {}):
+            raise AttributeError(name)
+        if name not in self.buffers:
+            shape, zeroed = self.shapes[name]
+            self.buffers[name] = (np.zeros if zeroed else np.empty)(shape, dtype=self.dtype)
+        return self.buffers[name]
+
+    @staticmethod
+    def nbytes(geo: _Geometry, m: int, itemsize: int) -> int:
+        """The bytes of every buffer of a block of ``m`` images (an upper bound of its use)."""
+        TH, TW, C, F = geo.TH, geo.TW, geo.C, geo.F
+        padded = 4 * (TH + 1) * (TW + 1) * C
+        tiles = TH * TW
+        return m * itemsize * (2 * padded + 8 * (TH * (TW + 1)) * C + 16 * tiles * (C + F)
+                               + 8 * tiles * F + tiles * F + 4 * tiles * F)  # fmt: skip
 
     def transform_input(self, x: Array, v: Array | None = None) -> Array:
         """x (n, H, W, C), n <= m -> V (16, n*TH*TW, C), into ``v`` (4, 4, n, TH, TW, C) if
@@ -226,9 +255,7 @@ class _Block:
         """The adjoint of :meth:`transform_output` (without bias and ReLU): grad_out
         (n, OH, OW, F) -> gM (16, n*TH*TW, F), in this block's buffer."""
         geo, n = self.geo, grad_out.shape[0]
-        if self.gq is None:  # zeros where a tile reaches past the output
-            self.gq = np.zeros((2, 2, self.m, geo.TH, geo.TW, geo.F), dtype=grad_out.dtype)
-        gq, gm = self.gq[:, :, :n], self.mf[:, :, :n]
+        gq, gm = self.gq[:, :, :n], self.mf[:, :, :n]  # gq: zeros where tiles pass the output
         for a, b, t, s in self.output_phases:
             gq[a, b, :, t, s] = grad_out[:, a::2, b::2]
         # A's adjoint on rows: tile rows (g0, g1) -> (g0, g0 + g1, g0 - g1, -g1); row 0 is g0
@@ -244,8 +271,6 @@ class _Block:
         """The adjoint of :meth:`transform_input`: gV (16, n*TH*TW, C) -> grad_x (n, H, W, C).
         Uses ``grad_v``'s memory as scratch."""
         geo, n = self.geo, grad_x.shape[0]
-        if self.gx is None:
-            self.gx = np.empty_like(self.xq)
         gv = grad_v.reshape(4, 4, n, geo.TH, geo.TW, geo.C)
         rows, gx = self.rows[:, :n], self.gx[:n]
         for i in range(4):  # B's adjoint on columns, overlapping tiles added
@@ -312,10 +337,11 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
     saved_shape = (4, 4, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
     out_shape = (geo.N, geo.OH // 2, geo.OW // 2, geo.F) if pool else (geo.N, geo.OH, geo.OW, geo.F)
     check_arrays(
-        f"a convolution of {geo.N} images (output"
+        f"a convolution of {geo.N} images (output, working memory"
         + (", transformed input kept for backward)" if training else ")"),
         (out_shape, x.dtype),
         (saved_shape, x.dtype),
+        _working_memory(geo, x.itemsize, 1),
     )
     out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
@@ -323,7 +349,7 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
     itemsize = x.itemsize
 
     def images(start, stop):
-        m = min(geo.block_images(itemsize), stop - start)
+        m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
         block = _Block(geo, m, x.dtype)
         for n0 in range(start, stop, m):
             n1 = min(n0 + m, stop)
@@ -353,14 +379,16 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
         if need_input_grad
         else None
     )
-    grad_x = None
-    if need_input_grad:
-        check_arrays(f"the input gradient of a convolution of {geo.N} images", (x_shape, dtype))
-        grad_x = np.empty(x_shape, dtype=dtype)
+    check_arrays(
+        f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
+        (x_shape if need_input_grad else (0,), dtype),
+        _working_memory(geo, itemsize, 2),
+    )
+    grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
     sums = {}
 
     def images(start, stop):
-        m = min(geo.block_images(itemsize), stop - start)
+        m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
         block = _Block(geo, m, dtype)
         grad_u = np.zeros((16, geo.C, geo.F), dtype=dtype)
         grad_b = np.zeros(geo.F, dtype=dtype)
