@@ -66,13 +66,13 @@ class TransformedInput(NamedTuple):
 
 
 def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
-    """Whether :func:`forward` takes this convolution: NumPy arrays of one floating dtype, a
-    3x3 kernel, stride 1, a size where it is measured faster than im2col + GEMM (see
+    """Whether :func:`forward` takes this convolution: NumPy arrays of one dtype, float32 or
+    float64 (the ones measured), a 3x3 kernel, stride 1, a size where it is measured faster than im2col + GEMM (see
     :data:`WINOGRAD_MIN_WORK`), and the switch ``GPUCNN_WINOGRAD`` not "0"."""
     arrays = (x, weight) if bias is None else (x, weight, bias)
     if not (
         all(isinstance(a, np.ndarray) and a.dtype == x.dtype for a in arrays)
-        and x.dtype.kind == "f"
+        and x.dtype in (np.float32, np.float64)
         and tuple(weight.shape[2:]) == (3, 3)
         and tuple(stride) == (1, 1)
         and os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
@@ -101,6 +101,9 @@ def weight_grad(grad_u: Array) -> Array:
 
 
 class _Geometry(NamedTuple):
+    """The sizes of one convolution: input (N, H, W, C), F filters, output (OH, OW), tiles
+    (TH, TW) per image, and the padding (PT, PB, PL, PR)."""
+
     N: int
     H: int
     W: int
