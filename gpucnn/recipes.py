@@ -28,8 +28,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 # takes them (any flag given overrides its part). Measured figures: docs/performance.md
 # ("BatchNorm, ResNet and the recipes").
 MODEL_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
-    ("fashion-mnist", "resnet"): {
-        "epochs": 11, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
+    ("fashion-mnist", "resnet"): {  # 11 epochs 0.9282, 13 0.9294, 14 0.9332 (docs)
+        "epochs": 14, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "warmup_epochs": 1,
         "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
         "label_smoothing": 0.1, "augment_shift": 2, "augment_flip": True,
     },
