@@ -103,10 +103,14 @@ def test_predict_png_npy_and_idx(trained, capsys, tmp_path):
     assert labels[0] == labels[1] == labels[5]  # the same image through PNG, .npy and IDX
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch):
+    monkeypatch.delenv("GPUCNN_WINOGRAD", raising=False)
     assert run("info", "--backend", "numpy") == 0
     out = capsys.readouterr().out
-    assert "backend: numpy" in out and "blas" in out
+    assert "backend: numpy" in out and "blas" in out and "winograd: on for NumPy" in out
+    monkeypatch.setenv("GPUCNN_WINOGRAD", "0")
+    assert run("info", "--backend", "numpy") == 0
+    assert "winograd: off (GPUCNN_WINOGRAD=0)" in capsys.readouterr().out
 
 
 def test_bench_writes_json(tmp_path, capsys):

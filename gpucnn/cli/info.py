@@ -1,4 +1,5 @@
-"""``gpucnn info``: version, backend and why, device, BLAS and CPU threads."""
+"""``gpucnn info``: version, backend and why, device, BLAS, CPU threads and the NumPy
+convolution paths switched on."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         **device_info(backend),
         **blas_info(),
         "cpu_threads": _cpu_threads_line(),
+        "winograd": _winograd_line(),
     }
     for key, value in details.items():
         print(f"{key:>16}: {value}")
@@ -38,3 +40,12 @@ def _cpu_threads_line() -> str:
         return str(cpu_threads())
     except ValueError as exc:
         return f"refused: {exc}"
+
+
+def _winograd_line() -> str:
+    """Whether NumPy runs 3x3 stride-1 convolutions by Winograd's algorithm where it pays."""
+    from ..functional._winograd import WINOGRAD_ENV, switched_on
+
+    if not switched_on():
+        return f"off ({WINOGRAD_ENV}=0)"
+    return f"on for NumPy 3x3 stride-1 convolutions of 32+ channels ({WINOGRAD_ENV}=0: off)"

@@ -65,6 +65,11 @@ class TransformedInput(NamedTuple):
     padding: tuple[int, int, int, int]
 
 
+def switched_on() -> bool:
+    """False where ``GPUCNN_WINOGRAD=0`` asks for im2col + GEMM everywhere."""
+    return os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
+
+
 def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
     """Whether :func:`forward` takes this convolution: NumPy arrays of one dtype, float32 or
     float64 (the ones measured), a 3x3 kernel, stride 1, a size where it is measured faster than im2col + GEMM (see
@@ -75,7 +80,7 @@ def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> boo
         and x.dtype in (np.float32, np.float64)
         and tuple(weight.shape[2:]) == (3, 3)
         and tuple(stride) == (1, 1)
-        and os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
+        and switched_on()
     ):
         return False
     geo = _Geometry.of(x.shape, weight.shape[0], padding)
