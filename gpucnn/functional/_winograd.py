@@ -29,6 +29,7 @@ odd; the extra output row or column is dropped).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -37,6 +38,8 @@ import numpy as np
 from ..backend import Array
 from ..resources import check_arrays
 from ._cpu_threads import count_parts, over_images
+from ._numpy_kernels import _sum_in_order
+from .im2col import output_size
 
 WINOGRAD_ENV = "GPUCNN_WINOGRAD"  # "0": every convolution takes im2col + GEMM
 # Where Winograd is the faster one: the GEMMs shrink 2.25x but the transforms are element-wise
@@ -124,7 +127,7 @@ class _Geometry(NamedTuple):
     def of(cls, x_shape, filters: int, padding) -> _Geometry:
         N, H, W, C = x_shape
         PT, PB, PL, PR = padding
-        OH, OW = H + PT + PB - 2, W + PL + PR - 2
+        OH, OW = output_size(H, 3, 1, PT, PB), output_size(W, 3, 1, PL, PR)
         return cls(N, H, W, C, filters, OH, OW, -(-OH // 2), -(-OW // 2), tuple(padding))
 
     def block_images(self, itemsize: int) -> int:
@@ -144,11 +147,12 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
     return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
 
 
-def _working_memory(geo: _Geometry, itemsize: int, passes: int) -> tuple:
+def _working_memory(geo: _Geometry, dtype, passes: int) -> tuple:
     """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread."""
+    itemsize = np.dtype(dtype).itemsize
     parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
     m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))
-    return (parts * _Block.nbytes(geo, m, itemsize),), np.uint8
+    return (parts * _Block(geo, m, dtype).nbytes(),), np.uint8
 
 
 class _Block:
@@ -198,14 +202,10 @@ class _Block:
             self.buffers[name] = (np.zeros if zeroed else np.empty)(shape, dtype=self.dtype)
         return self.buffers[name]
 
-    @staticmethod
-    def nbytes(geo: _Geometry, m: int, itemsize: int) -> int:
-        """The bytes of every buffer of a block of ``m`` images (an upper bound of its use)."""
-        TH, TW, C, F = geo.TH, geo.TW, geo.C, geo.F
-        padded = 4 * (TH + 1) * (TW + 1) * C
-        tiles = TH * TW
-        return m * itemsize * (2 * padded + 8 * (TH * (TW + 1)) * C + 16 * tiles * (C + F)
-                               + 8 * tiles * F + tiles * F + 4 * tiles * F)  # fmt: skip
+    def nbytes(self) -> int:
+        """The bytes of every buffer this block may make (an upper bound of its use)."""
+        itemsize = np.dtype(self.dtype).itemsize
+        return sum(math.prod(shape) for shape, _ in self.shapes.values()) * itemsize
 
     def transform_input(self, x: Array, v: Array | None = None) -> Array:
         """x (n, H, W, C), n <= m -> V (16, n*TH*TW, C), into ``v`` (4, 4, n, TH, TW, C) if
@@ -349,7 +349,7 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
         + (", transformed input kept for backward)" if training else ")"),
         (out_shape, x.dtype),
         (saved_shape, x.dtype),
-        _working_memory(geo, x.itemsize, 1),
+        _working_memory(geo, x.dtype, 1),
     )
     out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
@@ -390,7 +390,7 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
     check_arrays(
         f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
         (x_shape if need_input_grad else (0,), dtype),
-        _working_memory(geo, itemsize, 2),
+        _working_memory(geo, dtype, 2),
     )
     grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
     sums = {}
@@ -415,9 +415,6 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
         sums[start] = (grad_u, grad_b)
 
     over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
-    starts = sorted(sums)
-    grad_u, grad_b = sums[starts[0]]
-    for start in starts[1:]:
-        grad_u += sums[start][0]
-        grad_b += sums[start][1]
+    grad_u = _sum_in_order({start: u for start, (u, _) in sums.items()})
+    grad_b = _sum_in_order({start: b for start, (_, b) in sums.items()})
     return grad_x, weight_grad(grad_u), grad_b
