@@ -186,7 +186,7 @@ REFUSED: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ("CNNClassifier momentum='0.9'", lambda t: CNNClassifier(momentum="0.9").fit(X, Y), ArgumentError,
      r"CNNClassifier: expected momentum in \[0, 1\); received '0.9' \(str\)"),
     ("CNNClassifier epochs=True", lambda t: CNNClassifier(epochs=True).fit(X, Y), ArgumentError,
-     r"CNNClassifier: expected epochs to be an int >= 1; received True \(bool\)"),
+     r"CNNClassifier: expected epochs to be an int >= 1 or 'auto'; received True \(bool\)"),
     ("CNNClassifier verbose='yes'", lambda t: CNNClassifier(verbose="yes").fit(X, Y), ArgumentError,
      r"CNNClassifier: expected verbose to be an int >= 0; received 'yes' \(str\)"),
     ("CNNClassifier early_stopping='no'", lambda t: CNNClassifier(early_stopping="no").fit(X, Y), ArgumentError,

@@ -67,7 +67,16 @@ def tiny(**params) -> CNNClassifier:
         {"type": "ReLU"},
         {"type": "MaxPool2D", "pool_size": 2},
     ]
-    defaults = dict(model=layers, epochs=3, backend="numpy", random_state=0)
+    # the optimizer settings these tests were written with; the defaults have their own tests
+    defaults = dict(
+        model=layers,
+        epochs=3,
+        backend="numpy",
+        random_state=0,
+        lr=0.05,
+        weight_decay=0.0,
+        augment_shift=0,
+    )
     return CNNClassifier(**{**defaults, **params})
 
 
@@ -129,7 +138,8 @@ def test_dataframe_columns_become_feature_names(digits):
 
 def test_feature_matrix_trains_a_dense_network(digits):
     X, y = digits
-    clf = CNNClassifier(epochs=10, backend="numpy", random_state=0).fit(X[:1200], y[:1200])
+    clf = CNNClassifier(image_shape=None, epochs=10, backend="numpy", random_state=0)
+    clf.fit(X[:1200], y[:1200])
     assert [layer["type"] for layer in clf.model_.get_config()["layers"]] == [
         "Dense", "ReLU", "Dense",
     ]  # fmt: skip
@@ -137,9 +147,29 @@ def test_feature_matrix_trains_a_dense_network(digits):
     assert clf.score(X[1200:], y[1200:]) > 0.85
     # a list of Dense-style layers: the output layer is added
     deeper = [{"type": "Dense", "units": 32}, {"type": "ReLU"}, {"type": "Dropout", "rate": 0.1}]
-    clf = CNNClassifier(model=deeper, epochs=2, backend="numpy").fit(X[:200], y[:200])
+    clf = CNNClassifier(model=deeper, epochs=2, backend="numpy", image_shape=None)
+    clf.fit(X[:200], y[:200])
     assert clf.model_.get_config()["layers"][-1]["units"] == 10
     assert deeper[-1] == {"type": "Dropout", "rate": 0.1} and len(deeper) == 3  # not edited
+
+
+@pytest.mark.parametrize(
+    "columns, shape",
+    [(64, (1, 8, 8)), (784, (1, 28, 28)), (1024, (1, 32, 32)), (3072, (3, 32, 32)),
+     (192, (3, 8, 8)), (49, (49,)), (48, (48,)), (10, (10,)), (65, (65,))],
+)  # fmt: skip
+def test_auto_image_shape_reads_square_column_counts_as_images(columns, shape):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((20, columns)), np.arange(20) % 2
+    clf = CNNClassifier(epochs=1, batch_size=10, backend="numpy", random_state=0).fit(X, y)
+    assert clf.input_shape_ == shape and clf.n_features_in_ == columns
+    first = clf.model_.get_config()["layers"][0]["type"]
+    assert first == ("Conv2D" if len(shape) == 3 else "Dense")
+    # the same rows as images, channel by channel: the same network's same predictions
+    if len(shape) == 3:
+        np.testing.assert_array_equal(
+            clf.predict_proba(X), clf.predict_proba(X.reshape(-1, *shape))
+        )
 
 
 def test_model_choices(digits):
@@ -155,7 +185,7 @@ def test_model_choices(digits):
     with pytest.raises(ValueError, match=r"Dense\(units=7\), but y has 10 classes"):
         tiny(model=full[:-1] + [{"type": "Dense", "units": 7}]).fit(images, y)
     with pytest.raises(ValueError, match="convolutional network and needs images"):
-        CNNClassifier(model="small").fit(X, y)
+        CNNClassifier(model="small", image_shape=None).fit(X, y)
     with pytest.raises(ValueError, match="expected a model name"):
         CNNClassifier(model="no-such-net").fit(images, y)
     with pytest.raises(ValueError, match="expected model to be 'auto'"):
@@ -171,14 +201,30 @@ def test_model_choices(digits):
 def test_images_default_to_the_batch_norm_network_and_may_be_shifted(digits):
     X, y = digits[0][:200], digits[1][:200]
     images = X.reshape(-1, 1, 8, 8)
-    plain = CNNClassifier(epochs=2, backend="numpy", random_state=0).fit(images, y)
+    plain = CNNClassifier(epochs=2, backend="numpy", random_state=0, augment_shift=0)
+    plain.fit(images, y)
     types = [layer["type"] for layer in plain.model_.get_config()["layers"]]
     assert types.count("BatchNorm2D") == 2 and types.count("Conv2D") == 2
     shifted = CNNClassifier(epochs=2, backend="numpy", random_state=0, augment_shift=1)
     shifted.fit(images, y)
     assert shifted.history_["loss"] != plain.history_["loss"]  # other images, same start
+    auto = CNNClassifier(epochs=2, backend="numpy", random_state=0).fit(images, y)
+    assert auto.history_["loss"] == shifted.history_["loss"]  # "auto": 1 pixel for images
     with pytest.raises(ValueError, match=r"augment_shift=1 shifts images; received a feature"):
-        CNNClassifier(augment_shift=1, epochs=1, backend="numpy").fit(X, y)
+        CNNClassifier(augment_shift=1, epochs=1, backend="numpy", image_shape=None).fit(X, y)
+
+
+def test_auto_epochs_give_small_training_sets_at_least_1500_steps(digits):
+    clf = CNNClassifier()
+    assert clf._epochs(1437) == 34  # 45 steps per epoch at batch 32: digits' CV folds
+    assert clf._epochs(60000) == 10 and clf._epochs(48000) == 10
+    assert clf._epochs(40) == 100  # capped
+    assert clf.set_params(batch_size=8)._epochs(1437) == 10  # 180 steps per epoch
+    assert clf.set_params(epochs=3)._epochs(40) == 3
+    X, y = digits[0][:40], digits[1][:40]
+    fitted = tiny(image_shape=(1, 8, 8), epochs="auto").fit(X, y)
+    assert fitted.n_iter_ == 100 and len(fitted.history_["lr"]) == 100
+    assert fitted.history_["lr"][-1] < 1e-3 * fitted.history_["lr"][0]  # cosine over 100 epochs
 
 
 def test_a_lone_last_image_joins_the_batch_before_it(digits):
@@ -201,7 +247,9 @@ def test_model_from_a_json_file(tmp_path, digits):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"epochs": 0}, "expected epochs to be an int >= 1; received 0"),
+        ({"epochs": 0}, "expected epochs to be an int >= 1 or 'auto'; received 0"),
+        ({"epochs": "many"}, "expected epochs to be an int >= 1 or 'auto'; received 'many'"),
+        ({"image_shape": "square"}, "expected image_shape .* 'auto' or None; received 'square'"),
         ({"batch_size": 2.5}, "expected batch_size to be an int >= 1; received 2.5"),
         ({"optimizer": "rmsprop"}, "expected optimizer in"),
         ({"schedule": "linear"}, "expected schedule in"),
@@ -210,12 +258,12 @@ def test_model_from_a_json_file(tmp_path, digits):
         ({"lr": -1.0}, "expected a learning rate"),
         ({"dtype": "float16"}, "expected dtype in"),
         ({"backend": "tpu"}, "expected a backend in"),
-        ({"augment_shift": -1}, "expected augment_shift to be an int >= 0; received -1"),
+        ({"augment_shift": -1}, "expected augment_shift to be an int >= 0 or 'auto'; received -1"),
     ],
 )
 def test_bad_parameters_are_reported(params, match, digits):
     with pytest.raises(ValueError, match=match):
-        tiny(image_shape=(1, 8, 8), **params).fit(digits[0][:20], digits[1][:20])
+        tiny(**{"image_shape": (1, 8, 8), **params}).fit(digits[0][:20], digits[1][:20])
 
 
 # ---------------------------------------------------------------------- labels and probabilities
@@ -301,7 +349,7 @@ def test_early_stopping_holds_out_validation_data(digits):
 
 def test_adam_and_schedules(digits):
     X, y = digits[0][:300], digits[1][:300]
-    clf = tiny(optimizer="adam", image_shape=(1, 8, 8)).fit(X, y)
+    clf = tiny(optimizer="adam", image_shape=(1, 8, 8), lr=None).fit(X, y)
     assert clf._optimizer.get_config()["type"] == "adam" and clf.history_["lr"][0] == 0.001
     for schedule in ("constant", "step", "exponential", "cosine"):
         lrs = tiny(schedule=schedule, image_shape=(1, 8, 8), lr=0.1).fit(X, y).history_["lr"]
@@ -406,12 +454,15 @@ def test_grid_search_in_a_pipeline_with_two_jobs():
     assert search.score(X, y) > 0.95
 
 
-def test_cross_val_score_on_digits(digits):
+def test_cross_val_score_on_digits_with_every_default(digits):
+    """The flat 64-column rows, every default: 8x8 images, 34 epochs per fold. Seeds 0-4 gave
+    means of 0.975-0.982 (benchmarks/digits_targets.py); the bound leaves room for another
+    CPU's float32 rounding taking another path (the earlier defaults gave 0.959)."""
     X, y = digits
-    clf = CNNClassifier(image_shape=(1, 8, 8), epochs=20, backend="numpy", random_state=0)
+    clf = CNNClassifier(backend="numpy", random_state=0)
     scores = cross_val_score(clf, X, y, cv=5, n_jobs=2)  # unshuffled folds, as by default
     assert len(scores) == 5
-    assert scores.mean() >= 0.95, scores
+    assert scores.mean() >= 0.965, scores
 
 
 def test_fitted_estimators_come_back_from_worker_processes(digits):
