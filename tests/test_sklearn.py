@@ -4,6 +4,7 @@ saving, reproducibility, and the estimator inside Pipeline, GridSearchCV and cro
 from __future__ import annotations
 
 import inspect
+import json
 import pickle
 
 import numpy as np
@@ -172,6 +173,19 @@ def test_auto_image_shape_reads_square_column_counts_as_images(columns, shape):
         )
 
 
+def test_a_list_of_dense_layers_takes_square_rows_as_features(digits, tmp_path):
+    X, y = digits[0][:200], digits[1][:200]
+    dense = [{"type": "Dense", "units": 16}, {"type": "ReLU"}]
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps({"layers": dense}))
+    for model in (dense, str(path)):
+        clf = CNNClassifier(model=model, epochs=1, backend="numpy").fit(X, y)
+        assert clf.input_shape_ == (64,)
+    convolutional = [{"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "ReLU"}]
+    clf = CNNClassifier(model=convolutional, epochs=1, backend="numpy").fit(X, y)
+    assert clf.input_shape_ == (1, 8, 8)
+
+
 def test_model_choices(digits):
     X, y = digits[0][:200], digits[1][:200]
     images = X.reshape(-1, 1, 8, 8)
@@ -304,6 +318,16 @@ def test_sample_weight_is_rejected(digits):
 
 
 # ---------------------------------------------------------------------- training
+def test_partial_fit_defaults_are_a_constant_lower_rate_and_no_shift(digits):
+    X, y = digits[0][:200], digits[1][:200]
+    incremental = CNNClassifier(backend="numpy", random_state=0)
+    incremental.partial_fit(X, y, classes=np.arange(10)).partial_fit(X, y)
+    assert incremental.history_["lr"] == [0.05, 0.05]
+    unshifted = CNNClassifier(backend="numpy", random_state=0, augment_shift=0, lr=0.05)
+    unshifted.partial_fit(X, y, classes=np.arange(10)).partial_fit(X, y)
+    assert incremental.history_["loss"] == unshifted.history_["loss"]
+
+
 def test_partial_fit_continues_training(digits):
     X, y = digits[0][:400], digits[1][:400]
     clf = tiny(image_shape=(1, 8, 8))
