@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) convolutions (NumPy) against naive loops, central differences and the
-standard im2col code, and the rule that decides where they run."""
+"""Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (NumPy) against naive loops, central
+differences and the standard im2col code, and the rules that decide where they run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gpucnn.backend import to_numpy
 from gpucnn.functional import (
     _cpu_threads,
     _winograd,
+    _winograd_5x5,
     conv2d_backward,
     conv2d_forward,
     conv2d_relu_backward,
@@ -31,33 +32,50 @@ GEOMETRIES = [
 ]
 
 
+# kernel side -> its module; a 5x5 case pads one more on every side (same output sizes)
+MODULES = {3: _winograd, 5: _winograd_5x5}
+KERNELS = pytest.mark.parametrize("kernel", [3, 5], ids=["3x3", "5x5"])
+
+
+def _padding(padding, kernel):
+    return tuple(p + (kernel - 3) // 2 for p in padding)
+
+
 @pytest.fixture
 def everywhere(monkeypatch):
-    """Winograd for every 3x3 stride-1 convolution, however small."""
+    """Winograd for every 3x3 and 5x5 stride-1 convolution, however small."""
     monkeypatch.setattr(_winograd, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(_winograd, "WINOGRAD_MIN_SIDE", 1)
     monkeypatch.setattr(_winograd, "WINOGRAD_MIN_WORK", 0)
+    monkeypatch.setattr(_winograd_5x5, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(_winograd_5x5, "MIN_SIDE", 1)
 
 
-def _arrays(rng, shape, filters, dtype=np.float64):
+def _arrays(rng, shape, filters, dtype=np.float64, kernel=3):
     x = rng.standard_normal(shape).astype(dtype)
-    w = rng.standard_normal((filters, shape[3], 3, 3)).astype(dtype)
+    w = rng.standard_normal((filters, shape[3], kernel, kernel)).astype(dtype)
     b = rng.standard_normal(filters).astype(dtype)
     return x, w, b
 
 
+@KERNELS
 @pytest.mark.parametrize("shape,filters,padding", GEOMETRIES)
-def test_forward_matches_naive_loops(everywhere, rng, shape, filters, padding):
-    x, w, b = _arrays(rng, shape, filters)
+def test_forward_matches_naive_loops(everywhere, rng, shape, filters, padding, kernel):
+    x, w, b = _arrays(rng, shape, filters, kernel=kernel)
+    padding = _padding(padding, kernel)
     out, saved = conv2d_forward(x, w, b, (1, 1), padding)
-    assert isinstance(saved, _winograd.TransformedInput)
+    assert isinstance(saved, MODULES[kernel].TransformedInput)
     expected = conv2d_naive(nchw(x), w, b, (1, 1), padding)
-    np.testing.assert_allclose(nchw(out), expected, rtol=1e-12, atol=1e-12)
+    # F(2x2, 5x5)'s filter transform divides by up to 24: a few more float64 roundings
+    tolerance = 1e-12 if kernel == 3 else 1e-11
+    np.testing.assert_allclose(nchw(out), expected, rtol=tolerance, atol=tolerance)
 
 
+@KERNELS
 @pytest.mark.parametrize("shape,filters,padding", GEOMETRIES[1:3])
-def test_backward_matches_central_differences(everywhere, rng, shape, filters, padding):
-    x, w, b = _arrays(rng, shape, filters)
+def test_backward_matches_central_differences(everywhere, rng, shape, filters, padding, kernel):
+    x, w, b = _arrays(rng, shape, filters, kernel=kernel)
+    padding = _padding(padding, kernel)
     out, saved = conv2d_forward(x, w, b, (1, 1), padding)
     g = rng.standard_normal(out.shape)
     grad_x, grad_w, grad_b = conv2d_backward(g, saved, w, x.shape, (1, 1), padding)
@@ -70,19 +88,21 @@ def test_backward_matches_central_differences(everywhere, rng, shape, filters, p
     assert_gradient(lambda v: loss(x, w, v), b, grad_b)
 
 
+@KERNELS
 @pytest.mark.parametrize("shape,filters,padding", GEOMETRIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads,block_bytes", [(1, 1), (3, 1), (3, 1 << 30)])
 def test_equals_the_standard_code(
-    everywhere, monkeypatch, shape, filters, padding, dtype, threads, block_bytes
+    everywhere, monkeypatch, shape, filters, padding, dtype, threads, block_bytes, kernel
 ):
     import array_api_strict
 
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
-    monkeypatch.setattr(_winograd, "BLOCK_BYTES", block_bytes)  # 1: one image per block
+    monkeypatch.setattr(MODULES[kernel], "BLOCK_BYTES", block_bytes)  # 1: one image per block
     rng = np.random.default_rng(5)
-    x, w, b = _arrays(rng, shape, filters, dtype)
+    x, w, b = _arrays(rng, shape, filters, dtype, kernel)
+    padding = _padding(padding, kernel)
     with _cpu_threads.parallel():
         out, saved = conv2d_forward(x, w, b, (1, 1), padding)
         relu_out, relu_saved = conv2d_relu_forward(x, w, b, (1, 1), padding)
@@ -104,37 +124,42 @@ def test_equals_the_standard_code(
     standard += [to_numpy(a) for a in conv2d_backward(masked, cols_s, ws, x.shape, (1, 1), padding)]
     assert fast[5] is None and standard[5] is None
     assert all(a is None or a.dtype == dtype for a in fast)
-    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    tolerance = 2e-5 if dtype == np.float32 else (1e-12 if kernel == 3 else 1e-11)
     for a, expected in zip(fast, standard, strict=True):
         if a is not None:
             scale = max(1.0, float(np.max(np.abs(expected))))
             np.testing.assert_allclose(a, expected, rtol=tolerance, atol=tolerance * scale)
 
 
+@KERNELS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pooled_convolution_runs_whole_then_pools(everywhere, rng, dtype):
+def test_pooled_convolution_runs_whole_then_pools(everywhere, rng, dtype, kernel):
     import array_api_strict
 
-    x, w, b = _arrays(rng, (2, 8, 6, 3), 4, dtype)
-    out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), (2, 2))
-    assert cache[0] == "layers" and isinstance(cache[1][0], _winograd.TransformedInput)
+    x, w, b = _arrays(rng, (2, 8, 6, 3), 4, dtype, kernel)
+    padding = _padding((1, 1, 1, 1), kernel)
+    out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2))
+    assert cache[0] == "layers" and isinstance(cache[1][0], MODULES[kernel].TransformedInput)
     g = rng.standard_normal(out.shape).astype(dtype)
-    grads = conv2d_relu_max_pool2d_backward(g, cache, w, x.shape, (1, 1), (1, 1, 1, 1), (2, 2))
+    grads = conv2d_relu_max_pool2d_backward(g, cache, w, x.shape, (1, 1), padding, (2, 2))
     xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, w, b, g))
-    out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), (1, 1, 1, 1), (2, 2))
-    grads_s = conv2d_relu_max_pool2d_backward(
-        gs, cache_s, ws, x.shape, (1, 1), (1, 1, 1, 1), (2, 2)
-    )
-    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), padding, (2, 2))
+    grads_s = conv2d_relu_max_pool2d_backward(gs, cache_s, ws, x.shape, (1, 1), padding, (2, 2))
+    tolerance = 2e-5 if dtype == np.float32 else (1e-12 if kernel == 3 else 1e-11)
     for a, expected in zip((out, *grads), (out_s, *grads_s), strict=True):
-        np.testing.assert_allclose(a, to_numpy(expected), rtol=tolerance, atol=tolerance)
+        expected = to_numpy(expected)
+        scale = max(1.0, float(np.max(np.abs(expected))))  # float32: error grows with the sums
+        np.testing.assert_allclose(a, expected, rtol=tolerance, atol=tolerance * scale)
 
 
-def test_inference_keeps_no_transformed_input(everywhere, rng):
-    x, w, b = _arrays(rng, (2, 6, 6, 3), 4)
-    out_training, saved = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
-    out, nothing = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), training=False)
-    assert nothing is None and saved.v.shape == (4, 4, 2, 3, 3, 3)
+@KERNELS
+def test_inference_keeps_no_transformed_input(everywhere, rng, kernel):
+    x, w, b = _arrays(rng, (2, 6, 6, 3), 4, kernel=kernel)
+    padding = _padding((1, 1, 1, 1), kernel)
+    out_training, saved = conv2d_forward(x, w, b, (1, 1), padding)
+    out, nothing = conv2d_forward(x, w, b, (1, 1), padding, training=False)
+    tile = kernel + 1  # 2 outputs + kernel - 1
+    assert nothing is None and saved.v.shape == (tile, tile, 2, 3, 3, 3)
     np.testing.assert_array_equal(out, out_training)
 
 
@@ -159,6 +184,22 @@ def test_the_rule_takes_the_sizes_where_winograd_was_measured_faster(monkeypatch
     assert not takes((8, 32, 32, 32))
 
 
+def test_the_5x5_rule_takes_the_sizes_where_it_was_measured_faster(monkeypatch):
+    def takes(shape, filters=128, kernel=(5, 5), stride=(1, 1), padding=(2, 2, 2, 2)):
+        x = np.zeros(shape, np.float32)
+        w = np.zeros((filters, shape[3], *kernel), np.float32)
+        return _winograd_5x5.applies(x, w, np.zeros(filters, np.float32), stride, padding)
+
+    assert takes((8, 14, 14, 64))  # the wide 5x5 network's second convolution
+    assert takes((8, 28, 28, 16)) and takes((8, 12, 12, 16))
+    assert not takes((8, 28, 28, 6))  # LeNet's: too few channels
+    assert not takes((8, 7, 7, 128))  # too few tiles (0.6-0.8x)
+    assert not takes((8, 14, 14, 64), stride=(2, 2))
+    assert not takes((8, 14, 14, 64), kernel=(3, 3))
+    monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
+    assert not takes((8, 14, 14, 64))
+
+
 def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
     """Every layer that convolves (plain, with ReLU, pooled, with BatchNorm folded at
     inference) gives the same loss and gradients on both paths, in float64."""
@@ -170,6 +211,7 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
         {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"},
         {"type": "ReLU"},
         {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 5, "padding": "same"},
         {"type": "Conv2D", "filters": 64, "kernel_size": 3, "padding": "same"},
         {"type": "BatchNorm2D"},
         {"type": "ReLU"},
@@ -181,8 +223,11 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.random((4, 3, 32, 32)), rng.integers(0, 10, 4)
     calls = []
-    forward = _winograd.forward
-    monkeypatch.setattr(_winograd, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    for module in MODULES.values():
+        monkeypatch.setattr(
+            module, "forward",
+            lambda *a, _forward=module.forward, _m=module, **k: calls.append(_m) or _forward(*a, **k),
+        )  # fmt: skip
     results = {}
     for switch in ("0", "1"):
         monkeypatch.setenv(_winograd.WINOGRAD_ENV, switch)
@@ -191,8 +236,10 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
         loss, _ = model.loss_and_backward(x, y)
         grads = [to_numpy(p.grad) for p in model.parameters()]
         results[switch] = (float(loss), grads, to_numpy(model.predict_proba(x)))
-        # three of the four convolutions are large enough; each in training and at inference
-        assert len(calls) == (6 if switch == "1" else 0)
+        # three of the four 3x3 convolutions are large enough, and the 5x5 one; each in
+        # training and at inference
+        assert calls.count(_winograd) == (6 if switch == "1" else 0)
+        assert calls.count(_winograd_5x5) == (2 if switch == "1" else 0)
     (loss0, grads0, proba0), (loss1, grads1, proba1) = results["0"], results["1"]
     assert loss1 == pytest.approx(loss0, rel=1e-12)
     for a, b in zip(grads1, grads0, strict=True):
@@ -200,44 +247,52 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
     np.testing.assert_allclose(proba1, proba0, rtol=1e-10, atol=1e-14)
 
 
+@KERNELS
 @pytest.mark.parametrize("shape,filters,padding", [g for g in GEOMETRIES if g[0][1] > 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inference_pools_each_tile_as_it_is_made(everywhere, rng, shape, filters, padding, dtype):
+def test_inference_pools_each_tile_as_it_is_made(
+    everywhere, rng, shape, filters, padding, dtype, kernel
+):
     """At inference a 2x2 pooled convolution pools each output tile in the Winograd block (odd
     outputs drop their last row or column, as the pooling does)."""
     import array_api_strict
 
-    x, w, b = _arrays(rng, shape, filters, dtype)
+    x, w, b = _arrays(rng, shape, filters, dtype, kernel)
+    padding = _padding(padding, kernel)
     out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2), training=False)
     assert cache is None
     xs, ws, bs = (array_api_strict.asarray(a) for a in (x, w, b))
     out_s, _ = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), padding, (2, 2), training=False)
     tolerance = 2e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(out, to_numpy(out_s), rtol=tolerance, atol=tolerance)
+    scale = max(1.0, float(np.max(np.abs(to_numpy(out_s)))))  # float32: error grows with sums
+    np.testing.assert_allclose(out, to_numpy(out_s), rtol=tolerance, atol=tolerance * scale)
     assert out.dtype == dtype
 
 
-def test_pooling_inside_the_block_is_for_inference_only(rng):
-    x, w, b = _arrays(rng, (1, 4, 4, 1), 1)
+@KERNELS
+def test_pooling_inside_the_block_is_for_inference_only(rng, kernel):
+    x, w, b = _arrays(rng, (1, 4, 4, 1), 1, kernel=kernel)
     with pytest.raises(ValueError, match="inference only"):
-        _winograd.forward(x, w, b, (1, 1, 1, 1), pool=True)
+        MODULES[kernel].forward(x, w, b, _padding((1, 1, 1, 1), kernel), pool=True)
 
 
-def test_an_empty_batch_gives_empty_results(everywhere):
+@KERNELS
+def test_an_empty_batch_gives_empty_results(everywhere, kernel):
     x = np.zeros((0, 6, 6, 3))
-    w, b = np.ones((4, 3, 3, 3)), np.zeros(4)
-    out, saved = conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1))
-    grad_x, grad_w, grad_b = conv2d_backward(out, saved, w, x.shape, (1, 1), (1, 1, 1, 1))
+    w, b = np.ones((4, 3, kernel, kernel)), np.zeros(4)
+    padding = _padding((1, 1, 1, 1), kernel)
+    out, saved = conv2d_forward(x, w, b, (1, 1), padding)
+    assert isinstance(saved, MODULES[kernel].TransformedInput)
+    grad_x, grad_w, grad_b = conv2d_backward(out, saved, w, x.shape, (1, 1), padding)
     assert out.shape == (0, 6, 6, 4) and grad_x.shape == x.shape
     np.testing.assert_array_equal(grad_w, 0.0)
     np.testing.assert_array_equal(grad_b, 0.0)
-    pooled, _ = conv2d_relu_max_pool2d_forward(
-        x, w, b, (1, 1), (1, 1, 1, 1), (2, 2), training=False
-    )
+    pooled, _ = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2), training=False)
     assert pooled.shape == (0, 3, 3, 4)
 
 
-def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monkeypatch):
+@KERNELS
+def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monkeypatch, kernel):
     """The memory check before a convolution counts the blocks' working buffers, not only the
     output: a batch they would not fit in is refused before anything is allocated."""
     from gpucnn import resources
@@ -246,6 +301,29 @@ def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monk
     monkeypatch.setattr(
         resources, "check_allocation", lambda nbytes, what, **k: seen.append(nbytes)
     )
-    x, w = np.zeros((1, 64, 64, 8), np.float32), np.zeros((8, 8, 3, 3), np.float32)
-    conv2d_forward(x, w, np.zeros(8, np.float32), (1, 1), (1, 1, 1, 1), training=False)
+    x, w = np.zeros((1, 64, 64, 8), np.float32), np.zeros((8, 8, kernel, kernel), np.float32)
+    padding = _padding((1, 1, 1, 1), kernel)
+    conv2d_forward(x, w, np.zeros(8, np.float32), (1, 1), padding, training=False)
     assert seen and seen[-1] > 4 * x.size * 4  # output plus the blocks' buffers
+
+
+def test_the_5x5_transforms_come_from_the_toom_cook_identity():
+    """Derived matrices satisfy the minimal algorithm's identity (A^T G B^T gives each
+    output's taps); for F(2x2, 3x3) they are the 3x3 module's up to the sign of a tile
+    position (rows d0 - d2, d1 + d2, d2 - d1, d1 - d3); bad points are refused."""
+    for r, points in ((3, (0.0, 1.0, -1.0)), (5, (0.0, 1.0, -1.0, 2.0, -2.0))):
+        at, g, bt = _winograd_5x5.toom_cook(2, r, points)
+        taps = np.einsum("ij,jk,jl->ikl", at, g, bt)  # output i, filter tap k, input l
+        expected = np.zeros_like(taps)
+        for i in range(2):
+            expected[i, range(r), [i + k for k in range(r)]] = 1.0
+        np.testing.assert_allclose(taps, expected, atol=1e-14)
+        assert np.array_equal(bt, np.round(bt))  # integer input transforms: exact adds
+    at, g, bt = _winograd_5x5.toom_cook(2, 3, (0.0, 1.0, -1.0))
+    signs = np.array([-1.0, 1.0, 1.0, -1.0])[:, None]
+    np.testing.assert_array_equal(
+        signs * bt, [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    )
+    np.testing.assert_array_equal(np.abs(g), np.abs(_winograd._G))
+    with pytest.raises(ValueError, match="distinct finite points"):
+        _winograd_5x5.toom_cook(2, 5, (0.0, 1.0, 1.0, 2.0, -2.0))

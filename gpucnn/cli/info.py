@@ -43,9 +43,13 @@ def _cpu_threads_line() -> str:
 
 
 def _winograd_line() -> str:
-    """Whether NumPy runs 3x3 stride-1 convolutions by Winograd's algorithm where it pays."""
+    """Whether NumPy runs 3x3 and 5x5 stride-1 convolutions by Winograd's algorithm where it
+    pays."""
     from ..functional._winograd import WINOGRAD_ENV, switched_on
 
     if not switched_on():
         return f"off ({WINOGRAD_ENV}=0)"
-    return f"on for NumPy 3x3 stride-1 convolutions of 32+ channels ({WINOGRAD_ENV}=0: off)"
+    return (
+        f"on for NumPy stride-1 convolutions, 3x3 of 32+ channels and 5x5 of 16+ "
+        f"({WINOGRAD_ENV}=0: off)"
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..backend import Array, namespace
 from ..resources import check_arrays
-from . import _winograd
+from . import _winograd, _winograd_5x5
 from ._dispatch import cuda_kernels, matmul
 from ._numpy_kernels import (
     conv2d_backward_fast,
@@ -20,6 +20,19 @@ from ._numpy_kernels import (
 from .activations import relu_backward, relu_forward
 from .im2col import Padding, Pair, col2im, im2col, output_size, pad2d, unpad2d
 from .pooling import max_pool2d_backward, max_pool2d_forward
+
+# NumPy's Winograd convolutions, 3x3 and 5x5 stride 1, each taken where it measured faster
+WINOGRAD = (_winograd, _winograd_5x5)
+
+
+def _winograd_for(x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding):
+    """The Winograd module that takes this convolution, or None (im2col + GEMM)."""
+    return next((w for w in WINOGRAD if w.applies(x, weight, bias, stride, padding)), None)
+
+
+def _winograd_of(saved):
+    """The Winograd module whose forward pass kept ``saved``, or None."""
+    return next((w for w in WINOGRAD if isinstance(saved, w.TransformedInput)), None)
 
 
 def _weight_matrix(weight: Array) -> Array:
@@ -48,12 +61,13 @@ def conv2d_forward(
     out : array of shape (N, OH, OW, F)
     cols : what :func:`conv2d_backward` needs: the im2col matrix with its ones column, of
         shape (N, OH, OW, L) (see :func:`gpucnn.functional.im2col.im2col`; L is KH*KW*C + 1,
-        except on CUDA where zero columns align L to a multiple of 4), or, for the 3x3
+        except on CUDA where zero columns align L to a multiple of 4), or, for the 3x3 and 5x5
         stride-1 convolutions NumPy computes by Winograd's algorithm (see
         :mod:`gpucnn.functional._winograd`), the transformed input (None without ``training``).
     """
-    if _winograd.applies(x, weight, bias, stride, padding):
-        return _winograd.forward(x, weight, bias, padding, training=training)
+    winograd = _winograd_for(x, weight, bias, stride, padding)
+    if winograd:
+        return winograd.forward(x, weight, bias, padding, training=training)
     split = conv2d_forward_fast(x, weight, bias, stride, padding)
     if split is not None:
         return split
@@ -105,8 +119,9 @@ def conv2d_backward(
     grad_weight : array of shape (F, C, KH, KW)
     grad_bias : array of shape (F,)
     """
-    if isinstance(cols, _winograd.TransformedInput):
-        return _winograd.backward(grad_out, cols, weight, need_input_grad)
+    winograd = _winograd_of(cols)
+    if winograd:
+        return winograd.backward(grad_out, cols, weight, need_input_grad)
     split = conv2d_backward_fast(grad_out, cols, weight, x_shape, stride, padding, need_input_grad)
     if split is not None:
         return split
@@ -154,8 +169,9 @@ def conv2d_relu_forward(
 
     Parameters and returns as :func:`conv2d_forward`; ``out`` is non-negative.
     """
-    if _winograd.applies(x, weight, bias, stride, padding):
-        return _winograd.forward(x, weight, bias, padding, relu=True, training=training)
+    winograd = _winograd_for(x, weight, bias, stride, padding)
+    if winograd:
+        return winograd.forward(x, weight, bias, padding, relu=True, training=training)
     fast = conv2d_forward_fast(x, weight, bias, stride, padding, relu=True)
     if fast is not None:
         return fast
@@ -176,8 +192,9 @@ def conv2d_relu_backward(
     """Gradients of :func:`conv2d_relu_forward`: ``grad_out`` (N, OH, OW, F) passes where
     ``out`` (its output) is positive, then as :func:`conv2d_backward` (on NumPy each thread
     masks its own images, without a whole masked copy in between)."""
-    if isinstance(cols, _winograd.TransformedInput):
-        return _winograd.backward(grad_out, cols, weight, need_input_grad, relu_out=out)
+    winograd = _winograd_of(cols)
+    if winograd:
+        return winograd.backward(grad_out, cols, weight, need_input_grad, relu_out=out)
     fast = conv2d_backward_fast(
         grad_out, cols, weight, x_shape, stride, padding, need_input_grad, relu_out=out
     )
@@ -213,11 +230,9 @@ def conv2d_relu_max_pool2d_forward(
     """
     # a convolution Winograd's algorithm takes is faster whole, then pooled, than pool-aware;
     # at inference its 2x2 output tiles are the 2x2 pooling windows, pooled as they are made
-    winograd = _winograd.applies(x, weight, bias, stride, padding)
+    winograd = _winograd_for(x, weight, bias, stride, padding)
     if winograd and not training and tuple(pool) == (2, 2):
-        pooled, _ = _winograd.forward(
-            x, weight, bias, padding, relu=True, training=False, pool=True
-        )
+        pooled, _ = winograd.forward(x, weight, bias, padding, relu=True, training=False, pool=True)
         return pooled, None
     fast = (
         None if winograd

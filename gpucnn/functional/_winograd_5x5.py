@@ -1,0 +1,385 @@
+"""NumPy only: 5x5 stride-1 convolutions by Winograd's minimal filtering F(2x2, 5x5).
+
+im2col + GEMM spends 25 multiply-adds per (output pixel, channel, filter). F(2x2, 5x5) computes
+a 2x2 block of outputs from a 6x6 input tile with 36 (2.78x fewer), as 36 GEMMs of
+(tiles, C) x (C, F), one per tile position (Lavin and Gray, CVPR 2016; the 3x3 sibling in
+:mod:`._winograd` explains the algebra):
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+Where the 3x3 version writes its 4x4 transforms as adds on strided views, these 6x6 ones have
+22 non-zero entries per side, so each side is one small matrix product instead: the tiles'
+rows are gathered (6 copies) and combined by ``B^T`` (a (6, 6) x (6, K) GEMM), then their
+columns (36 copies, one more GEMM); the output side is one (4, 36) x (36, K) product. The
+matrices are not typed in: :func:`toom_cook` derives them from the interpolation points
+0, 1, -1, 2, -2 and infinity (``B^T`` has integer entries, ``G`` fractions down to 1/24), so
+float64 agrees with the direct convolution to ~1e-13 and float32 to ~3e-6 of the output's
+scale (im2col: ~1e-6).
+
+Each thread takes its images in blocks whose buffers stay in cache; training keeps the
+transformed input V (9x the input) for the backward pass, where im2col keeps 25x.
+
+Shapes: x (N, H, W, C) channels-last, weight (F, C, 5, 5); TH = ceil(OH / 2) by
+TW = ceil(OW / 2) tiles per image on the input padded to HQ = 2 TH + 4 by WQ = 2 TW + 4 (a
+zero row or column more than the padding where OH or OW is odd; that output is dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import Array
+from ..resources import check_arrays
+from ._cpu_threads import count_parts, over_images
+from ._numpy_kernels import _sum_in_order
+from ._winograd import switched_on
+from .im2col import output_size
+
+TILE = 6  # input tile side: 2 outputs + 5 taps - 1
+# Where it beats im2col + GEMM (training step of one layer, batch 128, AMD EPYC, 2 threads):
+# see the grid in docs/performance.md ("Winograd for 5x5 convolutions").
+MIN_CHANNELS = 16
+MIN_SIDE = 12  # output rows and columns
+# A block's largest buffer (its 36 tile positions times max(C, F) values per tile).
+BLOCK_BYTES = 4 << 20
+
+
+def toom_cook(m: int, r: int, points: tuple[float, ...]):
+    """The matrices ``(A^T (m, a), G (a, r), B^T (a, a))`` of Winograd's F(m, r), a = m + r - 1,
+    from ``a - 1`` finite interpolation points and the point at infinity.
+
+    ``A^T`` evaluates at the points (the last column: infinity), ``G`` interpolates the filter
+    (Lagrange denominators), and ``B^T`` is the one matrix that makes
+    ``sum_j A^T[i, j] G[j, k] B^T[j, l] == (l == i + k)`` for every i, k, l: the minimal
+    algorithm's identity, solved as a linear system (36 unknowns for F(2, 5), a unique
+    solution). Raises ``ArithmeticError`` if the identity does not hold to float64 rounding.
+    """
+    a = m + r - 1
+    if len(points) != a - 1 or len(set(points)) != a - 1:
+        raise ValueError(f"F({m}, {r}) needs {a - 1} distinct finite points; received {points}")
+    at, g = np.zeros((m, a)), np.zeros((a, r))
+    for j, p in enumerate(points):
+        at[:, j] = [p**i for i in range(m)]
+        g[j] = [p**k / math.prod(p - q for q in points if q != p) for k in range(r)]
+    at[m - 1, a - 1] = g[a - 1, r - 1] = 1.0
+    # one equation per (i, k, l); unknowns B^T[j, l] in row-major order
+    system = np.zeros((m, r, a, a, a))
+    for l_ in range(a):
+        system[:, :, l_, :, l_] = at[:, None, :] * g.T[None, :, :]
+    wanted = np.zeros((m, r, a))
+    for i in range(m):
+        for k in range(r):
+            wanted[i, k, i + k] = 1.0
+    system, wanted = system.reshape(-1, a * a), wanted.reshape(-1)
+    bt = np.linalg.lstsq(system, wanted, rcond=None)[0].reshape(a, a)
+    if np.abs(system @ bt.reshape(-1) - wanted).max() > 1e-12:
+        raise ArithmeticError(f"no F({m}, {r}) at points {points}")
+    return at, g, np.round(bt, 12) + 0.0  # exact small integers here; + 0.0 drops -0.0
+
+
+_AT, _G, _BT = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))
+_AT2 = np.kron(_AT, _AT)  # (4, 36): output (a, b) of a tile from its 36 products, row 2a + b
+
+
+class TransformedInput(NamedTuple):
+    """What :func:`backward` needs: V (6, 6, N, TH, TW, C), the input's shape and padding."""
+
+    v: Array
+    x_shape: tuple[int, int, int, int]
+    padding: tuple[int, int, int, int]
+
+
+class _Geometry(NamedTuple):
+    """Input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW), padded (HQ, WQ)."""
+
+    N: int
+    H: int
+    W: int
+    C: int
+    F: int
+    OH: int
+    OW: int
+    TH: int
+    TW: int
+    padding: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, x_shape, filters: int, padding) -> _Geometry:
+        N, H, W, C = x_shape
+        PT, PB, PL, PR = padding
+        OH, OW = output_size(H, 5, 1, PT, PB), output_size(W, 5, 1, PL, PR)
+        return cls(N, H, W, C, filters, OH, OW, -(-OH // 2), -(-OW // 2), tuple(padding))
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per image."""
+        return self.TH * self.TW
+
+    def block_images(self, itemsize: int) -> int:
+        return max(1, BLOCK_BYTES // (36 * self.tiles * max(self.C, self.F) * itemsize))
+
+    def bytes_per_image(self, itemsize: int) -> int:
+        """What one image's passes touch: its V and its products, twice each."""
+        return 2 * 36 * self.tiles * (self.C + self.F) * itemsize
+
+
+def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
+    """Whether :func:`forward` takes this convolution: NumPy float32 or float64 arrays of one
+    dtype, a 5x5 kernel, stride 1, at least :data:`MIN_CHANNELS` input channels and
+    :data:`MIN_SIDE` output rows and columns, and ``GPUCNN_WINOGRAD`` not "0"."""
+    arrays = (x, weight) if bias is None else (x, weight, bias)
+    if not (
+        all(isinstance(a, np.ndarray) and a.dtype == x.dtype for a in arrays)
+        and x.dtype in (np.float32, np.float64)
+        and tuple(weight.shape[2:]) == (5, 5)
+        and tuple(stride) == (1, 1)
+        and switched_on()
+    ):
+        return False
+    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    return geo.C >= MIN_CHANNELS and min(geo.OH, geo.OW) >= MIN_SIDE
+
+
+def transform_weight(weight: Array) -> Array:
+    """(F, C, 5, 5) -> U (36, C, F): U[6i + j, c, f] = (G w[f, c] G^T)[i, j]."""
+    F, C = weight.shape[:2]
+    g = _G.astype(weight.dtype)
+    return np.einsum("ik,jl,fckl->ijcf", g, g, weight).reshape(36, C, F)
+
+
+def weight_grad(grad_u: Array) -> Array:
+    """The adjoint of :func:`transform_weight`: (36, C, F) -> (F, C, 5, 5)."""
+    _, C, F = grad_u.shape
+    g = _G.astype(grad_u.dtype)
+    return np.einsum("ik,jl,ijcf->fckl", g, g, grad_u.reshape(TILE, TILE, C, F))
+
+
+class _Block:
+    """One thread's buffers for blocks of up to ``m`` images, made on first use. Buffers are
+    flat per leading index, so a last, shorter block takes a prefix that is still contiguous
+    (:meth:`view`)."""
+
+    def __init__(self, geo: _Geometry, m: int, dtype):
+        self.geo, self.m, self.dtype = geo, m, dtype
+        HQ, WQ = 2 * geo.TH + 4, 2 * geo.TW + 4
+        P, C, F = geo.tiles, geo.C, geo.F
+        # name -> (leading dims, per-image size); zero-filled where the padding is never written
+        self.layout = {
+            "padded": ((), HQ * WQ * C),  # the padded input (zeroed once: borders stay 0)
+            "rows": ((TILE,), geo.TH * WQ * C),  # tile rows, gathered then combined
+            "combined_rows": ((TILE,), geo.TH * WQ * C),
+            "tiles": ((TILE, TILE), P * C),  # whole tiles: rows combined, columns gathered
+            "v": ((TILE, TILE), P * C),  # V, when it is not kept for backward
+            "products": ((36,), P * F),  # the 36 GEMMs' outputs (backward: their gradient)
+            "outputs": ((4,), P * F),  # each tile's 2x2 outputs (backward: their gradient)
+            "grad_padded": ((), HQ * WQ * C),
+        }
+        self.zeroed = {"padded", "outputs"}
+        self.buffers: dict[str, Array] = {}
+
+    def view(self, name: str, n: int, *shape: int) -> Array:
+        """Buffer ``name`` for ``n`` images, shaped (*leading, n, *shape)."""
+        lead, per_image = self.layout[name]
+        if name not in self.buffers:
+            make = np.zeros if name in self.zeroed else np.empty
+            self.buffers[name] = make((*lead, self.m * per_image), dtype=self.dtype)
+        return self.buffers[name][..., : n * per_image].reshape(*lead, n, *shape)
+
+    def nbytes(self) -> int:
+        itemsize = np.dtype(self.dtype).itemsize
+        return (
+            sum(math.prod(lead) * self.m * size for lead, size in self.layout.values()) * itemsize
+        )
+
+    def transform_input(self, x: Array, v: Array | None) -> Array:
+        """x (n, H, W, C) -> V (36, n*TH*TW, C), written into ``v`` (6, 6, n*TH*TW*C) if given
+        (a slice of the kept V), else into this block's buffer."""
+        geo, n = self.geo, x.shape[0]
+        TH, TW, C = geo.TH, geo.TW, geo.C
+        WQ = 2 * TW + 4
+        PT, _, PL, _ = geo.padding
+        padded = self.view("padded", n, 2 * TH + 4, WQ, C)
+        padded[:, PT : PT + geo.H, PL : PL + geo.W] = x
+        rows = self.view("rows", n, TH, WQ, C)
+        for i in range(TILE):  # tile row i of every tile: padded rows i, i + 2, ...
+            rows[i] = padded[:, i : i + 2 * TH : 2]
+        combined = self.view("combined_rows", n, TH, WQ, C)
+        np.matmul(_BT.astype(self.dtype), rows.reshape(TILE, -1), out=combined.reshape(TILE, -1))
+        tiles = self.view("tiles", n, TH, TW, C)
+        for i in range(TILE):
+            for j in range(TILE):
+                tiles[i, j] = combined[i][:, :, j : j + 2 * TW : 2]
+        if v is None:
+            v = self.view("v", n, TH, TW, C).reshape(TILE, TILE, -1)
+        np.matmul(_BT.astype(self.dtype), tiles.reshape(TILE, TILE, -1), out=v)
+        return v.reshape(36, n * geo.tiles, C)
+
+    def transform_output(self, products: Array, out: Array, bias: Array, relu: bool,
+                         pool: bool) -> None:  # fmt: skip
+        """M (36, n*TH*TW, F) -> out (n, OH, OW, F): A^T M A + bias, then max(., 0) if relu;
+        with ``pool``, out (n, OH // 2, OW // 2, F) takes each tile's maximum (a 2x2 window)."""
+        geo, n = self.geo, out.shape[0]
+        TH, TW, F = geo.TH, geo.TW, geo.F
+        outputs = self.view("outputs", n, TH, TW, F)
+        np.matmul(_AT2.astype(self.dtype), products.reshape(36, -1), out=outputs.reshape(4, -1))
+        if pool:
+            t, s = slice(0, geo.OH // 2), slice(0, geo.OW // 2)  # whole windows only
+            np.maximum(outputs[0, :, t, s], outputs[1, :, t, s], out=out)
+            np.maximum(out, outputs[2, :, t, s], out=out)
+            np.maximum(out, outputs[3, :, t, s], out=out)
+        else:
+            for a in range(2):
+                for b in range(2):  # output (2t + a, 2s + b): cut where OH or OW is odd
+                    rows, cols = (geo.OH - a + 1) // 2, (geo.OW - b + 1) // 2
+                    out[:, a::2, b::2] = outputs[2 * a + b, :, :rows, :cols]
+        out += bias
+        if relu:
+            np.maximum(out, 0.0, out=out)
+
+    def output_grad(self, grad_out: Array) -> Array:
+        """The adjoint of :meth:`transform_output` (no bias, ReLU or pool): grad_out
+        (n, OH, OW, F) -> gM (36, n*TH*TW, F), in this block's ``products`` buffer."""
+        geo, n = self.geo, grad_out.shape[0]
+        outputs = self.view("outputs", n, geo.TH, geo.TW, geo.F)  # zeros past odd edges
+        for a in range(2):
+            for b in range(2):
+                rows, cols = (geo.OH - a + 1) // 2, (geo.OW - b + 1) // 2
+                outputs[2 * a + b, :, :rows, :cols] = grad_out[:, a::2, b::2]
+        products = self.view("products", n, geo.tiles * geo.F).reshape(36, -1)
+        np.matmul(_AT2.T.astype(self.dtype), outputs.reshape(4, -1), out=products)
+        return products.reshape(36, n * geo.tiles, geo.F)
+
+    def input_grad(self, grad_v: Array, grad_x: Array) -> None:
+        """The adjoint of :meth:`transform_input`: gV (36, n*TH*TW, C) -> grad_x (n, H, W, C);
+        overlapping tiles add up."""
+        geo, n = self.geo, grad_x.shape[0]
+        TH, TW, C = geo.TH, geo.TW, geo.C
+        WQ = 2 * TW + 4
+        bt_adjoint = _BT.T.astype(self.dtype)
+        tiles = self.view("tiles", n, TH, TW, C)
+        np.matmul(bt_adjoint, grad_v.reshape(TILE, TILE, -1), out=tiles.reshape(TILE, TILE, -1))
+        combined = self.view("combined_rows", n, TH, WQ, C)
+        for i in range(TILE):  # tile row i's columns j, j + 2, ... back onto its padded row
+            _add_overlapping(tiles[i], combined[i], axis=2)
+        rows = self.view("rows", n, TH, WQ, C)
+        np.matmul(bt_adjoint, combined.reshape(TILE, -1), out=rows.reshape(TILE, -1))
+        padded = self.view("grad_padded", n, 2 * TH + 4, WQ, C)
+        _add_overlapping(rows, padded, axis=1)
+        PT, _, PL, _ = geo.padding
+        grad_x[...] = padded[:, PT : PT + geo.H, PL : PL + geo.W]
+
+
+def _add_overlapping(parts: Array, target: Array, axis: int) -> None:
+    """The adjoint of gathering every tile's offsets: ``parts[k]`` (6 offsets k, each with T
+    tiles along ``axis``) into ``target`` (2T + 4 positions along ``axis``) at 2t + k, added
+    where tiles overlap."""
+    count = parts.shape[axis + 1]
+
+    def at(start, stop=None, step=None):
+        return target[(slice(None),) * axis + (slice(start, stop, step),)]
+
+    # offsets 0 and 1 cover every position but the last four: set them, zero those, add
+    np.copyto(at(0, 2 * count, 2), parts[0])
+    np.copyto(at(1, 2 * count, 2), parts[1])
+    at(2 * count)[...] = 0.0
+    for k in range(2, TILE):
+        at(k, k + 2 * count, 2)[...] += parts[k]
+
+
+def _working_memory(geo: _Geometry, dtype, passes: int) -> tuple:
+    """``(shape, dtype)`` for :func:`check_arrays`: every thread's block buffers."""
+    itemsize = np.dtype(dtype).itemsize
+    parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
+    m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))
+    return (parts * _Block(geo, m, dtype).nbytes(),), np.uint8
+
+
+def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
+            training: bool = True, pool: bool = False):  # fmt: skip
+    """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
+
+    x (N, H, W, C), weight (F, C, 5, 5), bias (F,), padding (PT, PB, PL, PR) ->
+    ``(out (N, OH, OW, F), TransformedInput or None)``, as :func:`._winograd.forward`: with
+    ``training`` V is kept for :func:`backward`; with ``pool`` (inference only) ``out`` is the
+    2x2 max pooling of the output, (N, OH // 2, OW // 2, F).
+    """
+    if pool and training:
+        raise ValueError("a pooled Winograd convolution is for inference only")
+    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    kept_shape = (TILE, TILE, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
+    out_shape = (geo.N, geo.OH // 2, geo.OW // 2, geo.F) if pool else (geo.N, geo.OH, geo.OW, geo.F)
+    check_arrays(
+        f"a convolution of {geo.N} images (output, working memory"
+        + (", transformed input kept for backward)" if training else ")"),
+        (out_shape, x.dtype),
+        (kept_shape, x.dtype),
+        _working_memory(geo, x.dtype, 1),
+    )
+    out = np.empty(out_shape, dtype=x.dtype)
+    kept = np.empty(kept_shape, dtype=x.dtype) if training else None
+    u = transform_weight(weight)
+
+    def images(start, stop):
+        m = max(1, min(geo.block_images(x.itemsize), stop - start))  # an empty batch: no block
+        block = _Block(geo, m, x.dtype)
+        for n0 in range(start, stop, m):
+            n1 = min(n0 + m, stop)
+            v_slice = kept[:, :, n0:n1].reshape(TILE, TILE, -1) if training else None
+            v = block.transform_input(x[n0:n1], v_slice)
+            products = block.view("products", n1 - n0, geo.tiles * geo.F).reshape(36, -1, geo.F)
+            np.matmul(v, u, out=products)
+            block.transform_output(products, out[n0:n1], bias, relu, pool)
+
+    over_images(geo.N, geo.bytes_per_image(x.itemsize), images)
+    saved = TransformedInput(kept, tuple(x.shape), tuple(padding)) if training else None
+    return out, saved
+
+
+def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input_grad: bool = True,
+             relu_out: Array | None = None):  # fmt: skip
+    """Gradients of :func:`forward`: ``(grad_x or None, grad_weight, grad_bias)``; with
+    ``relu_out`` (the output of a ``relu=True`` forward) the gradient first passes where that
+    output is positive. The threads' sums are added in the order of their first image."""
+    kept, x_shape, padding = saved
+    geo = _Geometry.of(x_shape, weight.shape[0], padding)
+    dtype, itemsize = grad_out.dtype, grad_out.itemsize
+    u_t = (
+        np.ascontiguousarray(transform_weight(weight).transpose(0, 2, 1))
+        if need_input_grad
+        else None
+    )
+    check_arrays(
+        f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
+        (x_shape if need_input_grad else (0,), dtype),
+        _working_memory(geo, dtype, 2),
+    )
+    grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
+    sums = {}
+
+    def images(start, stop):
+        m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
+        block = _Block(geo, m, dtype)
+        grad_u = np.zeros((36, geo.C, geo.F), dtype=dtype)
+        grad_b = np.zeros(geo.F, dtype=dtype)
+        for n0 in range(start, stop, m):
+            n1 = min(n0 + m, stop)
+            g = grad_out[n0:n1]
+            if relu_out is not None:
+                g = np.multiply(g, relu_out[n0:n1] > 0)
+            grad_b += g.reshape(-1, geo.F).sum(axis=0)
+            grad_m = block.output_grad(g)
+            v = kept[:, :, n0:n1].reshape(36, -1, geo.C)
+            grad_u += np.matmul(v.transpose(0, 2, 1), grad_m)
+            if need_input_grad:
+                grad_v = np.matmul(grad_m, u_t, out=block.view("v", n1 - n0, geo.tiles * geo.C)
+                                   .reshape(36, -1, geo.C))  # fmt: skip
+                block.input_grad(grad_v, grad_x[n0:n1])
+        sums[start] = (grad_u, grad_b)
+
+    over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
+    grad_u = _sum_in_order({start: u for start, (u, _) in sums.items()})
+    grad_b = _sum_in_order({start: b for start, (_, b) in sums.items()})
+    return grad_x, weight_grad(grad_u), grad_b
