@@ -148,6 +148,24 @@ def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
     np.testing.assert_array_equal(relu_backward(g, out), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numpy_batch_norm_statistics_take_one_pass_without_cancellation(three_threads, dtype):
+    """One pass about a shift sampled over all rows: sorted rows (the first chunk far from
+    the rest) and a large mean with a small spread keep the two-pass variance's precision."""
+    from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
+
+    rng = np.random.default_rng(3)
+    drift = np.concatenate([np.full(5000, 50.0), np.zeros(20000)])[:, None]
+    for x in (rng.standard_normal((25000, 4)) + drift, 1e4 + 1e-2 * rng.standard_normal((9000, 2))):
+        x = x.astype(dtype)
+        mean, var = batch_norm_statistics_fast(x)
+        exact = x.astype(np.float64)
+        true_mean, true_var = exact.mean(axis=0), exact.var(axis=0)
+        tol = 1e-12 if dtype == np.float64 else 2e-6
+        np.testing.assert_allclose(mean, true_mean, rtol=tol)
+        np.testing.assert_allclose(var, true_var, rtol=tol * 10)
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(5, 4, 3, 6), (9000, 3)], ids=["images", "features-chunks"])

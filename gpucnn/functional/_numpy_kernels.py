@@ -623,7 +623,8 @@ def _channel_rows(*arrays) -> list | None:
 
 
 def _chunk_sums(M: int, C: int, itemsize: int, chunk_sum) -> Array:
-    """The float64 (C,) sum over ``range(M)`` of ``chunk_sum(start, stop)``, taken in chunks of
+    """The float64 (C,) sum over ``range(M)`` of ``chunk_sum(start, stop)`` (C values per row
+    summed: several per channel where a chunk returns several sums side by side), taken in chunks of
     ``BN_CHUNK_ROWS`` rows, the parts split over the CPU threads and added in a fixed order
     (reproducible; float64 partial sums keep a float32 mean over 10^5 rows accurate)."""
     sums = {}
@@ -640,23 +641,32 @@ def _chunk_sums(M: int, C: int, itemsize: int, chunk_sum) -> Array:
 
 def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
     """NumPy: :func:`gpucnn.functional.batch_norm_statistics` (mean and biased variance per
-    channel, two passes) without a temporary the size of ``x``: each pass reads ``x`` once,
-    chunk by chunk, over the CPU threads. None where it does not apply."""
+    channel) in one pass over ``x``, chunk by chunk over the CPU threads, without a temporary
+    the size of ``x``. Each chunk sums its values and squares about a shift K, the mean of
+    rows sampled evenly over the whole array (within a small fraction of a standard deviation
+    of the channel's mean, however the rows are ordered); ``var = S2 / M - (S1 / M)^2`` then
+    cancels only that small offset, not the mean itself as ``E[x^2] - E[x]^2`` would. None
+    where it does not apply."""
     views = _channel_rows(x)
     if views is None:
         return None
     (rows,) = views
     M, C = rows.shape
-    mean = (_chunk_sums(M, C, x.itemsize, lambda s, e: np.einsum("ij->j", rows[s:e])) / M).astype(
-        x.dtype
-    )
+    if M == 0:
+        return None
+    sample = rows[:: max(1, M // BN_CHUNK_ROWS)]
+    shift = (np.einsum("ij->j", sample, dtype=np.float64) / len(sample)).astype(x.dtype)
 
-    def squares(s, e):
-        centred = rows[s:e] - mean
-        return np.einsum("ij,ij->j", centred, centred)
+    def moments(s, e):
+        centred = rows[s:e] - shift
+        return np.concatenate(
+            [np.einsum("ij->j", centred), np.einsum("ij,ij->j", centred, centred)]
+        )
 
-    var = (_chunk_sums(M, C, x.itemsize, squares) / M).astype(x.dtype)
-    return mean, var
+    sums = _chunk_sums(M, 2 * C, x.itemsize, moments) / M
+    offset = sums[:C]
+    var = np.maximum(sums[C:] - offset * offset, 0.0)
+    return (shift + offset).astype(x.dtype), var.astype(x.dtype)
 
 
 def batch_norm_apply_fast(x, scale, shift, relu: bool) -> Array | None:
@@ -682,7 +692,7 @@ def batch_norm_apply_fast(x, scale, shift, relu: bool) -> Array | None:
 
 
 def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array] | None:
-    """NumPy: ``(sum(grad_out * x_hat), sum(grad_out))`` per channel with
+    """NumPy: ``(sum(grad_out * x_hat), sum(grad_out))`` per channel in one pass, with
     ``x_hat = (x - mean) * inv_std`` made chunk by chunk (never whole). None where it does not
     apply."""
     views = _channel_rows(grad_out, x)
@@ -691,12 +701,13 @@ def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array]
     g, rows = views
     M, C = rows.shape
 
-    def products(s, e):
-        return np.einsum("ij,ij->j", g[s:e], (rows[s:e] - mean) * inv_std)
+    def sums(s, e):
+        x_hat = rows[s:e] - mean
+        x_hat *= inv_std
+        return np.concatenate([np.einsum("ij,ij->j", g[s:e], x_hat), np.einsum("ij->j", g[s:e])])
 
-    grad_weight = _chunk_sums(M, C, 2 * x.itemsize, products).astype(x.dtype)
-    grad_bias = _chunk_sums(M, C, x.itemsize, lambda s, e: np.einsum("ij->j", g[s:e]))
-    return grad_weight, grad_bias.astype(x.dtype)
+    both = _chunk_sums(M, 2 * C, 2 * x.itemsize, sums).astype(x.dtype)
+    return both[:C], both[C:]
 
 
 def batch_norm_input_grad_fast(grad_out, x, mean, a, b, c) -> Array | None:
