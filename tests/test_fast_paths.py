@@ -149,9 +149,9 @@ def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_numpy_batch_norm_statistics_take_one_pass_without_cancellation(three_threads, dtype):
-    """One pass about a shift sampled over all rows: sorted rows (the first chunk far from
-    the rest) and a large mean with a small spread keep the two-pass variance's precision."""
+def test_numpy_batch_norm_statistics_do_not_cancel(three_threads, dtype):
+    """Sorted rows (the first chunk far from the rest) and a large mean with a small spread:
+    the chunked statistics keep the exact variance's precision."""
     from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
 
     rng = np.random.default_rng(3)

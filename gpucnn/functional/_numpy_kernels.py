@@ -641,32 +641,26 @@ def _chunk_sums(M: int, C: int, itemsize: int, chunk_sum) -> Array:
 
 def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
     """NumPy: :func:`gpucnn.functional.batch_norm_statistics` (mean and biased variance per
-    channel) in one pass over ``x``, chunk by chunk over the CPU threads, without a temporary
-    the size of ``x``. Each chunk sums its values and squares about a shift K, the mean of
-    rows sampled evenly over the whole array (within a small fraction of a standard deviation
-    of the channel's mean, however the rows are ordered); ``var = S2 / M - (S1 / M)^2`` then
-    cancels only that small offset, not the mean itself as ``E[x^2] - E[x]^2`` would. None
-    where it does not apply."""
+    channel, two passes) without a temporary the size of ``x``: each pass reads ``x`` once,
+    chunk by chunk, over the CPU threads. None where it does not apply.
+
+    (One pass about a sampled shift measured 5-10 % slower: the activations come from cache,
+    and the centring it adds costs more than the second read.)"""
     views = _channel_rows(x)
     if views is None:
         return None
     (rows,) = views
     M, C = rows.shape
-    if M == 0:
-        return None
-    sample = rows[:: max(1, M // BN_CHUNK_ROWS)]
-    shift = (np.einsum("ij->j", sample, dtype=np.float64) / len(sample)).astype(x.dtype)
+    mean = (_chunk_sums(M, C, x.itemsize, lambda s, e: np.einsum("ij->j", rows[s:e])) / M).astype(
+        x.dtype
+    )
 
-    def moments(s, e):
-        centred = rows[s:e] - shift
-        return np.concatenate(
-            [np.einsum("ij->j", centred), np.einsum("ij,ij->j", centred, centred)]
-        )
+    def squares(s, e):
+        centred = rows[s:e] - mean
+        return np.einsum("ij,ij->j", centred, centred)
 
-    sums = _chunk_sums(M, 2 * C, x.itemsize, moments) / M
-    offset = sums[:C]
-    var = np.maximum(sums[C:] - offset * offset, 0.0)
-    return (shift + offset).astype(x.dtype), var.astype(x.dtype)
+    var = (_chunk_sums(M, C, x.itemsize, squares) / M).astype(x.dtype)
+    return mean, var
 
 
 def batch_norm_apply_fast(x, scale, shift, relu: bool) -> Array | None:
