@@ -193,7 +193,13 @@ def test_the_5x5_rule_takes_the_sizes_where_it_was_measured_faster(monkeypatch):
     assert takes((8, 14, 14, 64))  # the wide 5x5 network's second convolution
     assert takes((8, 28, 28, 16)) and takes((8, 12, 12, 16))
     assert not takes((8, 28, 28, 6))  # LeNet's: too few channels
-    assert not takes((8, 7, 7, 128))  # too few tiles (0.6-0.8x)
+    assert not takes((8, 7, 7, 128))  # too few tiles (0.6-0.8x measured)
+    assert not takes((8, 28, 28, 15))  # the boundaries: 16 channels, 12 output rows and columns
+    assert not takes((8, 11, 14, 64), padding=(2, 2, 2, 2))
+    assert not takes((8, 16, 15, 64), padding=(0, 0, 0, 0))  # 12 x 11 outputs
+    assert takes((8, 16, 16, 64), padding=(0, 0, 0, 0))
+    x, w = np.zeros((8, 14, 14, 64), np.float32), np.zeros((128, 64, 5, 5), np.float64)
+    assert not _winograd_5x5.applies(x, w, np.zeros(128), (1, 1), (2, 2, 2, 2))  # mixed dtypes
     assert not takes((8, 14, 14, 64), stride=(2, 2))
     assert not takes((8, 14, 14, 64), kernel=(3, 3))
     monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
@@ -305,6 +311,79 @@ def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monk
     padding = _padding((1, 1, 1, 1), kernel)
     conv2d_forward(x, w, np.zeros(8, np.float32), (1, 1), padding, training=False)
     assert seen and seen[-1] > 4 * x.size * 4  # output plus the blocks' buffers
+
+
+@KERNELS
+def test_the_counted_working_memory_bounds_what_the_blocks_make(everywhere, monkeypatch, kernel):
+    """``_Block.nbytes`` (what the memory check counts per thread) is at least what a block's
+    buffers take after a whole training step and an inference pass."""
+    module, blocks = MODULES[kernel], []
+
+    class Recorded(module._Block):
+        def __init__(self, *args):
+            super().__init__(*args)
+            blocks.append(self)
+
+    monkeypatch.setattr(module, "_Block", Recorded)
+    rng = np.random.default_rng(1)
+    x, w, b = _arrays(rng, (3, 9, 7, 4), 5, np.float32, kernel)
+    padding = _padding((1, 1, 1, 1), kernel)
+    out, saved = conv2d_relu_forward(x, w, b, (1, 1), padding)
+    conv2d_relu_backward(out, out, saved, w, x.shape, (1, 1), padding)
+    conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2), training=False)
+    worked = [block for block in blocks if block.buffers]  # others only sized the check
+    assert len(worked) == 3
+    for block in worked:
+        assert sum(buffer.nbytes for buffer in block.buffers.values()) <= block.nbytes()
+
+
+# (x shape with N set per case, filters, padding of the 3x3 case, of the 5x5 case): odd outputs
+# both ways, asymmetric padding, and an unpadded ("valid") 5x5 convolution
+SHORT_BLOCK_GEOMETRIES = [
+    ((0, 7, 9, 3), 4, (1, 1, 1, 1), (2, 2, 2, 2)),
+    ((0, 11, 12, 2), 3, (2, 1, 0, 3), (3, 2, 1, 4)),
+    ((0, 9, 10, 3), 4, (0, 0, 0, 0), (0, 0, 0, 0)),
+]
+
+
+@KERNELS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,threads,per_block", [(5, 1, 3), (7, 2, 2), (8, 2, 3)])
+@pytest.mark.parametrize("shape,filters,padding3,padding5", SHORT_BLOCK_GEOMETRIES)
+def test_blocks_with_a_shorter_last_block_over_threads(
+    everywhere, monkeypatch, kernel, dtype, n, threads, per_block, shape, filters, padding3,
+    padding5,
+):  # fmt: skip
+    """Several threads, each with several blocks and a last one of fewer images: training,
+    the ReLU's backward and pooled inference equal the standard code."""
+    module = MODULES[kernel]
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
+    monkeypatch.setattr(module._Geometry, "block_images", lambda self, itemsize: per_block)
+    rng = np.random.default_rng(0)
+    x, w, b = _arrays(rng, (n, *shape[1:]), filters, dtype, kernel)
+    padding = padding3 if kernel == 3 else padding5
+    with _cpu_threads.parallel():
+        out, saved = conv2d_forward(x, w, b, (1, 1), padding)
+        relu_out, relu_saved = conv2d_relu_forward(x, w, b, (1, 1), padding)
+        pooled, _ = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2), training=False)
+        g = rng.standard_normal(out.shape).astype(dtype)
+        grads = conv2d_backward(g, saved, w, x.shape, (1, 1), padding)
+        relu_grads = conv2d_relu_backward(g, relu_out, relu_saved, w, x.shape, (1, 1), padding)
+    assert isinstance(saved, module.TransformedInput)
+    monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
+    out0, cols = conv2d_forward(x, w, b, (1, 1), padding)
+    grads0 = conv2d_backward(g, cols, w, x.shape, (1, 1), padding)
+    relu_grads0 = conv2d_backward(g * (out0 > 0), cols, w, x.shape, (1, 1), padding)
+    PH, PW = out0.shape[1] // 2, out0.shape[2] // 2
+    windows = out0[:, : 2 * PH, : 2 * PW].reshape(n, PH, 2, PW, 2, -1)
+    pooled0 = np.maximum(windows.max(axis=(2, 4)), 0.0)
+    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    fast = (out, relu_out, pooled, *grads, *relu_grads)
+    standard = (out0, np.maximum(out0, 0.0), pooled0, *grads0, *relu_grads0)
+    for a, expected in zip(fast, standard, strict=True):
+        scale = max(1.0, float(np.max(np.abs(expected))))
+        np.testing.assert_allclose(a, expected, rtol=tolerance, atol=tolerance * scale)
 
 
 def test_the_5x5_transforms_come_from_the_toom_cook_identity():

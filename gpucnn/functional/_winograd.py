@@ -147,12 +147,13 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
     return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
 
 
-def _working_memory(geo: _Geometry, dtype, passes: int) -> tuple:
-    """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread."""
+def working_memory(geo, block_class, dtype, passes: int) -> tuple:
+    """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread, for a
+    geometry and block class of this module or of :mod:`._winograd_5x5`."""
     itemsize = np.dtype(dtype).itemsize
     parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
     m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))
-    return (parts * _Block(geo, m, dtype).nbytes(),), np.uint8
+    return (parts * block_class(geo, m, dtype).nbytes(),), np.uint8
 
 
 class _Block:
@@ -349,7 +350,7 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
         + (", transformed input kept for backward)" if training else ")"),
         (out_shape, x.dtype),
         (saved_shape, x.dtype),
-        _working_memory(geo, x.dtype, 1),
+        working_memory(geo, _Block, x.dtype, 1),
     )
     out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
@@ -390,7 +391,7 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
     check_arrays(
         f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
         (x_shape if need_input_grad else (0,), dtype),
-        _working_memory(geo, dtype, 2),
+        working_memory(geo, _Block, dtype, 2),
     )
     grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
     sums = {}

@@ -12,12 +12,15 @@ Where the 3x3 version writes its 4x4 transforms as adds on strided views, these 
 rows are gathered (6 copies) and combined by ``B^T`` (a (6, 6) x (6, K) GEMM), then their
 columns (36 copies, one more GEMM); the output side is one (4, 36) x (36, K) product. The
 matrices are not typed in: :func:`toom_cook` derives them from the interpolation points
-0, 1, -1, 2, -2 and infinity (``B^T`` has integer entries, ``G`` fractions down to 1/24), so
-float64 agrees with the direct convolution to ~1e-13 and float32 to ~3e-6 of the output's
-scale (im2col: ~1e-6).
+0, 1, -1, 2, -2 and infinity (``B^T`` has integer entries, ``G`` fractions down to 1/24).
+Float64 agrees with the direct convolution to ~1e-14; float32 outputs and gradients to 1-5e-6
+of their largest value, where im2col's are within 1-5e-7 (the transforms' larger
+coefficients).
 
 Each thread takes its images in blocks whose buffers stay in cache; training keeps the
-transformed input V (9x the input) for the backward pass, where im2col keeps 25x.
+transformed input V for the backward pass: 9x the input for even output sizes (36 values
+per 2x2 outputs; more where an odd size leaves part of the last tiles unused), where im2col
+keeps 25x.
 
 Shapes: x (N, H, W, C) channels-last, weight (F, C, 5, 5); TH = ceil(OH / 2) by
 TW = ceil(OW / 2) tiles per image on the input padded to HQ = 2 TH + 4 by WQ = 2 TW + 4 (a
@@ -33,21 +36,28 @@ import numpy as np
 
 from ..backend import Array
 from ..resources import check_arrays
-from ._cpu_threads import count_parts, over_images
+from ._cpu_threads import over_images
 from ._numpy_kernels import _sum_in_order
-from ._winograd import switched_on
+from ._winograd import switched_on, working_memory
 from .im2col import output_size
 
 TILE = 6  # input tile side: 2 outputs + 5 taps - 1
-# Where it beats im2col + GEMM (training step of one layer, batch 128, AMD EPYC, 2 threads):
-# see the grid in docs/performance.md ("Winograd for 5x5 convolutions").
+# Where it beats im2col + GEMM. Measured (one layer's training step, conv + ReLU forward and
+# backward, batch 128, F = 2C, 'same' padding, AMD EPYC, 2 threads, medians of 4 alternating
+# runs): C = 16: 28x28 1.17x, 14x14 1.15x, 7x7 0.56x; C = 32: 1.27x, 1.09x, 0.62x; C = 64:
+# 1.70x, 1.24x, 0.77x; C = 128 (F = 128): 1.45x, 1.37x, 0.67x. 7x7 outputs make 4x4 tiles of
+# which 23 % of the outputs are cut off.
 MIN_CHANNELS = 16
 MIN_SIDE = 12  # output rows and columns
-# A block's largest buffer (its 36 tile positions times max(C, F) values per tile).
+# A block's largest buffer (its 36 tile positions times max(C, F) values per tile). Measured
+# (the same step, medians of 3; noisy): C = 64, 14x14: 1/2/4/8/16 MiB 240/217/198/252/249 ms;
+# C = 32, 28x28: 238/251/320/276/314 ms.
 BLOCK_BYTES = 4 << 20
 
 
-def toom_cook(m: int, r: int, points: tuple[float, ...]):
+def toom_cook(
+    m: int, r: int, points: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The matrices ``(A^T (m, a), G (a, r), B^T (a, a))`` of Winograd's F(m, r), a = m + r - 1,
     from ``a - 1`` finite interpolation points and the point at infinity.
 
@@ -67,8 +77,8 @@ def toom_cook(m: int, r: int, points: tuple[float, ...]):
     at[m - 1, a - 1] = g[a - 1, r - 1] = 1.0
     # one equation per (i, k, l); unknowns B^T[j, l] in row-major order
     system = np.zeros((m, r, a, a, a))
-    for l_ in range(a):
-        system[:, :, l_, :, l_] = at[:, None, :] * g.T[None, :, :]
+    for col in range(a):
+        system[:, :, col, :, col] = at[:, None, :] * g.T[None, :, :]
     wanted = np.zeros((m, r, a))
     for i in range(m):
         for k in range(r):
@@ -93,7 +103,8 @@ class TransformedInput(NamedTuple):
 
 
 class _Geometry(NamedTuple):
-    """Input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW), padded (HQ, WQ)."""
+    """Input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW) per image; the padded
+    input is (2 TH + 4) x (2 TW + 4)."""
 
     N: int
     H: int
@@ -119,6 +130,7 @@ class _Geometry(NamedTuple):
         return self.TH * self.TW
 
     def block_images(self, itemsize: int) -> int:
+        """Images per block: its largest buffer within :data:`BLOCK_BYTES`."""
         return max(1, BLOCK_BYTES // (36 * self.tiles * max(self.C, self.F) * itemsize))
 
     def bytes_per_image(self, itemsize: int) -> int:
@@ -158,15 +170,15 @@ def weight_grad(grad_u: Array) -> Array:
 
 
 class _Block:
-    """One thread's buffers for blocks of up to ``m`` images, made on first use. Buffers are
-    flat per leading index, so a last, shorter block takes a prefix that is still contiguous
-    (:meth:`view`)."""
+    """One thread's buffers for blocks of up to ``m`` images, made on first use. Each is flat
+    after its leading indices; a block of n <= m images takes the first n images' share
+    (:meth:`view`), so every reshape of it stays a view."""
 
     def __init__(self, geo: _Geometry, m: int, dtype):
         self.geo, self.m, self.dtype = geo, m, dtype
         HQ, WQ = 2 * geo.TH + 4, 2 * geo.TW + 4
         P, C, F = geo.tiles, geo.C, geo.F
-        # name -> (leading dims, per-image size); zero-filled where the padding is never written
+        # name -> (leading dims, per-image size); "padded" and "outputs" start zero-filled
         self.layout = {
             "padded": ((), HQ * WQ * C),  # the padded input (zeroed once: borders stay 0)
             "rows": ((TILE,), geo.TH * WQ * C),  # tile rows, gathered then combined
@@ -174,7 +186,9 @@ class _Block:
             "tiles": ((TILE, TILE), P * C),  # whole tiles: rows combined, columns gathered
             "v": ((TILE, TILE), P * C),  # V, when it is not kept for backward
             "products": ((36,), P * F),  # the 36 GEMMs' outputs (backward: their gradient)
-            "outputs": ((4,), P * F),  # each tile's 2x2 outputs (backward: their gradient)
+            # each tile's 2x2 outputs; backward: their gradient, zero where an odd output
+            # size leaves a tile's last row or column outside the output (never written)
+            "outputs": ((4,), P * F),
             "grad_padded": ((), HQ * WQ * C),
         }
         self.zeroed = {"padded", "outputs"}
@@ -189,6 +203,7 @@ class _Block:
         return self.buffers[name][..., : n * per_image].reshape(*lead, n, *shape)
 
     def nbytes(self) -> int:
+        """The bytes of every buffer this block may make (an upper bound of its use)."""
         itemsize = np.dtype(self.dtype).itemsize
         return (
             sum(math.prod(lead) * self.m * size for lead, size in self.layout.values()) * itemsize
@@ -289,14 +304,6 @@ def _add_overlapping(parts: Array, target: Array, axis: int) -> None:
         at(k, k + 2 * count, 2)[...] += parts[k]
 
 
-def _working_memory(geo: _Geometry, dtype, passes: int) -> tuple:
-    """``(shape, dtype)`` for :func:`check_arrays`: every thread's block buffers."""
-    itemsize = np.dtype(dtype).itemsize
-    parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
-    m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))
-    return (parts * _Block(geo, m, dtype).nbytes(),), np.uint8
-
-
 def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
             training: bool = True, pool: bool = False):  # fmt: skip
     """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
@@ -316,7 +323,7 @@ def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
         + (", transformed input kept for backward)" if training else ")"),
         (out_shape, x.dtype),
         (kept_shape, x.dtype),
-        _working_memory(geo, x.dtype, 1),
+        working_memory(geo, _Block, x.dtype, 1),
     )
     out = np.empty(out_shape, dtype=x.dtype)
     kept = np.empty(kept_shape, dtype=x.dtype) if training else None
@@ -354,7 +361,7 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
     check_arrays(
         f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
         (x_shape if need_input_grad else (0,), dtype),
-        _working_memory(geo, dtype, 2),
+        working_memory(geo, _Block, dtype, 2),
     )
     grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
     sums = {}
