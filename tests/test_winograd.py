@@ -324,7 +324,7 @@ def test_the_counted_working_memory_bounds_what_the_blocks_make(everywhere, monk
             super().__init__(*args)
             blocks.append(self)
 
-    monkeypatch.setattr(module, "_Block", Recorded)
+    monkeypatch.setattr(module, "ALGORITHM", module.ALGORITHM._replace(block=Recorded))
     rng = np.random.default_rng(1)
     x, w, b = _arrays(rng, (3, 9, 7, 4), 5, np.float32, kernel)
     padding = _padding((1, 1, 1, 1), kernel)
@@ -359,7 +359,7 @@ def test_blocks_with_a_shorter_last_block_over_threads(
     module = MODULES[kernel]
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
-    monkeypatch.setattr(module._Geometry, "block_images", lambda self, itemsize: per_block)
+    monkeypatch.setattr(_winograd.Geometry, "block_images", lambda self, itemsize: per_block)
     rng = np.random.default_rng(0)
     x, w, b = _arrays(rng, (n, *shape[1:]), filters, dtype, kernel)
     padding = padding3 if kernel == 3 else padding5

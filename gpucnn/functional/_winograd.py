@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -73,20 +74,26 @@ def switched_on() -> bool:
     return os.environ.get(WINOGRAD_ENV, "1").strip() != "0"
 
 
-def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
-    """Whether :func:`forward` takes this convolution: NumPy arrays of one dtype, float32 or
-    float64 (the ones measured), a 3x3 kernel, stride 1, a size where it is measured faster than im2col + GEMM (see
-    :data:`WINOGRAD_MIN_WORK`), and the switch ``GPUCNN_WINOGRAD`` not "0"."""
+def takes_kind(x: Array, weight: Array, bias: Array | None, stride, kernel: int) -> bool:
+    """What every Winograd rule asks first: NumPy arrays of one dtype, float32 or float64 (the
+    ones measured), a ``kernel`` x ``kernel`` filter, stride 1, and the switch
+    ``GPUCNN_WINOGRAD`` not "0"."""
     arrays = (x, weight) if bias is None else (x, weight, bias)
-    if not (
+    return (
         all(isinstance(a, np.ndarray) and a.dtype == x.dtype for a in arrays)
         and x.dtype in (np.float32, np.float64)
-        and tuple(weight.shape[2:]) == (3, 3)
+        and tuple(weight.shape[2:]) == (kernel, kernel)
         and tuple(stride) == (1, 1)
         and switched_on()
-    ):
+    )
+
+
+def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
+    """Whether :func:`forward` takes this convolution: :func:`takes_kind` for 3x3, and a size
+    where it is measured faster than im2col + GEMM (see :data:`WINOGRAD_MIN_WORK`)."""
+    if not takes_kind(x, weight, bias, stride, 3):
         return False
-    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    geo = _geometry(x.shape, weight.shape[0], padding)
     return (
         geo.C >= WINOGRAD_MIN_CHANNELS
         and min(geo.OH, geo.OW) >= WINOGRAD_MIN_SIDE
@@ -94,23 +101,36 @@ def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> boo
     )
 
 
+def transform_weight_by(g: np.ndarray, weight: Array) -> Array:
+    """(F, C, K, K) -> U (T*T, C, F) with the (T, K) filter transform ``g``:
+    U[T i + j, c, f] = (g w[f, c] g^T)[i, j]."""
+    F, C = weight.shape[:2]
+    g = g.astype(weight.dtype)
+    return np.einsum("ik,jl,fckl->ijcf", g, g, weight).reshape(-1, C, F)
+
+
+def weight_grad_by(g: np.ndarray, grad_u: Array) -> Array:
+    """The adjoint of :func:`transform_weight_by`: (T*T, C, F) -> (F, C, K, K)."""
+    _, C, F = grad_u.shape
+    T = g.shape[0]
+    g = g.astype(grad_u.dtype)
+    return np.einsum("ik,jl,ijcf->fckl", g, g, grad_u.reshape(T, T, C, F))
+
+
 def transform_weight(weight: Array) -> Array:
     """(F, C, 3, 3) -> U (16, C, F): U[4i + j, c, f] = (G w[f, c] G^T)[i, j]."""
-    F, C = weight.shape[:2]
-    G = _G.astype(weight.dtype)
-    return np.einsum("ik,jl,fckl->ijcf", G, G, weight).reshape(16, C, F)
+    return transform_weight_by(_G, weight)
 
 
 def weight_grad(grad_u: Array) -> Array:
     """The adjoint of :func:`transform_weight`: (16, C, F) -> (F, C, 3, 3)."""
-    _, C, F = grad_u.shape
-    G = _G.astype(grad_u.dtype)
-    return np.einsum("ik,jl,ijcf->fckl", G, G, grad_u.reshape(4, 4, C, F))
+    return weight_grad_by(_G, grad_u)
 
 
-class _Geometry(NamedTuple):
-    """The sizes of one convolution: input (N, H, W, C), F filters, output (OH, OW), tiles
-    (TH, TW) per image, and the padding (PT, PB, PL, PR)."""
+class Geometry(NamedTuple):
+    """The sizes of one convolution with a ``kernel`` x ``kernel`` filter computed in 2x2
+    output tiles: input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW) per image,
+    the padding (PT, PB, PL, PR), and the bytes a block's largest buffer may take."""
 
     N: int
     H: int
@@ -122,21 +142,40 @@ class _Geometry(NamedTuple):
     TH: int
     TW: int
     padding: tuple[int, int, int, int]
+    kernel: int
+    block_bytes: int
 
     @classmethod
-    def of(cls, x_shape, filters: int, padding) -> _Geometry:
+    def of(cls, x_shape, filters: int, padding, kernel: int, block_bytes: int) -> Geometry:
         N, H, W, C = x_shape
         PT, PB, PL, PR = padding
-        OH, OW = output_size(H, 3, 1, PT, PB), output_size(W, 3, 1, PL, PR)
-        return cls(N, H, W, C, filters, OH, OW, -(-OH // 2), -(-OW // 2), tuple(padding))
+        OH, OW = output_size(H, kernel, 1, PT, PB), output_size(W, kernel, 1, PL, PR)
+        TH, TW = -(-OH // 2), -(-OW // 2)
+        return cls(N, H, W, C, filters, OH, OW, TH, TW, tuple(padding), kernel, block_bytes)
+
+    @property
+    def tile(self) -> int:
+        """The input tile's side: 2 outputs + kernel - 1."""
+        return self.kernel + 1
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per image."""
+        return self.TH * self.TW
 
     def block_images(self, itemsize: int) -> int:
-        per_image = 16 * self.TH * self.TW * max(self.C, self.F) * itemsize
-        return max(1, BLOCK_BYTES // per_image)
+        """Images per block: its largest buffer (tile^2 values per tile and channel) within
+        ``block_bytes``."""
+        per_image = self.tile**2 * self.tiles * max(self.C, self.F) * itemsize
+        return max(1, self.block_bytes // per_image)
 
     def bytes_per_image(self, itemsize: int) -> int:
         """What one image's passes touch: its transformed input and output, twice each."""
-        return 2 * 16 * self.TH * self.TW * (self.C + self.F) * itemsize
+        return 2 * self.tile**2 * self.tiles * (self.C + self.F) * itemsize
+
+
+def _geometry(x_shape, filters: int, padding) -> Geometry:
+    return Geometry.of(x_shape, filters, padding, 3, BLOCK_BYTES)  # the current BLOCK_BYTES
 
 
 def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
@@ -147,7 +186,7 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
     return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
 
 
-def working_memory(geo, block_class, dtype, passes: int) -> tuple:
+def working_memory(geo: Geometry, block_class, dtype, passes: int) -> tuple:
     """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread, for a
     geometry and block class of this module or of :mod:`._winograd_5x5`."""
     itemsize = np.dtype(dtype).itemsize
@@ -166,7 +205,7 @@ class _Block:
     copy enters or leaves that layout per direction.
     """
 
-    def __init__(self, geo: _Geometry, m: int, dtype):
+    def __init__(self, geo: Geometry, m: int, dtype):
         self.geo, self.m, self.dtype = geo, m, dtype
         TH, TW, C, F = geo.TH, geo.TW, geo.C, geo.F
         # name -> (shape, zero-filled): each made on first use (forward and backward use
@@ -207,6 +246,14 @@ class _Block:
         """The bytes of every buffer this block may make (an upper bound of its use)."""
         itemsize = np.dtype(self.dtype).itemsize
         return sum(math.prod(shape) for shape, _ in self.shapes.values()) * itemsize
+
+    def products(self, n: int) -> Array:
+        """The buffer of the 16 GEMMs' outputs for n images, (16, n*TH*TW, F)."""
+        return self.mf[:, :, :n].reshape(16, -1, self.geo.F)
+
+    def grad_v(self, n: int) -> Array:
+        """The buffer of V's gradient for n images, (16, n*TH*TW, C)."""
+        return self.v[:, :, :n].reshape(16, -1, self.geo.C)
 
     def transform_input(self, x: Array, v: Array | None = None) -> Array:
         """x (n, H, W, C), n <= m -> V (16, n*TH*TW, C), into ``v`` (4, 4, n, TH, TW, C) if
@@ -329,51 +376,67 @@ def _add_overlapping_tiles(gv: Array, target: Array, axis: int) -> None:
     at(even, slice(1, T + 1))[...] += gv[1]
 
 
-def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
-            training: bool = True, pool: bool = False):  # fmt: skip
-    """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
+class Algorithm(NamedTuple):
+    """One Winograd algorithm, as the shared drivers :func:`run_forward` and
+    :func:`run_backward` use it (this module's F(2x2, 3x3), :mod:`._winograd_5x5`'s
+    F(2x2, 5x5)).
 
-    x (N, H, W, C), weight (F, C, 3, 3), bias (F,), padding (PT, PB, PL, PR) ->
-    ``(out (N, OH, OW, F), TransformedInput or None)``: with ``training`` the transformed input
-    is kept for :func:`backward` (4x the input's size, less than half of an im2col matrix);
+    ``geometry(x_shape, filters, padding)`` gives the :class:`Geometry`; ``block(geo, m, dtype)`` one thread's buffers and
+    transforms (``transform_input``, ``products``, ``transform_output``, ``output_grad``,
+    ``grad_v``, ``input_grad``); ``transform_weight`` (F, C, K, K) -> U (tile^2, C, F) and
+    ``weight_grad`` its adjoint; ``saved`` the kept input's type.
+    """
+
+    geometry: Callable[..., Geometry]
+    block: type
+    transform_weight: Callable[[Array], Array]
+    weight_grad: Callable[[Array], Array]
+    saved: type
+
+
+def run_forward(algorithm: Algorithm, x: Array, weight: Array, bias: Array, padding,
+                relu: bool, training: bool, pool: bool):  # fmt: skip
+    """``conv2d(x)`` (+ bias, then ReLU if ``relu``) by ``algorithm``, block by block over the
+    CPU threads: x (N, H, W, C) -> ``(out (N, OH, OW, F), saved or None)``. With ``training``
+    the transformed input V (tile, tile, N, TH, TW, C) is kept for :func:`run_backward`;
     without, each block's is scratch and the second value is None. With ``pool`` (inference
     only) ``out`` is the 2x2 max pooling of the output, (N, OH // 2, OW // 2, F), taken while
     each block is in cache.
     """
     if pool and training:
         raise ValueError("a pooled Winograd convolution is for inference only")
-    geo = _Geometry.of(x.shape, weight.shape[0], padding)
-    saved_shape = (4, 4, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
+    geo = algorithm.geometry(x.shape, weight.shape[0], padding)
+    saved_shape = (geo.tile, geo.tile, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
     out_shape = (geo.N, geo.OH // 2, geo.OW // 2, geo.F) if pool else (geo.N, geo.OH, geo.OW, geo.F)
     check_arrays(
         f"a convolution of {geo.N} images (output, working memory"
         + (", transformed input kept for backward)" if training else ")"),
         (out_shape, x.dtype),
         (saved_shape, x.dtype),
-        working_memory(geo, _Block, x.dtype, 1),
+        working_memory(geo, algorithm.block, x.dtype, 1),
     )
     out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
-    u = transform_weight(weight)
+    u = algorithm.transform_weight(weight)
     itemsize = x.itemsize
 
     def images(start, stop):
         m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
-        block = _Block(geo, m, x.dtype)
+        block = algorithm.block(geo, m, x.dtype)
         for n0 in range(start, stop, m):
             n1 = min(n0 + m, stop)
             v = block.transform_input(x[n0:n1], v_all[:, :, n0:n1] if training else None)
-            mf = np.matmul(v, u, out=block.mf[:, :, : n1 - n0].reshape(16, -1, geo.F))
-            block.transform_output(mf, out[n0:n1], bias, relu, pool)
+            products = np.matmul(v, u, out=block.products(n1 - n0))
+            block.transform_output(products, out[n0:n1], bias, relu, pool)
 
     over_images(geo.N, geo.bytes_per_image(itemsize), images)
-    saved = TransformedInput(v_all, tuple(x.shape), tuple(padding)) if training else None
+    saved = algorithm.saved(v_all, tuple(x.shape), tuple(padding)) if training else None
     return out, saved
 
 
-def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input_grad: bool = True,
-             relu_out: Array | None = None):  # fmt: skip
-    """Gradients of :func:`forward`: ``(grad_x or None, grad_weight, grad_bias)`` as
+def run_backward(algorithm: Algorithm, grad_out: Array, saved, weight: Array,
+                 need_input_grad: bool, relu_out: Array | None):  # fmt: skip
+    """Gradients of :func:`run_forward`: ``(grad_x or None, grad_weight, grad_bias)`` as
     :func:`gpucnn.functional.conv.conv2d_backward`. With ``relu_out`` (the output of a
     ``relu=True`` forward) the gradient first passes where that output is positive.
 
@@ -381,25 +444,26 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
     in the order of their first image (reproducible).
     """
     v_all, x_shape, padding = saved
-    geo = _Geometry.of(x_shape, weight.shape[0], padding)
+    geo = algorithm.geometry(x_shape, weight.shape[0], padding)
     dtype, itemsize = grad_out.dtype, grad_out.itemsize
+    positions = geo.tile * geo.tile
     u_t = (
-        np.ascontiguousarray(transform_weight(weight).transpose(0, 2, 1))
+        np.ascontiguousarray(algorithm.transform_weight(weight).transpose(0, 2, 1))
         if need_input_grad
         else None
     )
     check_arrays(
         f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
         (x_shape if need_input_grad else (0,), dtype),
-        working_memory(geo, _Block, dtype, 2),
+        working_memory(geo, algorithm.block, dtype, 2),
     )
     grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
     sums = {}
 
     def images(start, stop):
         m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
-        block = _Block(geo, m, dtype)
-        grad_u = np.zeros((16, geo.C, geo.F), dtype=dtype)
+        block = algorithm.block(geo, m, dtype)
+        grad_u = np.zeros((positions, geo.C, geo.F), dtype=dtype)
         grad_b = np.zeros(geo.F, dtype=dtype)
         for n0 in range(start, stop, m):
             n1 = min(n0 + m, stop)
@@ -408,14 +472,35 @@ def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input
                 g = np.multiply(g, relu_out[n0:n1] > 0)
             grad_b += g.reshape(-1, geo.F).sum(axis=0)
             gm = block.output_grad(g)
-            v = v_all[:, :, n0:n1].reshape(16, -1, geo.C)
+            v = v_all[:, :, n0:n1].reshape(positions, -1, geo.C)
             grad_u += np.matmul(v.transpose(0, 2, 1), gm)
             if need_input_grad:
-                grad_v = np.matmul(gm, u_t, out=block.v[:, :, : n1 - n0].reshape(v.shape))
+                grad_v = np.matmul(gm, u_t, out=block.grad_v(n1 - n0))
                 block.input_grad(grad_v, grad_x[n0:n1])
         sums[start] = (grad_u, grad_b)
 
     over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
     grad_u = _sum_in_order({start: u for start, (u, _) in sums.items()})
     grad_b = _sum_in_order({start: b for start, (_, b) in sums.items()})
-    return grad_x, weight_grad(grad_u), grad_b
+    return grad_x, algorithm.weight_grad(grad_u), grad_b
+
+
+# the algorithm as the shared drivers take it
+ALGORITHM = Algorithm(_geometry, _Block, transform_weight, weight_grad, TransformedInput)
+
+
+def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
+            training: bool = True, pool: bool = False):  # fmt: skip
+    """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
+
+    x (N, H, W, C), weight (F, C, 3, 3), bias (F,), padding (PT, PB, PL, PR) ->
+    ``(out (N, OH, OW, F), TransformedInput or None)``, as :func:`run_forward` (V is 4x the
+    input's size, less than half of an im2col matrix).
+    """
+    return run_forward(ALGORITHM, x, weight, bias, padding, relu, training, pool)
+
+
+def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input_grad: bool = True,
+             relu_out: Array | None = None):  # fmt: skip
+    """Gradients of :func:`forward`, as :func:`run_backward`."""
+    return run_backward(ALGORITHM, grad_out, saved, weight, need_input_grad, relu_out)

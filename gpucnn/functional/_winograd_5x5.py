@@ -35,11 +35,15 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import Array
-from ..resources import check_arrays
-from ._cpu_threads import over_images
-from ._numpy_kernels import _sum_in_order
-from ._winograd import switched_on, working_memory
-from .im2col import output_size
+from ._winograd import (
+    Algorithm,
+    Geometry,
+    run_backward,
+    run_forward,
+    takes_kind,
+    transform_weight_by,
+    weight_grad_by,
+)
 
 TILE = 6  # input tile side: 2 outputs + 5 taps - 1
 # Where it beats im2col + GEMM. Measured (one layer's training step, conv + ReLU forward and
@@ -102,71 +106,28 @@ class TransformedInput(NamedTuple):
     padding: tuple[int, int, int, int]
 
 
-class _Geometry(NamedTuple):
-    """Input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW) per image; the padded
-    input is (2 TH + 4) x (2 TW + 4)."""
-
-    N: int
-    H: int
-    W: int
-    C: int
-    F: int
-    OH: int
-    OW: int
-    TH: int
-    TW: int
-    padding: tuple[int, int, int, int]
-
-    @classmethod
-    def of(cls, x_shape, filters: int, padding) -> _Geometry:
-        N, H, W, C = x_shape
-        PT, PB, PL, PR = padding
-        OH, OW = output_size(H, 5, 1, PT, PB), output_size(W, 5, 1, PL, PR)
-        return cls(N, H, W, C, filters, OH, OW, -(-OH // 2), -(-OW // 2), tuple(padding))
-
-    @property
-    def tiles(self) -> int:
-        """Tiles per image."""
-        return self.TH * self.TW
-
-    def block_images(self, itemsize: int) -> int:
-        """Images per block: its largest buffer within :data:`BLOCK_BYTES`."""
-        return max(1, BLOCK_BYTES // (36 * self.tiles * max(self.C, self.F) * itemsize))
-
-    def bytes_per_image(self, itemsize: int) -> int:
-        """What one image's passes touch: its V and its products, twice each."""
-        return 2 * 36 * self.tiles * (self.C + self.F) * itemsize
+def _geometry(x_shape, filters: int, padding) -> Geometry:
+    return Geometry.of(x_shape, filters, padding, 5, BLOCK_BYTES)  # the current BLOCK_BYTES
 
 
 def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
-    """Whether :func:`forward` takes this convolution: NumPy float32 or float64 arrays of one
-    dtype, a 5x5 kernel, stride 1, at least :data:`MIN_CHANNELS` input channels and
-    :data:`MIN_SIDE` output rows and columns, and ``GPUCNN_WINOGRAD`` not "0"."""
-    arrays = (x, weight) if bias is None else (x, weight, bias)
-    if not (
-        all(isinstance(a, np.ndarray) and a.dtype == x.dtype for a in arrays)
-        and x.dtype in (np.float32, np.float64)
-        and tuple(weight.shape[2:]) == (5, 5)
-        and tuple(stride) == (1, 1)
-        and switched_on()
-    ):
+    """Whether :func:`forward` takes this convolution: :func:`._winograd.takes_kind` for 5x5,
+    at least :data:`MIN_CHANNELS` input channels and :data:`MIN_SIDE` output rows and
+    columns."""
+    if not takes_kind(x, weight, bias, stride, 5):
         return False
-    geo = _Geometry.of(x.shape, weight.shape[0], padding)
+    geo = _geometry(x.shape, weight.shape[0], padding)
     return geo.C >= MIN_CHANNELS and min(geo.OH, geo.OW) >= MIN_SIDE
 
 
 def transform_weight(weight: Array) -> Array:
     """(F, C, 5, 5) -> U (36, C, F): U[6i + j, c, f] = (G w[f, c] G^T)[i, j]."""
-    F, C = weight.shape[:2]
-    g = _G.astype(weight.dtype)
-    return np.einsum("ik,jl,fckl->ijcf", g, g, weight).reshape(36, C, F)
+    return transform_weight_by(_G, weight)
 
 
 def weight_grad(grad_u: Array) -> Array:
     """The adjoint of :func:`transform_weight`: (36, C, F) -> (F, C, 5, 5)."""
-    _, C, F = grad_u.shape
-    g = _G.astype(grad_u.dtype)
-    return np.einsum("ik,jl,ijcf->fckl", g, g, grad_u.reshape(TILE, TILE, C, F))
+    return weight_grad_by(_G, grad_u)
 
 
 class _Block:
@@ -174,7 +135,7 @@ class _Block:
     after its leading indices; a block of n <= m images takes the first n images' share
     (:meth:`view`), so every reshape of it stays a view."""
 
-    def __init__(self, geo: _Geometry, m: int, dtype):
+    def __init__(self, geo: Geometry, m: int, dtype):
         self.geo, self.m, self.dtype = geo, m, dtype
         HQ, WQ = 2 * geo.TH + 4, 2 * geo.TW + 4
         P, C, F = geo.tiles, geo.C, geo.F
@@ -209,9 +170,17 @@ class _Block:
             sum(math.prod(lead) * self.m * size for lead, size in self.layout.values()) * itemsize
         )
 
+    def products(self, n: int) -> Array:
+        """The buffer of the 36 GEMMs' outputs for n images, (36, n*TH*TW, F)."""
+        return self.view("products", n, self.geo.tiles * self.geo.F).reshape(36, -1, self.geo.F)
+
+    def grad_v(self, n: int) -> Array:
+        """The buffer of V's gradient for n images, (36, n*TH*TW, C)."""
+        return self.view("v", n, self.geo.tiles * self.geo.C).reshape(36, -1, self.geo.C)
+
     def transform_input(self, x: Array, v: Array | None) -> Array:
-        """x (n, H, W, C) -> V (36, n*TH*TW, C), written into ``v`` (6, 6, n*TH*TW*C) if given
-        (a slice of the kept V), else into this block's buffer."""
+        """x (n, H, W, C) -> V (36, n*TH*TW, C), written into ``v`` (6, 6, n, TH, TW, C) if
+        given (the block's slice of the kept V), else into this block's buffer."""
         geo, n = self.geo, x.shape[0]
         TH, TW, C = geo.TH, geo.TW, geo.C
         WQ = 2 * TW + 4
@@ -227,8 +196,7 @@ class _Block:
         for i in range(TILE):
             for j in range(TILE):
                 tiles[i, j] = combined[i][:, :, j : j + 2 * TW : 2]
-        if v is None:
-            v = self.view("v", n, TH, TW, C).reshape(TILE, TILE, -1)
+        v = (self.view("v", n, TH, TW, C) if v is None else v).reshape(TILE, TILE, -1)
         np.matmul(_BT.astype(self.dtype), tiles.reshape(TILE, TILE, -1), out=v)
         return v.reshape(36, n * geo.tiles, C)
 
@@ -304,89 +272,21 @@ def _add_overlapping(parts: Array, target: Array, axis: int) -> None:
         at(k, k + 2 * count, 2)[...] += parts[k]
 
 
+# the algorithm as the shared drivers take it
+ALGORITHM = Algorithm(_geometry, _Block, transform_weight, weight_grad, TransformedInput)
+
+
 def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
             training: bool = True, pool: bool = False):  # fmt: skip
     """``conv2d(x)`` (+ bias, then ReLU if ``relu``) for a convolution :func:`applies` takes.
 
     x (N, H, W, C), weight (F, C, 5, 5), bias (F,), padding (PT, PB, PL, PR) ->
-    ``(out (N, OH, OW, F), TransformedInput or None)``, as :func:`._winograd.forward`: with
-    ``training`` V is kept for :func:`backward`; with ``pool`` (inference only) ``out`` is the
-    2x2 max pooling of the output, (N, OH // 2, OW // 2, F).
+    ``(out (N, OH, OW, F), TransformedInput or None)``, as :func:`._winograd.run_forward`.
     """
-    if pool and training:
-        raise ValueError("a pooled Winograd convolution is for inference only")
-    geo = _Geometry.of(x.shape, weight.shape[0], padding)
-    kept_shape = (TILE, TILE, geo.N, geo.TH, geo.TW, geo.C) if training else (0,)
-    out_shape = (geo.N, geo.OH // 2, geo.OW // 2, geo.F) if pool else (geo.N, geo.OH, geo.OW, geo.F)
-    check_arrays(
-        f"a convolution of {geo.N} images (output, working memory"
-        + (", transformed input kept for backward)" if training else ")"),
-        (out_shape, x.dtype),
-        (kept_shape, x.dtype),
-        working_memory(geo, _Block, x.dtype, 1),
-    )
-    out = np.empty(out_shape, dtype=x.dtype)
-    kept = np.empty(kept_shape, dtype=x.dtype) if training else None
-    u = transform_weight(weight)
-
-    def images(start, stop):
-        m = max(1, min(geo.block_images(x.itemsize), stop - start))  # an empty batch: no block
-        block = _Block(geo, m, x.dtype)
-        for n0 in range(start, stop, m):
-            n1 = min(n0 + m, stop)
-            v_slice = kept[:, :, n0:n1].reshape(TILE, TILE, -1) if training else None
-            v = block.transform_input(x[n0:n1], v_slice)
-            products = block.view("products", n1 - n0, geo.tiles * geo.F).reshape(36, -1, geo.F)
-            np.matmul(v, u, out=products)
-            block.transform_output(products, out[n0:n1], bias, relu, pool)
-
-    over_images(geo.N, geo.bytes_per_image(x.itemsize), images)
-    saved = TransformedInput(kept, tuple(x.shape), tuple(padding)) if training else None
-    return out, saved
+    return run_forward(ALGORITHM, x, weight, bias, padding, relu, training, pool)
 
 
 def backward(grad_out: Array, saved: TransformedInput, weight: Array, need_input_grad: bool = True,
              relu_out: Array | None = None):  # fmt: skip
-    """Gradients of :func:`forward`: ``(grad_x or None, grad_weight, grad_bias)``; with
-    ``relu_out`` (the output of a ``relu=True`` forward) the gradient first passes where that
-    output is positive. The threads' sums are added in the order of their first image."""
-    kept, x_shape, padding = saved
-    geo = _Geometry.of(x_shape, weight.shape[0], padding)
-    dtype, itemsize = grad_out.dtype, grad_out.itemsize
-    u_t = (
-        np.ascontiguousarray(transform_weight(weight).transpose(0, 2, 1))
-        if need_input_grad
-        else None
-    )
-    check_arrays(
-        f"the gradients of a convolution of {geo.N} images (input gradient, working memory)",
-        (x_shape if need_input_grad else (0,), dtype),
-        working_memory(geo, _Block, dtype, 2),
-    )
-    grad_x = np.empty(x_shape, dtype=dtype) if need_input_grad else None
-    sums = {}
-
-    def images(start, stop):
-        m = max(1, min(geo.block_images(itemsize), stop - start))  # an empty batch: no block
-        block = _Block(geo, m, dtype)
-        grad_u = np.zeros((36, geo.C, geo.F), dtype=dtype)
-        grad_b = np.zeros(geo.F, dtype=dtype)
-        for n0 in range(start, stop, m):
-            n1 = min(n0 + m, stop)
-            g = grad_out[n0:n1]
-            if relu_out is not None:
-                g = np.multiply(g, relu_out[n0:n1] > 0)
-            grad_b += g.reshape(-1, geo.F).sum(axis=0)
-            grad_m = block.output_grad(g)
-            v = kept[:, :, n0:n1].reshape(36, -1, geo.C)
-            grad_u += np.matmul(v.transpose(0, 2, 1), grad_m)
-            if need_input_grad:
-                grad_v = np.matmul(grad_m, u_t, out=block.view("v", n1 - n0, geo.tiles * geo.C)
-                                   .reshape(36, -1, geo.C))  # fmt: skip
-                block.input_grad(grad_v, grad_x[n0:n1])
-        sums[start] = (grad_u, grad_b)
-
-    over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
-    grad_u = _sum_in_order({start: u for start, (u, _) in sums.items()})
-    grad_b = _sum_in_order({start: b for start, (_, b) in sums.items()})
-    return grad_x, weight_grad(grad_u), grad_b
+    """Gradients of :func:`forward`, as :func:`._winograd.run_backward`."""
+    return run_backward(ALGORITHM, grad_out, saved, weight, need_input_grad, relu_out)
