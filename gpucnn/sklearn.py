@@ -66,7 +66,7 @@ OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}  # fit: the schedule's peak (cosine by default)
 # partial_fit trains at a constant rate: lower (and without random shifts under "auto"). Five
 # passes of partial_fit over digits 0-1199 in chunks of 400, scored on the rest (seeds 0-2):
-# 0.946 / 0.956 / 0.967 so, 0.879 / 0.874 / 0.906 with fit's lr 0.1 and 1-pixel shifts
+# 0.946 / 0.956 / 0.967 with these, 0.879 / 0.874 / 0.906 with fit's lr 0.1 and 1-pixel shifts
 INCREMENTAL_LR = {"sgd": 0.05, "adam": 0.001}
 # The dense network model="auto" trains on a plain feature matrix; the output layer is added.
 TABULAR_LAYERS = ({"type": "Dense", "units": 100}, {"type": "ReLU"})
