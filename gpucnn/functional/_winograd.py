@@ -21,6 +21,11 @@ intermediate stays in the CPU's cache (the transforms are element-wise passes: o
 would cost more than the GEMMs). Training keeps the transformed input for the backward pass: 4x
 the input's size, where an im2col matrix is 9x.
 
+What does not depend on the tile (the geometry, the rule's common checks, the weight
+transforms, and the drivers that run blocks of images over the threads, :func:`run_forward`
+and :func:`run_backward`) lives here and serves :mod:`._winograd_5x5` too: an
+:class:`Algorithm` names what each brings (its geometry, block of buffers and transforms).
+
 Shape symbols as in :mod:`gpucnn.functional.im2col`; images are channels-last. Tiles: TH =
 ceil(OH / 2) by TW = ceil(OW / 2) per image, on the input padded to HQ = 2 TH + 2 rows and
 WQ = 2 TW + 2 columns (one more zero row or column than the padding asks for where OH or OW is
