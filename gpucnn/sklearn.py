@@ -54,6 +54,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from .layers import BatchNorm1D, BatchNorm2D
 from .model import DTYPES, Sequential
 from .optim import SGD, Adam, ConstantLR, Optimizer, make_optimizer, make_schedule
 from .recipes import SCHEDULE_NAMES, schedule_config
@@ -206,6 +207,14 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping:
             images, targets, validation = self._hold_out(images, targets)
             callbacks = [EarlyStopping("val_loss", patience=self.patience)]
+        if len(images) < 2 and any(
+            isinstance(layer, (BatchNorm1D, BatchNorm2D)) for layer in self.model_.modules()
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: expected at least 2 training samples for a network "
+                f"with BatchNorm (the variance of one value is undefined); received "
+                f"{len(images)} (give image_shape=None or a model without BatchNorm)"
+            )
         epochs = self._epochs(len(images))
         history = self._train(
             images, targets, epochs, self._make_schedule(epochs), callbacks, validation, call=0

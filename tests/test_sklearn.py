@@ -241,6 +241,14 @@ def test_auto_epochs_give_small_training_sets_at_least_1500_steps(digits):
     assert fitted.history_["lr"][-1] < 1e-3 * fitted.history_["lr"][0]  # cosine over 100 epochs
 
 
+def test_one_sample_for_a_batch_norm_network_is_refused_in_one_line(digits):
+    X, y = digits[0][:1], digits[1][:1]
+    with pytest.raises(ValueError, match=r"^CNNClassifier: expected at least 2 training samples"):
+        CNNClassifier(epochs=1, backend="numpy").fit(X, y)  # 8x8 images: small_bn
+    clf = CNNClassifier(epochs=1, backend="numpy", image_shape=None).fit(X, y)  # dense
+    assert clf.n_iter_ == 1
+
+
 def test_a_lone_last_image_joins_the_batch_before_it(digits):
     """33 images at batch 32: the BatchNorm network trains on one batch of 33 (a batch of one
     image gives BatchNorm1D a single value per feature)."""
