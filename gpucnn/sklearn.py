@@ -54,7 +54,7 @@ from .checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from .layers import BatchNorm1D, BatchNorm2D
+from .layers import BatchNorm1D
 from .model import DTYPES, Sequential
 from .optim import SGD, Adam, ConstantLR, Optimizer, make_optimizer, make_schedule
 from .recipes import SCHEDULE_NAMES, schedule_config
@@ -207,14 +207,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping:
             images, targets, validation = self._hold_out(images, targets)
             callbacks = [EarlyStopping("val_loss", patience=self.patience)]
-        if len(images) < 2 and any(
-            isinstance(layer, (BatchNorm1D, BatchNorm2D)) for layer in self.model_.modules()
-        ):
-            raise ValueError(
-                f"{type(self).__name__}: expected at least 2 training samples for a network "
-                f"with BatchNorm (the variance of one value is undefined); received "
-                f"{len(images)} (give image_shape=None or a model without BatchNorm)"
-            )
+        self._check_batch_size_one(len(images), forget=True)
         epochs = self._epochs(len(images))
         history = self._train(
             images, targets, epochs, self._make_schedule(epochs), callbacks, validation, call=0
@@ -272,6 +265,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 f"received {unknown.tolist()}"
             )
         targets = np.searchsorted(self.classes_, y)
+        self._check_batch_size_one(len(images), forget=first)
+        if self.lr is None:  # after fit too: partial_fit's own default rate
+            rate = INCREMENTAL_LR[self.optimizer]
+            self._optimizer.lr = self._optimizer.base_lr = rate
         history = self._train(
             images, targets, 1, ConstantLR(), [], None, call=self.n_iter_, incremental=True
         )
@@ -426,6 +423,21 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             if _image_shape(self.image_shape) is None:
                 expected = "(C, H, W) or (H, W) of positive ints, 'auto' or None"
                 raise fail("image_shape", expected, self.image_shape, owner, show_type=False)
+
+    def _check_batch_size_one(self, samples: int, forget: bool) -> None:
+        """Refuse to train a network with BatchNorm1D on one sample (its batch variance is
+        undefined) in one line naming the estimator; ``forget`` drops the network just built.
+        BatchNorm2D takes the N*H*W values of each channel, so images train even one by one."""
+        if samples >= 2 or not any(isinstance(m, BatchNorm1D) for m in self.model_.modules()):
+            return
+        if forget:
+            self._forget()
+        raise ValueError(
+            f"{type(self).__name__}: expected at least 2 training samples for a network with "
+            f"BatchNorm1D (the variance of one value is undefined); received {samples} (a "
+            "model without BatchNorm1D trains on one; for flat rows image_shape=None gives the "
+            "dense network)"
+        )
 
     def _forget(self) -> None:
         """Drop what an earlier fit learnt, so a failing fit leaves no stale network behind."""

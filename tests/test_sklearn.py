@@ -241,12 +241,26 @@ def test_auto_epochs_give_small_training_sets_at_least_1500_steps(digits):
     assert fitted.history_["lr"][-1] < 1e-3 * fitted.history_["lr"][0]  # cosine over 100 epochs
 
 
-def test_one_sample_for_a_batch_norm_network_is_refused_in_one_line(digits):
+def test_one_sample_for_a_batch_norm_1d_network_is_refused_in_one_line(digits):
     X, y = digits[0][:1], digits[1][:1]
-    with pytest.raises(ValueError, match=r"^CNNClassifier: expected at least 2 training samples"):
-        CNNClassifier(epochs=1, backend="numpy").fit(X, y)  # 8x8 images: small_bn
-    clf = CNNClassifier(epochs=1, backend="numpy", image_shape=None).fit(X, y)  # dense
-    assert clf.n_iter_ == 1
+    refused = r"^CNNClassifier: expected at least 2 training samples for a network with Batch"
+    clf = CNNClassifier(epochs=1, backend="numpy")
+    with pytest.raises(ValueError, match=refused):
+        clf.fit(X, y)  # 8x8 images: small_bn ends in BatchNorm1D
+    with pytest.raises(NotFittedError):
+        clf.predict(X)  # the refused fit left no network behind
+    with pytest.raises(ValueError, match=refused):
+        CNNClassifier(backend="numpy").partial_fit(X, y, classes=np.arange(10))
+    assert CNNClassifier(epochs=1, backend="numpy", image_shape=None).fit(X, y).n_iter_ == 1
+    conv_bn = [{"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNorm2D"}]
+    assert CNNClassifier(conv_bn, epochs=1, backend="numpy").fit(X, y).n_iter_ == 1  # 36 values
+
+
+def test_partial_fit_after_fit_takes_its_own_default_rate(digits):
+    X, y = digits[0][:100], digits[1][:100]
+    clf = tiny(image_shape=(1, 8, 8), lr=None, epochs=1).fit(X, y)
+    clf.partial_fit(X, y)
+    assert clf.history_["lr"] == [0.1, 0.05]
 
 
 def test_a_lone_last_image_joins_the_batch_before_it(digits):
@@ -486,6 +500,7 @@ def test_grid_search_in_a_pipeline_with_two_jobs():
     assert search.score(X, y) > 0.95
 
 
+@pytest.mark.slow
 def test_cross_val_score_on_digits_with_every_default(digits):
     """The flat 64-column rows, every default: 8x8 images, 34 epochs per fold. Seeds 0-4 gave
     means of 0.975-0.982 (benchmarks/digits_targets.py); the bound leaves room for another

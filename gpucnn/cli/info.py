@@ -50,6 +50,6 @@ def _winograd_line() -> str:
     if not switched_on():
         return f"off ({WINOGRAD_ENV}=0)"
     return (
-        f"on for NumPy stride-1 convolutions large enough (3x3: 32+ channels; 5x5: 16+ "
-        f"channels, 12x12+ outputs) ({WINOGRAD_ENV}=0: off)"
+        f"on for NumPy stride-1 convolutions large enough (3x3: 32+ channels, 12x12+ "
+        f"outputs, OH*OW*C >= 8192; 5x5: 16+ channels, 12x12+ outputs) ({WINOGRAD_ENV}=0: off)"
     )

@@ -51,7 +51,8 @@ WINOGRAD_ENV = "GPUCNN_WINOGRAD"  # "0": every convolution takes im2col + GEMM
 # Where Winograd is the faster one: the GEMMs shrink 2.25x but the transforms are element-wise
 # passes over C and F channels, which pay off only with enough channels and pixels. Measured
 # (AMD EPYC, 2 threads, batch 128, one layer's training step against im2col + GEMM): C = 16
-# loses everywhere (0.4-0.8x); C >= 32 wins 1.3x on 32x32 and 28x28 outputs and 1.1-1.2x
+# loses (0.4-0.8x; a later run, F = C or 2C: 0.80-0.90x at 14x14, 1.04-1.18x at 28x28, which
+# no network here has at 16 channels); C >= 32 wins 1.3x on 32x32 and 28x28 outputs and 1.1-1.2x
 # on 16x16; 14x14 with C = 32 is even or worse (0.9-1.0x), with C >= 64 it wins 1.1-1.4x;
 # 8x8 and 7x7 lose (0.7-0.9x).
 WINOGRAD_MIN_CHANNELS = 32
@@ -386,10 +387,11 @@ class Algorithm(NamedTuple):
     :func:`run_backward` use it (this module's F(2x2, 3x3), :mod:`._winograd_5x5`'s
     F(2x2, 5x5)).
 
-    ``geometry(x_shape, filters, padding)`` gives the :class:`Geometry`; ``block(geo, m, dtype)`` one thread's buffers and
-    transforms (``transform_input``, ``products``, ``transform_output``, ``output_grad``,
-    ``grad_v``, ``input_grad``); ``transform_weight`` (F, C, K, K) -> U (tile^2, C, F) and
-    ``weight_grad`` its adjoint; ``saved`` the kept input's type.
+    ``geometry(x_shape, filters, padding)`` gives the :class:`Geometry`; ``block(geo, m,
+    dtype)`` one thread's buffers and transforms (``transform_input``, ``products``,
+    ``transform_output``, ``output_grad``, ``grad_v``, ``input_grad``); ``transform_weight``
+    (F, C, K, K) -> U (tile^2, C, F) and ``weight_grad`` its adjoint; ``saved`` the kept
+    input's type.
     """
 
     geometry: Callable[..., Geometry]

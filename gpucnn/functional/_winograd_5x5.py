@@ -51,11 +51,12 @@ TILE = 6  # input tile side: 2 outputs + 5 taps - 1
 # runs): C = 16: 28x28 1.17x, 14x14 1.15x, 7x7 0.56x; C = 32: 1.27x, 1.09x, 0.62x; C = 64:
 # 1.70x, 1.24x, 0.77x; C = 128 (F = 128): 1.45x, 1.37x, 0.67x. 7x7 outputs make 4x4 tiles of
 # which 23 % of the outputs are cut off.
-MIN_CHANNELS = 16
-MIN_SIDE = 12  # output rows and columns
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_SIDE = 12  # output rows and columns
 # A block's largest buffer (its 36 tile positions times max(C, F) values per tile). Measured
 # (the same step, medians of 3; noisy): C = 64, 14x14: 1/2/4/8/16 MiB 240/217/198/252/249 ms;
-# C = 32, 28x28: 238/251/320/276/314 ms.
+# C = 32, 28x28: 238/251/320/276/314 ms. 4 MiB is the best for the suite's 5x5 layer (64
+# channels, 14x14); larger images may do better with smaller blocks.
 BLOCK_BYTES = 4 << 20
 
 
@@ -73,7 +74,9 @@ def toom_cook(
     """
     a = m + r - 1
     if len(points) != a - 1 or len(set(points)) != a - 1:
-        raise ValueError(f"F({m}, {r}) needs {a - 1} distinct finite points; received {points}")
+        raise ValueError(
+            f"expected {a - 1} distinct finite points for F({m}, {r}); received {points}"
+        )
     at, g = np.zeros((m, a)), np.zeros((a, r))
     for j, p in enumerate(points):
         at[:, j] = [p**i for i in range(m)]
@@ -112,12 +115,12 @@ def _geometry(x_shape, filters: int, padding) -> Geometry:
 
 def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> bool:
     """Whether :func:`forward` takes this convolution: :func:`._winograd.takes_kind` for 5x5,
-    at least :data:`MIN_CHANNELS` input channels and :data:`MIN_SIDE` output rows and
-    columns."""
+    at least :data:`WINOGRAD_MIN_CHANNELS` input channels and :data:`WINOGRAD_MIN_SIDE`
+    output rows and columns."""
     if not takes_kind(x, weight, bias, stride, 5):
         return False
     geo = _geometry(x.shape, weight.shape[0], padding)
-    return geo.C >= MIN_CHANNELS and min(geo.OH, geo.OW) >= MIN_SIDE
+    return geo.C >= WINOGRAD_MIN_CHANNELS and min(geo.OH, geo.OW) >= WINOGRAD_MIN_SIDE
 
 
 def transform_weight(weight: Array) -> Array:
@@ -145,7 +148,7 @@ class _Block:
             "rows": ((TILE,), geo.TH * WQ * C),  # tile rows, gathered then combined
             "combined_rows": ((TILE,), geo.TH * WQ * C),
             "tiles": ((TILE, TILE), P * C),  # whole tiles: rows combined, columns gathered
-            "v": ((TILE, TILE), P * C),  # V, when it is not kept for backward
+            "v": ((TILE, TILE), P * C),  # V when not kept for backward; in backward, gV
             "products": ((36,), P * F),  # the 36 GEMMs' outputs (backward: their gradient)
             # each tile's 2x2 outputs; backward: their gradient, zero where an odd output
             # size leaves a tile's last row or column outside the output (never written)
