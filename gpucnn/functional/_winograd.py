@@ -107,30 +107,20 @@ def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> boo
     )
 
 
-def transform_weight_by(g: np.ndarray, weight: Array) -> Array:
-    """(F, C, K, K) -> U (T*T, C, F) with the (T, K) filter transform ``g``:
-    U[T i + j, c, f] = (g w[f, c] g^T)[i, j]."""
+def transform_weight(g: np.ndarray, weight: Array) -> Array:
+    """(F, C, K, K) -> U (T*T, C, F) with the (T, K) filter transform ``g`` (``_G`` here,
+    (4, 3)): U[T i + j, c, f] = (g w[f, c] g^T)[i, j]."""
     F, C = weight.shape[:2]
     g = g.astype(weight.dtype)
     return np.einsum("ik,jl,fckl->ijcf", g, g, weight).reshape(-1, C, F)
 
 
-def weight_grad_by(g: np.ndarray, grad_u: Array) -> Array:
-    """The adjoint of :func:`transform_weight_by`: (T*T, C, F) -> (F, C, K, K)."""
+def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
+    """The adjoint of :func:`transform_weight`: (T*T, C, F) -> (F, C, K, K)."""
     _, C, F = grad_u.shape
     T = g.shape[0]
     g = g.astype(grad_u.dtype)
     return np.einsum("ik,jl,ijcf->fckl", g, g, grad_u.reshape(T, T, C, F))
-
-
-def transform_weight(weight: Array) -> Array:
-    """(F, C, 3, 3) -> U (16, C, F): U[4i + j, c, f] = (G w[f, c] G^T)[i, j]."""
-    return transform_weight_by(_G, weight)
-
-
-def weight_grad(grad_u: Array) -> Array:
-    """The adjoint of :func:`transform_weight`: (16, C, F) -> (F, C, 3, 3)."""
-    return weight_grad_by(_G, grad_u)
 
 
 class Geometry(NamedTuple):
@@ -389,15 +379,13 @@ class Algorithm(NamedTuple):
 
     ``geometry(x_shape, filters, padding)`` gives the :class:`Geometry`; ``block(geo, m,
     dtype)`` one thread's buffers and transforms (``transform_input``, ``products``,
-    ``transform_output``, ``output_grad``, ``grad_v``, ``input_grad``); ``transform_weight``
-    (F, C, K, K) -> U (tile^2, C, F) and ``weight_grad`` its adjoint; ``saved`` the kept
-    input's type.
+    ``transform_output``, ``output_grad``, ``grad_v``, ``input_grad``); ``filter_transform``
+    the (tile, K) matrix G of :func:`transform_weight`; ``saved`` the kept input's type.
     """
 
     geometry: Callable[..., Geometry]
     block: type
-    transform_weight: Callable[[Array], Array]
-    weight_grad: Callable[[Array], Array]
+    filter_transform: np.ndarray
     saved: type
 
 
@@ -424,7 +412,7 @@ def run_forward(algorithm: Algorithm, x: Array, weight: Array, bias: Array, padd
     )
     out = np.empty(out_shape, dtype=x.dtype)
     v_all = np.empty(saved_shape, dtype=x.dtype) if training else None
-    u = algorithm.transform_weight(weight)
+    u = transform_weight(algorithm.filter_transform, weight)
     itemsize = x.itemsize
 
     def images(start, stop):
@@ -455,7 +443,9 @@ def run_backward(algorithm: Algorithm, grad_out: Array, saved, weight: Array,
     dtype, itemsize = grad_out.dtype, grad_out.itemsize
     positions = geo.tile * geo.tile
     u_t = (
-        np.ascontiguousarray(algorithm.transform_weight(weight).transpose(0, 2, 1))
+        np.ascontiguousarray(
+            transform_weight(algorithm.filter_transform, weight).transpose(0, 2, 1)
+        )
         if need_input_grad
         else None
     )
@@ -489,11 +479,11 @@ def run_backward(algorithm: Algorithm, grad_out: Array, saved, weight: Array,
     over_images(geo.N, 2 * geo.bytes_per_image(itemsize), images)
     grad_u = _sum_in_order({start: u for start, (u, _) in sums.items()})
     grad_b = _sum_in_order({start: b for start, (_, b) in sums.items()})
-    return grad_x, algorithm.weight_grad(grad_u), grad_b
+    return grad_x, weight_grad(algorithm.filter_transform, grad_u), grad_b
 
 
 # the algorithm as the shared drivers take it
-ALGORITHM = Algorithm(_geometry, _Block, transform_weight, weight_grad, TransformedInput)
+ALGORITHM = Algorithm(_geometry, _Block, _G, TransformedInput)
 
 
 def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,

@@ -41,8 +41,6 @@ from ._winograd import (
     run_backward,
     run_forward,
     takes_kind,
-    transform_weight_by,
-    weight_grad_by,
 )
 
 TILE = 6  # input tile side: 2 outputs + 5 taps - 1
@@ -121,16 +119,6 @@ def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> boo
         return False
     geo = _geometry(x.shape, weight.shape[0], padding)
     return geo.C >= WINOGRAD_MIN_CHANNELS and min(geo.OH, geo.OW) >= WINOGRAD_MIN_SIDE
-
-
-def transform_weight(weight: Array) -> Array:
-    """(F, C, 5, 5) -> U (36, C, F): U[6i + j, c, f] = (G w[f, c] G^T)[i, j]."""
-    return transform_weight_by(_G, weight)
-
-
-def weight_grad(grad_u: Array) -> Array:
-    """The adjoint of :func:`transform_weight`: (36, C, F) -> (F, C, 5, 5)."""
-    return weight_grad_by(_G, grad_u)
 
 
 class _Block:
@@ -276,7 +264,7 @@ def _add_overlapping(parts: Array, target: Array, axis: int) -> None:
 
 
 # the algorithm as the shared drivers take it
-ALGORITHM = Algorithm(_geometry, _Block, transform_weight, weight_grad, TransformedInput)
+ALGORITHM = Algorithm(_geometry, _Block, _G, TransformedInput)
 
 
 def forward(x: Array, weight: Array, bias: Array, padding, relu: bool = False,
