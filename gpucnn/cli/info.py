@@ -45,11 +45,14 @@ def _cpu_threads_line() -> str:
 def _winograd_line() -> str:
     """Whether NumPy runs 3x3 and 5x5 stride-1 convolutions by Winograd's algorithm where it
     pays."""
-    from ..functional._winograd import WINOGRAD_ENV, switched_on
+    from ..functional import _winograd as w3
+    from ..functional import _winograd_5x5 as w5
 
-    if not switched_on():
-        return f"off ({WINOGRAD_ENV}=0)"
+    if not w3.switched_on():
+        return f"off ({w3.WINOGRAD_ENV}=0)"
     return (
-        f"on for NumPy stride-1 convolutions large enough (3x3: 32+ channels, 12x12+ "
-        f"outputs, OH*OW*C >= 8192; 5x5: 16+ channels, 12x12+ outputs) ({WINOGRAD_ENV}=0: off)"
+        f"on for NumPy stride-1 convolutions large enough (3x3: {w3.WINOGRAD_MIN_CHANNELS}+ "
+        f"channels, {w3.WINOGRAD_MIN_SIDE}x{w3.WINOGRAD_MIN_SIDE}+ outputs, OH*OW*C >= "
+        f"{w3.WINOGRAD_MIN_WORK}; 5x5: {w5.WINOGRAD_MIN_CHANNELS}+ channels, "
+        f"{w5.WINOGRAD_MIN_SIDE}x{w5.WINOGRAD_MIN_SIDE}+ outputs) ({w3.WINOGRAD_ENV}=0: off)"
     )

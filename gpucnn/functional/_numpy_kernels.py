@@ -624,9 +624,9 @@ def _channel_rows(*arrays) -> list | None:
 
 def _chunk_sums(M: int, C: int, itemsize: int, chunk_sum) -> Array:
     """The float64 (C,) sum over ``range(M)`` of ``chunk_sum(start, stop)`` (C values per row
-    summed: several per channel where a chunk returns several sums side by side), taken in chunks of
-    ``BN_CHUNK_ROWS`` rows, the parts split over the CPU threads and added in a fixed order
-    (reproducible; float64 partial sums keep a float32 mean over 10^5 rows accurate)."""
+    summed: several per channel where a chunk returns several sums side by side), taken in
+    chunks of ``BN_CHUNK_ROWS`` rows, the parts split over the CPU threads and added in a fixed
+    order (reproducible; float64 partial sums keep a float32 mean over 10^5 rows accurate)."""
     sums = {}
 
     def rows(start, stop):
