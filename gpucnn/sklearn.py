@@ -397,9 +397,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         owner = type(self).__name__
         for name in ("batch_size", "patience"):
             check_int(name, getattr(self, name), 1, owner=owner)
-        if not _is_auto(self.epochs) and not (is_int(self.epochs) and self.epochs >= 1):
-            raise fail("epochs", "to be an int >= 1 or 'auto'", self.epochs, owner,
-                       show_type=not is_int(self.epochs))  # fmt: skip
+        _check_int_or_auto("epochs", self.epochs, 1, owner)
         check_choice("dtype", self.dtype, DTYPES, owner=owner)
         check_choice("optimizer", self.optimizer, OPTIMIZERS, owner=owner)
         check_choice("schedule", self.schedule, SCHEDULE_NAMES, owner=owner)
@@ -414,11 +412,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_bool("early_stopping", self.early_stopping, owner=owner)
         if not isinstance(self.verbose, bool):  # verbose=True is scikit-learn usage
             check_int("verbose", self.verbose, 0, owner=owner)
-        if not _is_auto(self.augment_shift) and not (
-            is_int(self.augment_shift) and self.augment_shift >= 0
-        ):
-            raise fail("augment_shift", "to be an int >= 0 or 'auto'", self.augment_shift,
-                       owner, show_type=not is_int(self.augment_shift))  # fmt: skip
+        _check_int_or_auto("augment_shift", self.augment_shift, 0, owner)
         if not _is_auto(self.image_shape) and self.image_shape is not None:
             if _image_shape(self.image_shape) is None:
                 expected = "(C, H, W) or (H, W) of positive ints, 'auto' or None"
@@ -685,6 +679,15 @@ def _has_spatial_layer(layers: Any) -> bool:
 
 def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value == "auto"
+
+
+def _check_int_or_auto(name: str, value: Any, minimum: int, owner: str) -> None:
+    """Refuse ``value`` unless it is "auto" or an int >= ``minimum``, in one line (the type is
+    named only where the value is not an int)."""
+    if not _is_auto(value) and not (is_int(value) and value >= minimum):
+        raise fail(
+            name, f"to be an int >= {minimum} or 'auto'", value, owner, show_type=not is_int(value)
+        )
 
 
 def _square_image_shape(columns: int) -> tuple[int, int, int] | None:
