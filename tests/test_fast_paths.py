@@ -340,6 +340,13 @@ def test_numpy_conv_split_over_threads_equals_the_standard_code(
     with _cpu_threads.parallel():
         out, cols = _numpy_kernels.conv2d_forward_fast(x, weight, bias, stride, padding)
         g = rng.standard_normal(out.shape).astype(dtype)
+        # inference: blocks of one image, whose rows are not kept
+        monkeypatch.setattr(_numpy_kernels, "IM2COL_BLOCK_BYTES", 1)
+        inference = _numpy_kernels.conv2d_forward_fast(
+            x, weight, bias, stride, padding, training=False
+        )
+        assert inference[1] is None
+        np.testing.assert_allclose(inference[0], out, rtol=1e-6, atol=1e-6)  # GEMMs of other sizes
         split = [out, cols]
         for need_input_grad in (True, False):
             split += _numpy_kernels.conv2d_backward_fast(

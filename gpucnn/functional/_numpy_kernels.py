@@ -111,13 +111,25 @@ def _conv_grads(grad_wb: Array, weight_shape, grad_padded, padding):
     return unpad2d(grad_padded, padding), grad_weight, grad_wb[K]
 
 
-def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False):
+# Inference gathers and multiplies a block of images at a time: their im2col rows, at most
+# this many bytes, are written, multiplied and dropped while in the core's cache instead of
+# going out to memory and back (9x the input for a 3x3 kernel; the memory bus is what the
+# threads share). Measured (AMD EPYC, 2 threads, batch 128, ms, whole part / 2 MiB blocks):
+# 14x14x32 -> 32 9.6 / 7.4; 7x7x64 -> 64 7.4 / 5.9; blocks under ~0.5 MiB lose again (GEMMs of a
+# few hundred rows). Training keeps every row for the backward pass, and gathering them again
+# there block by block measured 15-25 % slower than reading them back.
+IM2COL_BLOCK_BYTES = 2 << 20
+
+
+def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False, training=True):
     """NumPy, inside :func:`._cpu_threads.parallel`: :func:`gpucnn.functional.conv2d_forward`
     with the images split over the CPU threads, each filling its rows of the im2col matrix
     and running its part of the GEMM; with ``relu`` each part then takes ``max(out, 0)`` in
     place while its GEMM output is still in cache (:func:`gpucnn.functional.conv2d_relu_forward`).
-    Returns ``(out, cols)`` as that op, or None where the images would not be split (not
-    NumPy, one thread, or too little work).
+    Without ``training`` each thread takes its images in blocks whose rows stay in cache
+    (:data:`IM2COL_BLOCK_BYTES`) and keeps none. Returns ``(out, cols)`` as that op (``cols``
+    None without ``training``), or None where the images would not be split (not NumPy, one
+    thread, or too little work).
     """
     if not _same_float_dtype(x, weight, bias):
         return None
@@ -133,21 +145,29 @@ def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False):
     if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
         return None
     check_arrays(
-        f"a convolution of {N} images (im2col rows and output)",
-        ((N, OH, OW, L), x.dtype),
+        f"a convolution of {N} images (output" + (", im2col rows)" if training else ")"),
         ((N, OH, OW, F), x.dtype),
+        ((N, OH, OW, L) if training else (0,), x.dtype),
     )
     w_and_b = _weights_with_bias(weight, bias)
-    cols = np.empty((N, OH, OW, L), dtype=x.dtype)
+    cols = np.empty((N, OH, OW, L), dtype=x.dtype) if training else None
     out = np.empty((N, OH, OW, F), dtype=x.dtype)
+    block = N if training else max(1, IM2COL_BLOCK_BYTES // (OH * OW * L * x.itemsize))
 
     def images(start, stop):
-        part = cols[start:stop]
-        part[..., K] = 1.0
-        fill_windows(pad2d(x[start:stop], padding), (KH, KW), (SH, SW), part)
-        np.matmul(part.reshape(-1, L), w_and_b, out=out[start:stop].reshape(-1, F))
-        if relu:
-            np.maximum(out[start:stop], 0.0, out=out[start:stop])
+        rows = (
+            cols[start:stop]
+            if training
+            else np.empty((min(block, stop - start), OH, OW, L), x.dtype)
+        )
+        rows[..., K] = 1.0
+        for s in range(start, stop, block):
+            e = min(s + block, stop)
+            part = rows[: e - s]  # training: one block, the part's own rows
+            fill_windows(pad2d(x[s:e], padding), (KH, KW), (SH, SW), part)
+            np.matmul(part.reshape(-1, L), w_and_b, out=out[s:e].reshape(-1, F))
+            if relu:
+                np.maximum(out[s:e], 0.0, out=out[s:e])
 
     over_images(N, per_image, images)
     return out, cols

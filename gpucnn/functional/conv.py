@@ -69,7 +69,7 @@ def conv2d_forward(
     winograd = _winograd_for(x, weight, bias, stride, padding)
     if winograd:
         return winograd.forward(x, weight, bias, padding, training=training)
-    split = conv2d_forward_fast(x, weight, bias, stride, padding)
+    split = conv2d_forward_fast(x, weight, bias, stride, padding, training=training)
     if split is not None:
         return split
     xp = namespace(x, weight, bias)
@@ -173,7 +173,7 @@ def conv2d_relu_forward(
     winograd = _winograd_for(x, weight, bias, stride, padding)
     if winograd:
         return winograd.forward(x, weight, bias, padding, relu=True, training=training)
-    fast = conv2d_forward_fast(x, weight, bias, stride, padding, relu=True)
+    fast = conv2d_forward_fast(x, weight, bias, stride, padding, relu=True, training=training)
     if fast is not None:
         return fast
     out, cols = conv2d_forward(x, weight, bias, stride, padding)
