@@ -170,14 +170,23 @@ def test_numpy_batch_norm_statistics_do_not_cancel(three_threads, dtype):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("shape", [(5, 4, 3, 6), (9000, 3)], ids=["images", "features-chunks"])
-def test_numpy_batch_norm_equals_the_standard_code(three_threads, dtype, tol, relu, shape):
+@pytest.mark.parametrize(
+    "shape,chunk_rows",
+    [((5, 4, 3, 6), 4096), ((9000, 3), 4096), ((9000, 3), 8), ((7919, 5), 8), ((4, 6, 10, 40), 2)],
+    ids=["images", "features", "features-chunks", "prime-rows-chunks", "images-chunks"],
+)
+def test_numpy_batch_norm_equals_the_standard_code(
+    three_threads, monkeypatch, dtype, tol, relu, shape, chunk_rows
+):
     """Statistics, forward (with and without the fused ReLU) and every gradient of the NumPy
-    paths against the standard code under array-api-strict; 9000 rows cross the chunks.
-    Values far from zero (mean 4, std 0.5) would show a cancellation."""
+    paths against the standard code under array-api-strict. The paths take k rows of C
+    channels side by side (k dividing the row count: 1 for 7919 rows) in chunks, which small
+    ``BN_CHUNK_ROWS`` make many. Values far from zero (mean 4, std 0.5) would show a
+    cancellation."""
     import array_api_strict
 
     from gpucnn.functional import (
+        _numpy_kernels,
         batch_norm_backward,
         batch_norm_forward,
         batch_norm_statistics,
@@ -185,6 +194,7 @@ def test_numpy_batch_norm_equals_the_standard_code(three_threads, dtype, tol, re
     )
     from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
 
+    monkeypatch.setattr(_numpy_kernels, "BN_CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(8)
     C = shape[-1]
     x = (rng.standard_normal(shape) * 0.5 + 4.0).astype(dtype)
