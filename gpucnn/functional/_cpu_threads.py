@@ -24,6 +24,7 @@ run on and :data:`MAX_THREADS`. Where threadpoolctl finds no BLAS it can limit, 
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -36,9 +37,14 @@ CPU_THREADS_ENV = "GPUCNN_CPU_THREADS"
 # Xeon (AVX-512), `reference` training at batch 128 / 512, img/s: BLAS threads alone 5,691 /
 # 4,716; 4 threads 6,403 / 7,268; 8 threads 6,197 / 10,785; 16 threads 3,785 / 8,883.
 MAX_THREADS = 8
-# A part gets at least this much work (bytes its passes touch): on that host parts of 16-32
-# images of the reference network (2-4 MB) ran best.
-MIN_PART_BYTES = 5 << 19
+# Splitting a pass into p parts costs about p thread hand-offs (~40 us each on a 2-core EPYC,
+# ~85 us for a split in two) and saves (1 - 1/p) of its time, so the best p grows as the
+# square root of the work: a part gets at least this many bytes when the work is split in two,
+# and p / 2 times as many in p parts (512 KiB parts in two, 2 MiB in eight, 4 MiB in sixteen).
+# Measured (AMD EPYC, 2 threads, training step ms, 2.5 MiB / 512 KiB): reference at batch 32
+# 14.8 / 10.7, lenet 9.4 / 7.7, resnet 90 / 80, resnet at batch 128 263 / 255; on a 16-core
+# Xeon parts of 2-4 MB of the reference network (16-32 images) ran best.
+MIN_PART_BYTES = 1 << 19
 
 _lock = threading.Lock()
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries, found once
@@ -162,7 +168,10 @@ def count_parts(n: int, bytes_per_image: int) -> int:
     threads = getattr(_local, "threads", 0)
     if threads <= 1:
         return 1
-    return min(threads, n, max(1, n * bytes_per_image // max(1, MIN_PART_BYTES)))
+    if MIN_PART_BYTES <= 0:
+        return min(threads, n)
+    # p parts of at least MIN_PART_BYTES * p / 2 bytes each: p * p <= 2 * work / MIN_PART_BYTES
+    return min(threads, n, max(1, math.isqrt(2 * n * bytes_per_image // MIN_PART_BYTES)))
 
 
 def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) -> None:
@@ -171,8 +180,8 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     In a thread inside :func:`parallel` the ranges run at once on up to :func:`cpu_threads`
     threads (the caller's thread takes the first), each in a copy of the caller's context (so
     ``np.errstate`` applies); ``work`` must touch only items ``start:stop`` of the arrays it
-    writes. Ops called inside a part do not split again. Elsewhere, or when a part would hold
-    under :data:`MIN_PART_BYTES`, it is one call ``work(0, n)``. An exception in a part is
+    writes. Ops called inside a part do not split again. Elsewhere, or when the work is too
+    small to split (:func:`count_parts`, :data:`MIN_PART_BYTES`), it is one call ``work(0, n)``. An exception in a part is
     raised here once every part is done.
     """
     parts = count_parts(n, bytes_per_image)
