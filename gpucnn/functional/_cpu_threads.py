@@ -41,9 +41,9 @@ MAX_THREADS = 8
 # ~85 us for a split in two) and saves (1 - 1/p) of its time, so the best p grows as the
 # square root of the work: a part gets at least this many bytes when the work is split in two,
 # and p / 2 times as many in p parts (512 KiB parts in two, 2 MiB in eight, 4 MiB in sixteen).
-# Measured (AMD EPYC, 2 threads, training step ms, 2.5 MiB / 512 KiB): reference at batch 32
-# 14.8 / 10.7, lenet 9.4 / 7.7, resnet 90 / 80, resnet at batch 128 263 / 255; on a 16-core
-# Xeon parts of 2-4 MB of the reference network (16-32 images) ran best.
+# Measured (AMD EPYC, 2 threads, training step ms, medians of 3, 2.5 MiB / 512 KiB): at batch
+# 32 reference 15.4 / 10.7, lenet 9.0 / 7.8, resnet 88.6 / 81.3; resnet at batch 128 267 / 256;
+# on a 16-core Xeon parts of 2-4 MB of the reference network (16-32 images) ran best.
 MIN_PART_BYTES = 1 << 19
 
 _lock = threading.Lock()

@@ -117,7 +117,7 @@ def _conv_grads(grad_wb: Array, weight_shape, grad_padded, padding):
 # threads share). Measured (AMD EPYC, 2 threads, batch 128, ms, whole part / 2 MiB blocks):
 # 14x14x32 -> 32 9.6 / 7.4; 7x7x64 -> 64 7.4 / 5.9; blocks under ~0.5 MiB lose again (GEMMs of a
 # few hundred rows). Training keeps every row for the backward pass, and gathering them again
-# there block by block measured 15-25 % slower than reading them back.
+# there block by block measured 6-25 % slower than reading them back.
 IM2COL_BLOCK_BYTES = 2 << 20
 
 
