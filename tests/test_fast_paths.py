@@ -103,11 +103,15 @@ def three_threads(monkeypatch):
 
 @pytest.mark.parametrize("pool,stride", POOL_GEOMETRIES)
 @pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 1 << 20])  # one image per block; one per part
 def test_numpy_max_pool_split_over_threads_equals_the_standard_code(
-    three_threads, pool, stride, relu
+    three_threads, monkeypatch, pool, stride, relu, block_bytes
 ):
     import array_api_strict
 
+    from gpucnn.functional import _numpy_kernels
+
+    monkeypatch.setattr(_numpy_kernels, "POOL_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(5)
     for shape in ((5, 7, 8, 3), (4, 6, 6, 3)):  # ragged; tiled by 2x2 and 3x3 windows
         x = rng.integers(-2, 3, shape).astype(np.float32)  # ties and non-positive maxima

@@ -274,6 +274,14 @@ def _pool_windows(x, pool, stride) -> list:
     return list(_window_indices(x, pool, stride))
 
 
+# The input bytes of a block of images whose max-pool is taken in one go: the output block is
+# updated once per window offset, and stays in cache between them. Measured (AMD EPYC, 2
+# threads, 2x2 pooling, in one process, medians of 10, whole part / 1 MiB blocks):
+# 128x28x28x32 3.62 / 2.53 ms, 512x28x28x32 13.8 / 9.1 ms, 128x16x16x64 1.58 / 1.02 ms. (The
+# backward pass gained nothing from blocks of 1 MiB and lost with 256 KiB.)
+POOL_BLOCK_BYTES = 1 << 20
+
+
 def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
     """NumPy, in the thread mode: :func:`gpucnn.functional.max_pool2d_forward` with the
     images split over the CPU threads, each taking the maximum over its windows in place.
@@ -290,14 +298,16 @@ def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
     check_arrays(f"a max-pool of {N} images", ((N, OH, OW, C), x.dtype))
     out = np.empty((N, OH, OW, C), dtype=x.dtype)
     windows = _pool_windows(x, pool, stride)
+    block = max(1, POOL_BLOCK_BYTES // max(1, x[0].nbytes))
 
     def images(start, stop):
-        part, source = out[start:stop], x[start:stop]
-        np.copyto(part, source[windows[0]])
-        for index in windows[1:]:
-            np.maximum(part, source[index], out=part)
-        if relu:
-            np.maximum(part, 0.0, out=part)
+        for s in range(start, stop, block):  # each block's maximum is taken while in cache
+            part, source = out[s : min(s + block, stop)], x[s : min(s + block, stop)]
+            np.copyto(part, source[windows[0]])
+            for index in windows[1:]:
+                np.maximum(part, source[index], out=part)
+            if relu:
+                np.maximum(part, 0.0, out=part)
 
     over_images(N, _per_image(x), images)
     return out
