@@ -175,18 +175,24 @@ def test_numpy_batch_norm_statistics_do_not_cancel(three_threads, dtype):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize(
-    "shape,chunk_rows",
-    [((5, 4, 3, 6), 4096), ((9000, 3), 4096), ((9000, 3), 8), ((7919, 5), 8), ((4, 6, 10, 40), 2)],
+    "shape,chunk_values",
+    [
+        ((5, 4, 3, 6), 1 << 18),
+        ((9000, 3), 1 << 18),
+        ((9000, 3), 900),
+        ((7919, 5), 8),
+        ((4, 6, 10, 40), 1),
+    ],
     ids=["images", "features", "features-chunks", "prime-rows-chunks", "images-chunks"],
 )
 def test_numpy_batch_norm_equals_the_standard_code(
-    three_threads, monkeypatch, dtype, tol, relu, shape, chunk_rows
+    three_threads, monkeypatch, dtype, tol, relu, shape, chunk_values
 ):
     """Statistics, forward (with and without the fused ReLU) and every gradient of the NumPy
     paths against the standard code under array-api-strict. The paths take k rows of C
     channels side by side (k dividing the row count: 1 for 7919 rows) in chunks, which small
-    ``BN_CHUNK_ROWS`` make many. Values far from zero (mean 4, std 0.5) would show a
-    cancellation."""
+    ``BN_CHUNK_VALUES`` make many (one row each with 1). Values far from zero (mean 4, std
+    0.5) would show a cancellation."""
     import array_api_strict
 
     from gpucnn.functional import (
@@ -198,7 +204,7 @@ def test_numpy_batch_norm_equals_the_standard_code(
     )
     from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
 
-    monkeypatch.setattr(_numpy_kernels, "BN_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(_numpy_kernels, "BN_CHUNK_VALUES", chunk_values)
     rng = np.random.default_rng(8)
     C = shape[-1]
     x = (rng.standard_normal(shape) * 0.5 + 4.0).astype(dtype)

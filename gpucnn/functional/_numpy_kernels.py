@@ -639,8 +639,9 @@ def erf_fast(x: Array) -> Array | None:
 
 
 # ---------------------------------------------------------------------- batch normalisation
-# rows of (M, C) per inner step: a few hundred KB, so temporaries stay in cache
-BN_CHUNK_ROWS = 4096  # rows of C values a chunk of the BatchNorm sums takes
+# values of one array per chunk of a BatchNorm pass (1 MiB of float32): the chunk's
+# temporaries stay in cache
+BN_CHUNK_VALUES = 1 << 18
 # A per-channel pass over (M, C) values runs NumPy's inner loop once per row of C values: with
 # C = 32 to 128 that loop's start costs as much as its work. So the passes take k rows side by
 # side, (M / k, k C) with the (C,) factors tiled k times, up to this many values a row.
@@ -666,14 +667,19 @@ def _channel_rows(*arrays) -> tuple[list, int] | None:
     return [a.reshape(M // k, k * C) for a in arrays], k
 
 
-def _chunk_sums(rows: int, width: int, itemsize: int, chunk_sum) -> Array:
-    """The float64 (width,) sum over ``range(rows)`` of ``chunk_sum(start, stop)`` (``width``
-    values per row summed: several per channel where rows hold several side by side), taken
-    in chunks of about ``BN_CHUNK_ROWS`` rows of C values, the parts split over the CPU threads
-    and added in a fixed order (reproducible; float64 partial sums keep a float32 mean over
-    10^5 rows accurate)."""
+def _chunk_rows(rows: Array) -> int:
+    """Rows of a (R, width) view per chunk: :data:`BN_CHUNK_VALUES` values (at least one row)."""
+    return max(1, BN_CHUNK_VALUES // max(1, rows.shape[1]))
+
+
+def _chunk_sums(rows: Array, width: int, chunk_sum) -> Array:
+    """The float64 (width,) sum over the rows of the (R, W) view ``rows`` of
+    ``chunk_sum(start, stop)`` (``width`` sums a row: W, or several per value where a chunk
+    returns several side by side), taken in chunks of :func:`_chunk_rows` rows, the parts split
+    over the CPU threads and added in a fixed order (reproducible; float64 partial sums keep a
+    float32 mean over 10^5 rows accurate)."""
     sums = {}
-    chunk = max(1, BN_CHUNK_ROWS * 64 // width)  # as many bytes as 4096 rows of 64 channels
+    chunk = _chunk_rows(rows)
 
     def part(start, stop):
         total = np.zeros(width, dtype=np.float64)
@@ -681,7 +687,7 @@ def _chunk_sums(rows: int, width: int, itemsize: int, chunk_sum) -> Array:
             total += chunk_sum(s, min(s + chunk, stop))
         sums[start] = total
 
-    over_images(rows, 2 * width * itemsize, part)
+    over_images(rows.shape[0], 2 * width * rows.itemsize, part)
     return _sum_in_order(sums)
 
 
@@ -702,25 +708,16 @@ def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
         return None
     (rows,), k = views
     M = x.size // x.shape[-1]
-    R, width = rows.shape
-    mean = (
-        _per_channel(
-            _chunk_sums(R, width, x.itemsize, lambda s, e: np.einsum("ij->j", rows[s:e])),
-            k,
-            np.float64,
-        )
-        / M
-    )
-    mean = mean.astype(x.dtype)
+    width = rows.shape[1]
+    sums = _chunk_sums(rows, width, lambda s, e: np.einsum("ij->j", rows[s:e]))
+    mean = (_per_channel(sums, k, np.float64) / M).astype(x.dtype)
     mean_k = np.tile(mean, k)
 
     def squares(s, e):
         centred = rows[s:e] - mean_k
         return np.einsum("ij,ij->j", centred, centred)
 
-    var = (_per_channel(_chunk_sums(R, width, x.itemsize, squares), k, np.float64) / M).astype(
-        x.dtype
-    )
+    var = (_per_channel(_chunk_sums(rows, width, squares), k, np.float64) / M).astype(x.dtype)
     return mean, var
 
 
@@ -755,7 +752,7 @@ def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array]
     if views is None or not _same_float_dtype(x, mean, inv_std):
         return None
     (g, rows), k = views
-    R, width = rows.shape
+    width = rows.shape[1]
     mean, inv_std = np.tile(mean, k), np.tile(inv_std, k)
 
     def sums(s, e):
@@ -763,7 +760,7 @@ def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array]
         x_hat *= inv_std
         return np.concatenate([np.einsum("ij,ij->j", g[s:e], x_hat), np.einsum("ij->j", g[s:e])])
 
-    both = _chunk_sums(R, 2 * width, x.itemsize, sums)  # reads 2 k C values a row
+    both = _chunk_sums(rows, 2 * width, sums)  # two sums per value, side by side
     both = _per_channel(both.reshape(2, width), k, x.dtype)
     return both[0], both[1]
 
@@ -779,7 +776,7 @@ def batch_norm_input_grad_fast(grad_out, x, mean, a, b, c) -> Array | None:
     mean, a, b, c = (np.tile(v, k) for v in (mean, a, b, c))
     out = np.empty(x.shape, dtype=x.dtype)
     out_rows = out.reshape(rows.shape)
-    chunk = max(1, BN_CHUNK_ROWS // k)
+    chunk = _chunk_rows(rows)
 
     def part(start, stop):
         for s in range(start, stop, chunk):
