@@ -71,6 +71,23 @@ def test_small_work_is_not_split(monkeypatch):
 
 
 @needs_blas_control
+def test_parts_grow_as_the_square_root_of_the_work(monkeypatch):
+    # p parts need p / 2 x MIN_PART_BYTES each (512 KiB in two, 1 MiB in four, 2 MiB in eight)
+    monkeypatch.setenv(CPU_THREADS_ENV, "8")
+    kib = 1024
+    with parallel():
+        parts = {
+            total: _cpu_threads.count_parts(64, total // 64)
+            for total in (512 * kib, 1024 * kib, 4096 * kib, 8192 * kib, 16384 * kib, 65536 * kib)
+        }
+        assert _cpu_threads.count_parts(3, 1 << 30) == 3  # never more parts than images
+    assert parts == {
+        512 * kib: 1, 1024 * kib: 2, 4096 * kib: 4, 8192 * kib: 5, 16384 * kib: 8,
+        65536 * kib: 8,
+    }  # fmt: skip
+
+
+@needs_blas_control
 def test_the_blas_runs_one_thread_inside_and_gets_its_count_back():
     def blas_threads():
         return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}

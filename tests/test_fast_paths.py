@@ -155,12 +155,17 @@ def test_numpy_relu_split_over_threads_equals_the_standard_code(three_threads):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_numpy_batch_norm_statistics_do_not_cancel(three_threads, dtype):
     """Sorted rows (the first chunk far from the rest) and a large mean with a small spread:
-    the chunked statistics keep the exact variance's precision."""
+    the chunked statistics keep the exact variance's precision. 100003 rows (a prime) cannot
+    be taken several side by side: each column is then a long run of the array's dtype."""
     from gpucnn.functional._numpy_kernels import batch_norm_statistics_fast
 
     rng = np.random.default_rng(3)
     drift = np.concatenate([np.full(5000, 50.0), np.zeros(20000)])[:, None]
-    for x in (rng.standard_normal((25000, 4)) + drift, 1e4 + 1e-2 * rng.standard_normal((9000, 2))):
+    for x in (
+        rng.standard_normal((25000, 4)) + drift,
+        1e4 + 1e-2 * rng.standard_normal((9000, 2)),
+        1e4 + 1e-2 * rng.standard_normal((100003, 2)),
+    ):
         x = x.astype(dtype)
         mean, var = batch_norm_statistics_fast(x)
         exact = x.astype(np.float64)
@@ -360,13 +365,22 @@ def test_numpy_conv_split_over_threads_equals_the_standard_code(
     with _cpu_threads.parallel():
         out, cols = _numpy_kernels.conv2d_forward_fast(x, weight, bias, stride, padding)
         g = rng.standard_normal(out.shape).astype(dtype)
-        # inference: blocks of one image, whose rows are not kept
-        monkeypatch.setattr(_numpy_kernels, "IM2COL_BLOCK_BYTES", 1)
-        inference = _numpy_kernels.conv2d_forward_fast(
-            x, weight, bias, stride, padding, training=False
-        )
-        assert inference[1] is None
-        np.testing.assert_allclose(inference[0], out, rtol=1e-6, atol=1e-6)  # GEMMs of other sizes
+        # inference: blocks of one image, then of two (a ragged last block in some parts),
+        # with and without the ReLU; no rows kept
+        N, OH, OW, _ = out.shape
+        L = weight[0].size + 1
+        for images_per_block in (1, 2):
+            monkeypatch.setattr(
+                _numpy_kernels, "IM2COL_BLOCK_BYTES", images_per_block * OH * OW * L * x.itemsize
+            )
+            for relu in (False, True):
+                inference = _numpy_kernels.conv2d_forward_fast(
+                    x, weight, bias, stride, padding, relu=relu, training=False
+                )
+                assert inference[1] is None
+                expected = np.maximum(out, 0) if relu else out
+                # GEMMs of other sizes: other rounding
+                np.testing.assert_allclose(inference[0], expected, rtol=1e-6, atol=1e-6)
         split = [out, cols]
         for need_input_grad in (True, False):
             split += _numpy_kernels.conv2d_backward_fast(

@@ -40,7 +40,7 @@ MAX_THREADS = 8
 # Splitting a pass into p parts costs about p thread hand-offs (~40 us each on a 2-core EPYC,
 # ~85 us for a split in two) and saves (1 - 1/p) of its time, so the best p grows as the
 # square root of the work: a part gets at least this many bytes when the work is split in two,
-# and p / 2 times as many in p parts (512 KiB parts in two, 2 MiB in eight, 4 MiB in sixteen).
+# and p / 2 times as many in p parts (512 KiB parts in two, 1 MiB in four, 2 MiB in eight).
 # Measured (AMD EPYC, 2 threads, training step ms, medians of 3, 2.5 MiB / 512 KiB): at batch
 # 32 reference 15.4 / 10.7, lenet 9.0 / 7.8, resnet 88.6 / 81.3; resnet at batch 128 267 / 256;
 # on a 16-core Xeon parts of 2-4 MB of the reference network (16-32 images) ran best.
@@ -181,8 +181,8 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     threads (the caller's thread takes the first), each in a copy of the caller's context (so
     ``np.errstate`` applies); ``work`` must touch only items ``start:stop`` of the arrays it
     writes. Ops called inside a part do not split again. Elsewhere, or when the work is too
-    small to split (:func:`count_parts`, :data:`MIN_PART_BYTES`), it is one call ``work(0, n)``. An exception in a part is
-    raised here once every part is done.
+    small to split (:func:`count_parts`, :data:`MIN_PART_BYTES`), it is one call
+    ``work(0, n)``. An exception in a part is raised here once every part is done.
     """
     parts = count_parts(n, bytes_per_image)
     if parts <= 1:

@@ -144,15 +144,17 @@ def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False, training=T
     per_image = OH * OW * (L + F) * x.itemsize
     if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
         return None
+    block = N if training else max(1, IM2COL_BLOCK_BYTES // (OH * OW * L * x.itemsize))
+    # training keeps every image's rows; inference one block's per thread
+    rows_kept = N if training else min(N, block * count_parts(N, per_image))
     check_arrays(
-        f"a convolution of {N} images (output" + (", im2col rows)" if training else ")"),
+        f"a convolution of {N} images (output and im2col rows)",
         ((N, OH, OW, F), x.dtype),
-        ((N, OH, OW, L) if training else (0,), x.dtype),
+        ((rows_kept, OH, OW, L), x.dtype),
     )
     w_and_b = _weights_with_bias(weight, bias)
     cols = np.empty((N, OH, OW, L), dtype=x.dtype) if training else None
     out = np.empty((N, OH, OW, F), dtype=x.dtype)
-    block = N if training else max(1, IM2COL_BLOCK_BYTES // (OH * OW * L * x.itemsize))
 
     def images(start, stop):
         rows = (
@@ -642,6 +644,9 @@ def erf_fast(x: Array) -> Array | None:
 # values of one array per chunk of a BatchNorm pass (1 MiB of float32): the chunk's
 # temporaries stay in cache
 BN_CHUNK_VALUES = 1 << 18
+# rows a chunk of the sums adds in the array's own dtype (then in float64): a float32 run over
+# 10^5 rows of 1e4 +- 1e-2 lost the variance entirely (115 % off), over 4096 rows 1e-5
+BN_SUM_ROWS = 4096
 # A per-channel pass over (M, C) values runs NumPy's inner loop once per row of C values: with
 # C = 32 to 128 that loop's start costs as much as its work. So the passes take k rows side by
 # side, (M / k, k C) with the (C,) factors tiled k times, up to this many values a row.
@@ -662,8 +667,10 @@ def _channel_rows(*arrays) -> tuple[list, int] | None:
     if arrays[0].ndim < 2 or not all(a.flags.c_contiguous for a in arrays):
         return None
     C = arrays[0].shape[-1]
-    M = arrays[0].size // max(1, C)
-    k = next(k for k in range(max(1, BN_ROW_VALUES // max(1, C)), 0, -1) if M % k == 0)
+    if C == 0:
+        return None
+    M = arrays[0].size // C
+    k = next(k for k in range(max(1, BN_ROW_VALUES // C), 0, -1) if M % k == 0)
     return [a.reshape(M // k, k * C) for a in arrays], k
 
 
@@ -675,11 +682,11 @@ def _chunk_rows(rows: Array) -> int:
 def _chunk_sums(rows: Array, width: int, chunk_sum) -> Array:
     """The float64 (width,) sum over the rows of the (R, W) view ``rows`` of
     ``chunk_sum(start, stop)`` (``width`` sums a row: W, or several per value where a chunk
-    returns several side by side), taken in chunks of :func:`_chunk_rows` rows, the parts split
-    over the CPU threads and added in a fixed order (reproducible; float64 partial sums keep a
-    float32 mean over 10^5 rows accurate)."""
+    returns several side by side), taken in chunks of :func:`_chunk_rows` rows but at most
+    :data:`BN_SUM_ROWS`, the parts split over the CPU threads and added in a fixed order
+    (reproducible; float64 partial sums keep a float32 mean over 10^5 rows accurate)."""
     sums = {}
-    chunk = _chunk_rows(rows)
+    chunk = min(_chunk_rows(rows), BN_SUM_ROWS)
 
     def part(start, stop):
         total = np.zeros(width, dtype=np.float64)
