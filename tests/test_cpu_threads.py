@@ -7,6 +7,7 @@ the images split over three threads); here, the splitting itself and the BLAS se
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -85,6 +86,22 @@ def test_parts_grow_as_the_square_root_of_the_work(monkeypatch):
         512 * kib: 1, 1024 * kib: 2, 4096 * kib: 4, 8192 * kib: 5, 16384 * kib: 8,
         65536 * kib: 8,
     }  # fmt: skip
+
+
+def test_the_blas_libraries_are_looked_for_again_after_an_import(monkeypatch):
+    # an import may load another BLAS (SciPy brings its own), which the thread mode must limit
+    # too; without imports the libraries found are kept (a look takes milliseconds)
+    import types
+
+    found = _cpu_threads._blas_controller()
+    assert _cpu_threads._blas_controller() is found
+    monkeypatch.setitem(sys.modules, "gpucnn_test_new_module", types.ModuleType("new"))
+    again = _cpu_threads._blas_controller()
+    assert again is not found
+    assert _cpu_threads._blas_controller() is again
+    assert [lib.filepath for lib in again.lib_controllers] == [
+        lib.filepath for lib in found.lib_controllers
+    ]  # nothing new was loaded
 
 
 @needs_blas_control
