@@ -86,6 +86,12 @@ def _weights_with_bias(weight: Array, bias: Array) -> Array:
     return w_and_b
 
 
+def _images_per_block(budget_bytes: int, per_image_bytes: int) -> int:
+    """Images a block of ``per_image_bytes`` each holds within ``budget_bytes`` (at least
+    one)."""
+    return max(1, budget_bytes // max(1, per_image_bytes))
+
+
 def _input_grad_buffers(weight: Array, x_shape, padding):
     """The padded input gradient (N, PT+H+PB, PL+W+PR, C), to be filled, and the weight as
     one (F, C) matrix per kernel offset (KH*KW, F, C)."""
@@ -142,11 +148,12 @@ def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False, training=T
     K = KH * KW * C
     L = K + 1
     per_image = OH * OW * (L + F) * x.itemsize
-    if OH < 1 or OW < 1 or count_parts(N, per_image) <= 1:
+    parts = count_parts(N, per_image) if OH > 0 and OW > 0 else 0
+    if parts <= 1:
         return None
-    block = N if training else max(1, IM2COL_BLOCK_BYTES // (OH * OW * L * x.itemsize))
+    block = N if training else _images_per_block(IM2COL_BLOCK_BYTES, OH * OW * L * x.itemsize)
     # training keeps every image's rows; inference one block's per thread
-    rows_kept = N if training else min(N, block * count_parts(N, per_image))
+    rows_kept = N if training else min(N, block * parts)
     check_arrays(
         f"a convolution of {N} images (output and im2col rows)",
         ((N, OH, OW, F), x.dtype),
@@ -300,7 +307,7 @@ def max_pool_forward_fast(x: Array, pool, stride, relu: bool) -> Array | None:
     check_arrays(f"a max-pool of {N} images", ((N, OH, OW, C), x.dtype))
     out = np.empty((N, OH, OW, C), dtype=x.dtype)
     windows = _pool_windows(x, pool, stride)
-    block = max(1, POOL_BLOCK_BYTES // max(1, x[0].nbytes))
+    block = _images_per_block(POOL_BLOCK_BYTES, _per_image(x))
 
     def images(start, stop):
         for s in range(start, stop, block):  # each block's maximum is taken while in cache
@@ -395,10 +402,6 @@ def _tiled_max_pool_backward(grad_out, x, out, pool, stride, grad_x) -> None:
 POOLED_CONV_BLOCK_BYTES = 64 << 20
 
 
-def _pooled_conv_block(per_image_bytes: int) -> int:
-    return max(1, POOLED_CONV_BLOCK_BYTES // max(1, per_image_bytes))  # 0 for an empty batch
-
-
 def _fill_phase_windows(xpad, kernel, stride, pool, cols) -> None:
     """Fill ``cols[..., :K]`` (PKH*PKW, n, PH, PW, L) with the windows of ``xpad`` (n, H, W, C).
 
@@ -478,7 +481,9 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize
     # inference rows are scratch, one block per thread: the threads share the bound
-    block = _pooled_conv_block(per_image * (1 if training else count_parts(N, per_image)))
+    block = _images_per_block(
+        POOLED_CONV_BLOCK_BYTES, per_image * (1 if training else count_parts(N, per_image))
+    )
     cols = np.empty((D, N, PH, PW, L), dtype=x.dtype) if training else None
     first = np.empty((D, N, PH, PW, F), dtype=bool) if training else None
 
@@ -542,7 +547,8 @@ def _one_channel_pooled_inference(x, weight, bias, stride, padding, pool, PH, PW
     check_arrays(f"a pooled convolution of {N} images", ((N, PH, PW, F), x.dtype))
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = (K + F) * OH * OW * x.itemsize
-    block = _pooled_conv_block(per_image * count_parts(N, per_image))  # scratch per thread
+    # scratch per thread
+    block = _images_per_block(POOLED_CONV_BLOCK_BYTES, per_image * count_parts(N, per_image))
 
     def images(start, stop):
         b = min(block, stop - start)
