@@ -74,6 +74,8 @@ def setup(args, library: str, batch_size: int, torch):
         retain_freed_memory()  # as Trainer.fit does (glibc keeps freed memory for reuse)
         backend = select_backend(args.backend)
         model = build_model(args.model, backend)
+        if args.precision:
+            model.set_precision(args.precision)
         step = training_step(model, SGD(lr=0.01, momentum=0.9))
         x, y = to_device(x_host, backend.xp), to_device(y_host, backend.xp)
         return lambda: time_gpucnn(model, x, y, step, args.mode, args.steps)
@@ -237,6 +239,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--json")
     parser.add_argument(
+        "--precision",
+        choices=("mixed_bfloat16", "mixed_float16"),
+        help="gpucnn's precision policy (CuPy only; default float32); compare with PyTorch's "
+        "bf16 configurations",
+    )
+    parser.add_argument(
         "--torch-configs",
         help="with --device cuda (or --smoke): PyTorch configurations timed beside eager, "
         "'all' (the default there), 'none', or a comma list of names, globs or name parts "
@@ -292,6 +300,7 @@ def main() -> None:
             "threads": args.threads,
             "steps": args.steps,
             "gpucnn_backend": backend.name,
+            "gpucnn_precision": args.precision or "float32",
             "torch_device": args.device,
             "torch_version": torch.__version__,
             "gpucnn_images_per_second": statistics.median(mine),

@@ -6,7 +6,8 @@
 # CuPy in those three modes (per-layer profile); PyTorch CUDA comparisons, eager and at its best
 # (benchmarks/torch_best.py); every other network of the CPU suite against PyTorch eager and
 # graph-captured; seconds to 99 % on MNIST from the command's start (first run and second, with
-# the kernel cache); 3 epochs of MNIST with CUDA graphs off and on; the NumPy path against PyTorch
+# the kernel cache); 3 epochs of MNIST with CUDA graphs off and on; mixed precision (bfloat16
+# and float16 steps against PyTorch bf16 autocast, MNIST in bfloat16); the NumPy path against PyTorch
 # on the host's CPU cores; then the whole test suite with its CuPy tests (in 8 processes where
 # pytest-xdist is installed). Benchmarks run first, on a quiet GPU.
 #
@@ -104,6 +105,20 @@ for graphs in 0 1; do
     --backend cupy --out "$scratch/mnist-graphs$graphs"
 done
 
+# mixed precision has never run on a GPU: bfloat16 and float16 against our own float32 (the
+# sections above) and PyTorch's bf16 autocast, eager and graph-captured; then MNIST in bfloat16;
+# with the 16-bit cuBLAS GEMM switched on (the CuPy tests run it on and off)
+section "mixed precision: gpucnn bfloat16 / float16 against PyTorch bf16 autocast"
+for net in ${PRECISION_NETWORKS:-reference resnet vgg}; do
+  for precision in mixed_bfloat16 mixed_float16; do
+    run env GPUCNN_CUDA_HALF_GEMM=1 $py benchmarks/compare_torch.py --backend cupy \
+      --device cuda --model $net --precision $precision --batch-size 128 2048 --pairs 2 \
+      --torch-configs "eager-bf16,graph-bf16-bench*" --json "$scratch/precision-$net-$precision.json"
+  done
+done
+run env GPUCNN_CUDA_HALF_GEMM=1 $py -m gpucnn train --dataset mnist "${data_args[@]}" \
+  --backend cupy --precision mixed_bfloat16 --out "$scratch/mnist-bf16"
+
 $py - "$scratch" "$results" <<'EOF'
 import glob, json, os, sys
 scratch, results = sys.argv[1:]
@@ -114,6 +129,9 @@ for graphs in ("0", "1"):
     metrics = os.path.join(scratch, f"mnist-graphs{graphs}", "metrics.json")
     if os.path.exists(metrics):
         merged[f"mnist_metrics_graphs{graphs}"] = json.load(open(metrics))
+metrics = os.path.join(scratch, "mnist-bf16", "metrics.json")
+if os.path.exists(metrics):
+    merged["mnist_metrics_bfloat16"] = json.load(open(metrics))
 json.dump(merged, open(os.path.join(results, "results.json"), "w"), indent=2)
 print("wrote", os.path.join(results, "results.json"), "with", sorted(merged))
 EOF

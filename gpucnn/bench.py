@@ -127,6 +127,8 @@ def run_bench(args) -> dict[str, Any]:
         raise ValueError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
     backend = select_backend(args.backend)
     model = build_model(args.model, backend)
+    if getattr(args, "precision", None):
+        model.set_precision(args.precision)
     results = []
     for batch_size in args.batch_size:
         train = train_throughput(model, batch_size, args.steps, args.repeats)
@@ -153,6 +155,7 @@ def run_bench(args) -> dict[str, Any]:
         "model": args.model,
         "backend": backend.name,
         "backend_reason": backend.reason,
+        "precision": model.precision.name,
         "train_images_per_second": results[0]["train_images_per_second"],
         "infer_images_per_second": results[0]["infer_images_per_second"],
         "infer_batch_size": args.infer_batch_size,

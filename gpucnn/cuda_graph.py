@@ -37,6 +37,7 @@ from .step import TrainingStep
 
 GRAPHS_ENV = "GPUCNN_CUDA_GRAPHS"
 
+LOSS_SCALING_REASON = "float16 loss scaling reads the gradients' finiteness on the host each step"
 StepFunction = Callable[[Array, Array], tuple[Array, Array]]
 
 
@@ -89,6 +90,10 @@ class GraphedStep:
         return None
 
     def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
+        if self.model.precision.loss_scaling:  # the model's policy may change between calls
+            self.disabled_because = LOSS_SCALING_REASON
+        elif self.disabled_because == LOSS_SCALING_REASON:
+            self.disabled_because = self._unsupported_reason()
         if self.disabled_because is not None:
             return self.step(x, labels)
         key = self._key(x, labels)

@@ -25,6 +25,8 @@ from .layers import Layer, layer_from_config
 from .layers.base import LAYERS, BuildContext, public_shape
 from .layers.containers import Container, child_config
 from .parameter import Buffer, Parameter
+from .precision import check_backend, compute_dtype
+from .precision import policy as precision_policy
 from .random import Random
 from .validation import (
     ArgumentError,
@@ -58,7 +60,11 @@ class Sequential(Container):
     input_shape : per-sample input shape, ``(C, H, W)`` for images or ``(D,)`` for vectors.
         Without it (None) this Sequential is a container layer, built by the model it is
         placed in; the model methods (predict, state_dict, summary...) need a model.
-    dtype : ``"float32"`` (default) or ``"float64"``.
+    dtype : ``"float32"`` (default) or ``"float64"``: the parameters' dtype.
+    precision : the precision policy (see :mod:`gpucnn.precision` and :meth:`set_precision`):
+        None (default) computes in ``dtype``; ``"mixed_bfloat16"`` or ``"mixed_float16"``
+        keeps float32 parameters and computes convolutions and dense layers in 16 bits (CuPy
+        only).
     backend : ``"auto"``, ``"numpy"``, ``"cupy"``, an array namespace module or a Backend.
     seed : seeds weight initialisation and dropout.
     name : the name of a nested Sequential in its container.
@@ -80,6 +86,7 @@ class Sequential(Container):
         backend: str | ModuleType | Backend | None = "auto",
         seed: int = 0,
         name: str | None = None,
+        precision: str | None = None,
     ):
         super().__init__(layers, name)
         self.is_model = input_shape is not None
@@ -105,6 +112,7 @@ class Sequential(Container):
         self.input_shape = shape  # public shapes at a model's boundary
         self._backward_ready = False  # set by a training forward pass
         self._batch_size = 0  # N of the last forward pass, which backward must match
+        self.set_precision(self.dtype_name if precision is None else precision)
 
     def _require_model(self, what: str) -> None:
         if not self.is_model:
@@ -112,6 +120,52 @@ class Sequential(Container):
                 f"Sequential '{self.name}': {what} needs a model: expected a Sequential built "
                 "with input_shape (this one is a container inside another)"
             )
+
+    def set_precision(self, precision: str, *, emulate: bool = False) -> None:
+        """Compute under the precision policy ``precision`` from the next forward pass on.
+
+        ``"mixed_bfloat16"`` / ``"mixed_float16"`` (a float32 model on CuPy): each forward pass
+        casts the input and the parameters of every autocast layer (all but BatchNorm) to 16
+        bits; outputs, gradients, the optimizer and saved weights stay float32 (see
+        :mod:`gpucnn.precision`). The model's own dtype name (``"float32"``) computes in it.
+        ``emulate=True`` runs ``"mixed_float16"`` on NumPy too (slowly: for tests of a
+        mixed-precision set-up on a CPU). The policy is not part of :meth:`get_config` or the
+        saved model: a model trained in mixed precision loads as a float32 model anywhere.
+        """
+        self._require_model("set_precision()")
+        try:
+            chosen = precision_policy(precision)
+            if chosen.parameter_dtype != self.dtype_name:
+                raise ValueError(
+                    f"expected a precision that keeps parameters in the model's dtype "
+                    f"({self.dtype_name}); received {precision!r}, which keeps them in "
+                    f"{chosen.parameter_dtype}"
+                )
+            check_backend(chosen, self.backend, emulate)
+            compute = compute_dtype(self.xp, chosen) if chosen.mixed else None
+        except ValueError as exc:
+            raise ValueError(f"Sequential: {exc}") from None
+        self.precision = chosen
+        self._compute_dtype = compute
+        self._autocast = [
+            p
+            for layer in self.modules()
+            if layer.autocast and compute is not None
+            for p in layer._parameters.values()
+        ]
+        for p in self.parameters():
+            p.cast = None
+        self._inference = None  # a recorded inference pass computes in the old dtype
+
+    def _cast_for_compute(self, x: Array) -> Array:
+        """Under a mixed policy: the autocast parameters' compute copies made anew (they follow
+        every update) and ``x`` cast; otherwise ``x`` as it is."""
+        if self._compute_dtype is None:
+            return x
+        xp = self.xp
+        for p in self._autocast:
+            p.cast = xp.astype(p.data, self._compute_dtype)
+        return xp.astype(x, self._compute_dtype)
 
     # ------------------------------------------------------------------ forward / backward
     def forward(
@@ -137,7 +191,7 @@ class Sequential(Container):
         """
         if not self.is_model:  # a container inside another model: internal arrays
             return super().forward(x, training)
-        x = self._prepare_input(x, check)
+        x = self._cast_for_compute(self._prepare_input(x, check))
         self._backward_ready = training
         self._batch_size = x.shape[0]
         with self._threads():
@@ -147,6 +201,8 @@ class Sequential(Container):
                 else:
                     with step_hook(step.name, "forward"):
                         x = step.forward(x, training)
+        if x.dtype != self.dtype:  # mixed precision: the model's dtype at its boundary
+            x = self.xp.astype(x, self.dtype)
         return self._to_public(x)
 
     def _threads(self) -> contextlib.AbstractContextManager:
@@ -189,7 +245,10 @@ class Sequential(Container):
                 f"N of the last forward pass); received "
                 f"{received if received is not None else type(grad_out).__name__}"
             )
-        g = self.xp.permute_dims(grad_out, (0, 2, 3, 1)) if grad_out.ndim == 4 else grad_out
+        xp = self.xp
+        g = xp.permute_dims(grad_out, (0, 2, 3, 1)) if grad_out.ndim == 4 else grad_out
+        if self._compute_dtype is not None:
+            g = xp.astype(g, self._compute_dtype)
         with self._threads():
             for index in range(len(self.steps) - 1, -1, -1):
                 step, need = self.steps[index], index > 0 or need_input_grad
@@ -198,9 +257,15 @@ class Sequential(Container):
                 else:
                     with step_hook(step.name, "backward"):
                         g = step.backward(g, need_input_grad=need)
+        if self._compute_dtype is not None:  # the optimizer and the caller see the model's dtype
+            for p in self._autocast:
+                if p.grad is not None and p.grad.dtype != self.dtype:
+                    p.grad = xp.astype(p.grad, self.dtype)
+            if g is not None:
+                g = xp.astype(g, self.dtype)
         if g is None or len(self.input_shape) != 3:
             return g
-        return self.xp.permute_dims(g, (0, 3, 1, 2))
+        return xp.permute_dims(g, (0, 3, 1, 2))
 
     def loss_and_backward(
         self,
@@ -209,15 +274,21 @@ class Sequential(Container):
         check: bool = True,
         step_hook: StepHook | None = None,
         label_smoothing: float = 0.0,
+        loss_scale: float = 1.0,
     ) -> tuple[Array, Array]:
         """One training pass: forward, softmax cross-entropy (with ``label_smoothing``, see
         :func:`~gpucnn.functional.softmax_cross_entropy`), backward (input grad skipped).
+        The loss and its gradient are computed in the model's dtype; ``loss_scale`` multiplies
+        the gradient sent back (float16 loss scaling: the parameters' gradients come out
+        scaled by it).
 
         Returns the 0-d loss and the (N, K) logits, both still on the device.
         """
         logits = self.forward(x, training=True, check=check, step_hook=step_hook)
         labels = to_device(labels, self.xp)
         loss, grad = softmax_cross_entropy(logits, labels, check, label_smoothing)
+        if loss_scale != 1.0:
+            grad = grad * loss_scale
         self.backward(grad, need_input_grad=False, step_hook=step_hook)
         return loss, logits
 
@@ -447,7 +518,8 @@ class Sequential(Container):
                 lines.append(rule)
         lines += [
             rule,
-            f"Total params: {self.num_params:,}  (backend: {self.backend.name}, dtype: {self.dtype_name})",
+            f"Total params: {self.num_params:,}  (backend: {self.backend.name}, dtype: "
+            f"{self.dtype_name}{'' if not self.precision.mixed else ', precision: ' + self.precision.name})",
         ]
         text = "\n".join(lines)
         if print_fn is not None:

@@ -47,14 +47,22 @@ class Parameter(_NamedArray):
     ----------
     grad : array of the same shape as ``data`` filled by the layer's ``backward``, or None
         before the first backward pass.
+    cast : under a mixed-precision policy, ``data`` cast to the compute dtype by the model at
+        the start of each forward pass; None otherwise (see :mod:`gpucnn.precision`).
     """
 
-    __slots__ = ("grad", "decay")
+    __slots__ = ("grad", "decay", "cast")
 
     def __init__(self, data: Array, name: str, decay: bool = True):
         super().__init__(data, name)
         self.grad: Array | None = None
         self.decay = bool(decay)
+        self.cast: Array | None = None
+
+    @property
+    def value(self) -> Array:
+        """The array a layer computes with: ``cast`` when the model set one, else ``data``."""
+        return self.data if self.cast is None else self.cast
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape}, decay={self.decay})"

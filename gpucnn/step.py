@@ -6,41 +6,24 @@ data-parallel training, which calls :meth:`TrainingStep.forward_backward`, avera
 gradients over ranks, then :meth:`TrainingStep.update`. Loss scaling, mixed precision or
 gradient accumulation are added here, once.
 
-The dtype policy says which dtype the parameters are kept in and which one the step computes
-in. Today both are the model's dtype (float32 or float64); the policy is where a compute dtype
-separate from the parameters' one (bfloat16 GEMMs with float32 weights) plugs in.
+The model's precision policy (:mod:`gpucnn.precision`) says which dtype the parameters are
+kept in and which one the layers compute in; the model casts at its boundary, so the step sees
+float32 logits and gradients either way. Under ``"mixed_float16"`` the step scales the loss
+(:class:`~gpucnn.precision.LossScaler`): backward runs on the scaled loss, the gradients are
+unscaled before anything reads them, and a step whose gradients overflowed updates nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .backend import Array
 from .functional.losses import add_batch_sums
+from .precision import LossScaler
 
 # called between backward and the update with (loss, logits): an all-reduce, a finiteness check
 GradientHook = Callable[[Array, Array], None]
-
-
-@dataclass(frozen=True)
-class DTypePolicy:
-    """The dtypes of a training step.
-
-    Attributes
-    ----------
-    parameter_dtype : the dtype the parameters and the optimizer state are kept in.
-    compute_dtype : the dtype the layers compute in; the loss is computed in at least float32.
-    """
-
-    parameter_dtype: str
-    compute_dtype: str
-
-    @classmethod
-    def of(cls, model) -> DTypePolicy:
-        """The policy of a model that computes in its own dtype."""
-        return cls(model.dtype_name, model.dtype_name)
 
 
 def check_label_smoothing(value: float) -> float:
@@ -59,7 +42,6 @@ class TrainingStep:
     optimizer : updates the parameters from their gradients.
     sums : optional (2,) float64 array on the model's device; each step adds the batch's summed
         loss and correct count to it in place, so a loop reads nothing per batch.
-    policy : the dtype policy (default: the model's dtype for everything).
     label_smoothing : epsilon of the training loss's label smoothing, in [0, 1).
 
     ``x`` is (N, *input_shape) and ``labels`` (N,) int, on the model's device; the 0-d loss and
@@ -71,27 +53,41 @@ class TrainingStep:
         model,
         optimizer,
         sums: Array | None = None,
-        policy: DTypePolicy | None = None,
         label_smoothing: float = 0.0,
     ):
         self.model, self.optimizer, self.sums = model, optimizer, sums
         self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.policy = policy or DTypePolicy.of(model)
-        if self.policy.compute_dtype != model.dtype_name:
-            raise ValueError(
-                f"expected a compute dtype equal to the model's ({model.dtype_name}); received "
-                f"{self.policy.compute_dtype!r} (mixed precision is not available)"
-            )
+        self.scaler: LossScaler | None = None  # made at the first float16 step
+        self._overflowed = False
 
     def forward_backward(self, x: Array, labels: Array) -> tuple[Array, Array]:
         """Forward in training mode, softmax cross-entropy, backward (no input gradient):
-        every parameter's ``grad`` is set. Returns ``(loss, logits)``."""
-        return self.model.loss_and_backward(
-            x, labels, check=False, label_smoothing=self.label_smoothing
-        )
+        every parameter's ``grad`` is set (unscaled; zeros after a float16 overflow, which
+        the next :meth:`update` skips). Returns ``(loss, logits)``."""
+        if not self.model.precision.loss_scaling:  # bfloat16 gradients need no loss scale
+            return self.model.loss_and_backward(
+                x, labels, check=False, label_smoothing=self.label_smoothing
+            )
+        if self.scaler is None:
+            self.scaler = LossScaler()
+        loss, logits = self.model.loss_and_backward(
+            x, labels, check=False, label_smoothing=self.label_smoothing,
+            loss_scale=self.scaler.scale,
+        )  # fmt: skip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grads, finite = self.scaler.unscale(self.model.xp, [p.grad for p in params])
+        xp = self.model.xp
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g if finite else xp.zeros_like(p.data)
+        self._overflowed = not finite
+        return loss, logits
 
     def update(self) -> None:
-        """The optimizer's step on the gradients now held by the parameters."""
+        """The optimizer's step on the gradients now held by the parameters (none after a
+        float16 step whose scaled gradients overflowed)."""
+        if self._overflowed:
+            self._overflowed = False
+            return
         self.optimizer.step(self.model)
 
     def __call__(
@@ -111,4 +107,4 @@ class TrainingStep:
         return {"cuda_graph": False, "disabled_because": "eager steps", "replays": 0}
 
 
-__all__ = ["DTypePolicy", "GradientHook", "TrainingStep"]
+__all__ = ["GradientHook", "TrainingStep"]

@@ -361,6 +361,12 @@ class Trainer:
                 f"expected a global batch_size >= the number of processes ({comm.size}); "
                 f"received {batch_size}"
             )
+        if comm is not None and self.model.precision.loss_scaling:
+            # each rank would skip its own overflowed steps: the ranks' weights would part
+            raise ValueError(
+                "distributed training expects precision 'mixed_bfloat16' or full precision; "
+                "received 'mixed_float16', whose loss scaling is per process"
+            )
         if comm is not None and is_disk_backed(x):
             raise ValueError(
                 "distributed training expects in-memory data; received disk-backed data"

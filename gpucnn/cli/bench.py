@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..architectures import BUILTIN
 from ..backend import BACKEND_CHOICES
+from ..precision import MIXED
 from .outputs import check_output, write_output
 
 
@@ -20,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch-size", type=int, nargs="+", default=[128])
     bench.add_argument("--infer-batch-size", type=int, default=1000)
     bench.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    bench.add_argument(
+        "--precision",
+        choices=MIXED,
+        help="mixed precision (CuPy only; see gpucnn train --help); default: float32",
+    )
     bench.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     bench.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     bench.add_argument("--no-profile", action="store_true", help="skip the per-layer breakdown")

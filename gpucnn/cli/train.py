@@ -17,12 +17,14 @@ import numpy as np
 from .. import __version__, runfolder
 from ..architectures import BUILTIN
 from ..augment import Augment
-from ..backend import BACKEND_CHOICES
+from ..backend import BACKEND_CHOICES, BackendError, select_backend
 from ..callbacks import Callback, CSVLogger, ModelCheckpoint, TensorBoard
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ..data import DATASETS, Dataset, train_val_split
 from ..distributed import MPICommunicator, mpi_world_size
 from ..model import Sequential, model_file
+from ..precision import MIXED, check_backend
+from ..precision import policy as precision_policy
 from ..recipes import (
     OPTIMIZER_NAMES,
     RECIPES,
@@ -189,6 +191,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
+    train.add_argument(
+        "--precision",
+        choices=MIXED,
+        help="mixed precision on a GPU: float32 parameters, convolutions and dense layers in "
+        "bfloat16 or float16 (float16 with loss scaling); default: compute in --dtype",
+    )
     train.add_argument("--seed", type=int, help="default: 0")
     train.add_argument("--out", help="output folder (default: a new folder under runs/)")
     train.add_argument(
@@ -246,19 +254,20 @@ RUN_FLAGS = (
     "dataset", "data", "image_size", "channels", "test_fraction", "stream", "augment_shift",
     "augment_flip", "model", "batch_size", "lr", "optimizer", "momentum", "nesterov",
     "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "clip_norm", "val_fraction",
-    "patience", "checkpoint_best", "csv_log", "tensorboard", "dtype", "seed", "out", "overwrite",
-    "sync_batch_norm",
+    "patience", "checkpoint_best", "csv_log", "tensorboard", "dtype", "precision", "seed", "out",
+    "overwrite", "sync_batch_norm",
 )  # fmt: skip
 TRAIN_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "warmup_epochs": 0, "label_smoothing": 0.0, "val_fraction": 0.1, "dtype": "float32", "seed": 0,
-    "sync_batch_norm": True,
+    "sync_batch_norm": True, "precision": None,
 }  # fmt: skip
 # what a run recorded before these settings existed (or without --data) amounts to
 RECORDED_DEFAULTS = {
     "augment_shift": 0, "augment_flip": False, "test_fraction": 0.2, "warmup_epochs": 0,
     "label_smoothing": 0.0, "checkpoint_best": False, "csv_log": False,
     "sync_batch_norm": False,  # distributed BatchNorm ran on each rank's share before
+    "precision": None,
 }  # fmt: skip
 # scikit-learn's random_state takes 0..2**32-1, and the validation split is seeded with seed + 1
 MAX_SEED = 2**32 - 2
@@ -369,6 +378,8 @@ def _train(
         model = build_model(run, data.input_shape, data.num_classes, backend=args.backend)
     else:  # the checkpoint holds the architecture: no file outside the run folder is read
         model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
+    if run.get("precision"):
+        model.set_precision(run["precision"])
     trainer = _build_trainer(
         run,
         model,
@@ -456,6 +467,21 @@ def preprocessing(data: Dataset) -> dict[str, Any]:
     }
 
 
+def _check_precision(precision: str | None, dtype: str | None, backend: str) -> None:
+    """Refuse a mixed precision before any data is read: on float64, or where the backend
+    is NumPy (named, or what ``auto`` finds here)."""
+    if precision is None:
+        return
+    if dtype == "float64":
+        raise UsageError(
+            f"--precision {precision} keeps float32 parameters; received --dtype float64"
+        )
+    try:
+        check_backend(precision_policy(precision), select_backend(backend))
+    except (ValueError, BackendError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_train_flags(args: argparse.Namespace) -> None:
     from ..functional._cpu_threads import cpu_threads
 
@@ -467,6 +493,7 @@ def _check_train_flags(args: argparse.Namespace) -> None:
         )
     if args.data and (args.dataset or args.data_dir):
         raise UsageError("--data cannot be combined with --dataset or --data-dir")
+    _check_precision(args.precision, args.dtype, args.backend)
     # with --resume they are compared with the run's own values instead (see _resume_conflicts)
     if (
         not args.resume

@@ -829,6 +829,21 @@ def adam_multi(slots, step: float, beta1, beta2, eps, root_correction2) -> bool:
 # raises before cublasSetStream), although cuBLAS itself supports capture given a workspace
 # of its own. So a captured training step calls cublasSgemm/cublasDgemm through ctypes on a
 # handle of ours, whose stream is set before the capture begins.
+#
+# 16-bit operands (mixed precision) go to cublasGemmEx with float32 accumulation
+# (CUBLAS_COMPUTE_32F), so their steps can be captured too. That call has not yet run on a GPU:
+# it stays off unless GPUCNN_CUDA_HALF_GEMM=1, and 16-bit GEMMs take CuPy's matmul (eager
+# steps, as a capture refuses it).
+HALF_GEMM_ENV = "GPUCNN_CUDA_HALF_GEMM"
+CUDA_DATA_TYPES = {"float16": 2, "bfloat16": 14}  # cudaDataType CUDA_R_16F, CUDA_R_16BF
+CUBLAS_COMPUTE_32F = 68
+CUBLAS_GEMM_DEFAULT = -1
+
+
+def _half_gemm_on() -> bool:
+    import os
+
+    return os.environ.get(HALF_GEMM_ENV, "0").strip() == "1"
 
 
 class _Cublas:
@@ -884,9 +899,12 @@ class _Cublas:
         N = b.shape[1]
         op_b, ld_b = (0, N) if b.flags.c_contiguous else (1, K)
         op_a, ld_a = (0, K) if a.flags.c_contiguous else (1, M)
+        self.use_stream(cupy.cuda.get_current_stream().ptr)
+        if out.dtype.name in CUDA_DATA_TYPES:
+            self._gemm_ex(a, b, out, (op_a, ld_a), (op_b, ld_b))
+            return
         t = np.float32 if out.dtype == np.float32 else np.float64
         function = self.lib.cublasSgemm_v2 if t is np.float32 else self.lib.cublasDgemm_v2
-        self.use_stream(cupy.cuda.get_current_stream().ptr)
         status = function(
             self.handle, c.c_int(op_b), c.c_int(op_a), c.c_int(N), c.c_int(M), c.c_int(K),
             c.c_void_p(self.one[t].ctypes.data), c.c_void_p(b.data.ptr), c.c_int(max(ld_b, 1)),
@@ -894,6 +912,25 @@ class _Cublas:
             c.c_void_p(out.data.ptr), c.c_int(max(N, 1)),
         )  # fmt: skip
         self._check(status, "cublasGemm")
+
+    def _gemm_ex(self, a, b, out, a_layout: tuple[int, int], b_layout: tuple[int, int]) -> None:
+        """:meth:`gemm` for 16-bit operands: cublasGemmEx, products summed in float32 (alpha
+        and beta are then float32), the result rounded once to the operands' type."""
+        c = self.ctypes
+        (op_a, ld_a), (op_b, ld_b) = a_layout, b_layout
+        M, K = a.shape
+        N = b.shape[1]
+        kind = c.c_int(CUDA_DATA_TYPES[out.dtype.name])
+        status = self.lib.cublasGemmEx(
+            self.handle, c.c_int(op_b), c.c_int(op_a), c.c_int(N), c.c_int(M), c.c_int(K),
+            c.c_void_p(self.one[np.float32].ctypes.data),
+            c.c_void_p(b.data.ptr), kind, c.c_int(max(ld_b, 1)),
+            c.c_void_p(a.data.ptr), kind, c.c_int(max(ld_a, 1)),
+            c.c_void_p(self.zero[np.float32].ctypes.data),
+            c.c_void_p(out.data.ptr), kind, c.c_int(max(N, 1)),
+            c.c_int(CUBLAS_COMPUTE_32F), c.c_int(CUBLAS_GEMM_DEFAULT),
+        )  # fmt: skip
+        self._check(status, "cublasGemmEx")
 
 
 def _cublas_path() -> str:
@@ -928,14 +965,14 @@ def cublas() -> _Cublas:
 
 
 def gemm(a, b):
-    """``a @ b`` for 2-D float CuPy arrays, each C- or F-contiguous, through :func:`cublas`;
-    None for any other operands."""
+    """``a @ b`` for 2-D float CuPy arrays, each C- or F-contiguous, through :func:`cublas`
+    (16-bit ones only with ``GPUCNN_CUDA_HALF_GEMM=1``); None for any other operands."""
     if (
         a.ndim != 2
         or b.ndim != 2
         or a.shape[1] != b.shape[0]
         or a.dtype != b.dtype
-        or a.dtype.name not in PRELUDE
+        or not (a.dtype.name in PRELUDE or (a.dtype.name in CUDA_DATA_TYPES and _half_gemm_on()))
         or not (a.flags.c_contiguous or a.flags.f_contiguous)
         or not (b.flags.c_contiguous or b.flags.f_contiguous)
         or max(a.size, b.size, a.shape[0] * b.shape[1]) > INT_LIMIT

@@ -72,6 +72,10 @@ class Layer:
     grads : dict-like view ``{key: array}`` of the gradients computed so far.
     uses_randomness : class attribute, True for layers that draw random numbers in training
         (dropout masks): a recorded CUDA graph would replay the same draws.
+    autocast : class attribute; under a mixed-precision policy the model casts the parameters
+        of such layers to the compute dtype before each forward pass (they compute with
+        ``parameter.value``). False (BatchNorm) keeps them as they are: the layer computes in
+        its parameters' dtype and casts its output to its input's (see :mod:`gpucnn.precision`).
     batch_statistics : class attribute, True for layers whose training output depends on the
         whole batch (BatchNorm); data-parallel training sets their ``sum_over_processes`` (a
         function summing a 1-d array over the ranks; None otherwise) for the time of ``fit``,
@@ -79,6 +83,7 @@ class Layer:
     """
 
     uses_randomness: bool = False
+    autocast: bool = True
     batch_statistics: bool = False
     sum_over_processes = None
 

@@ -86,7 +86,7 @@ class Conv2D(Layer):
     def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         out, cols = conv2d_forward(
-            x, self.weight.data, self.bias.data, self.stride, self.padding, training
+            x, self.weight.value, self.bias.value, self.stride, self.padding, training
         )
         self._cache = (cols, tuple(x.shape)) if training else None
         return out
@@ -96,7 +96,7 @@ class Conv2D(Layer):
         grad_x, grad_w, grad_b = conv2d_backward(
             grad_out,
             cols,
-            self.weight.data,
+            self.weight.value,
             x_shape,
             self.stride,
             self.padding,

@@ -52,11 +52,11 @@ class Dense(Layer):
     def forward(self, x: Array, training: bool = False) -> Array:
         self.check_input(x)
         self._cache = x if training else None
-        return dense_forward(x, self.weight.data, self.bias.data)
+        return dense_forward(x, self.weight.value, self.bias.value)
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
         grad_x, grad_w, grad_b = dense_backward(
-            grad_out, self._cache, self.weight.data, need_input_grad
+            grad_out, self._cache, self.weight.value, need_input_grad
         )
         self.weight.grad, self.bias.grad = grad_w, grad_b
         return grad_x

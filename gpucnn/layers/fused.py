@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..backend import Array
+from ..backend import Array, namespace
 from ..functional.activations import relu_backward
 from ..functional.conv import (
     conv2d_forward,
@@ -103,7 +103,7 @@ class Conv2DReLUMaxPool2D:
         conv = self.conv
         conv.check_input(x)
         out, cache = conv2d_relu_max_pool2d_forward(
-            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding,
+            x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
             self.pool.pool_size, training,
         )  # fmt: skip
         self._cache = (cache, tuple(x.shape)) if training else None
@@ -113,7 +113,7 @@ class Conv2DReLUMaxPool2D:
         cache, x_shape = self._cache
         conv = self.conv
         grad_x, grad_w, grad_b = conv2d_relu_max_pool2d_backward(
-            grad_out, cache, conv.weight.data, x_shape, conv.stride, conv.padding,
+            grad_out, cache, conv.weight.value, x_shape, conv.stride, conv.padding,
             self.pool.pool_size, need_input_grad,
         )  # fmt: skip
         conv.weight.grad, conv.bias.grad = grad_w, grad_b
@@ -150,7 +150,7 @@ class Conv2DReLU:
         conv = self.conv
         conv.check_input(x)
         out, cols = conv2d_relu_forward(
-            x, conv.weight.data, conv.bias.data, conv.stride, conv.padding, training
+            x, conv.weight.value, conv.bias.value, conv.stride, conv.padding, training
         )
         self._cache = (cols, out, tuple(x.shape)) if training else None
         return out
@@ -159,7 +159,7 @@ class Conv2DReLU:
         cols, out, x_shape = self._cache
         conv = self.conv
         grad_x, grad_w, grad_b = conv2d_relu_backward(
-            grad_out, out, cols, conv.weight.data, x_shape, conv.stride, conv.padding,
+            grad_out, out, cols, conv.weight.value, x_shape, conv.stride, conv.padding,
             need_input_grad,
         )  # fmt: skip
         conv.weight.grad, conv.bias.grad = grad_w, grad_b
@@ -232,6 +232,9 @@ class Conv2DBatchNorm2D:
             conv.weight.data, conv.bias.data, norm.weight.data, norm.bias.data,
             norm.running_mean.data, norm.running_var.data, norm.eps,
         )  # fmt: skip
+        if weight.dtype != x.dtype:  # a mixed-precision model: folded in float32, then cast
+            xp = namespace(x)
+            weight, bias = xp.astype(weight, x.dtype), xp.astype(bias, x.dtype)
         convolve = conv2d_relu_forward if self.relu else conv2d_forward
         # an inference pass keeps no training activations alive, as the layers do
         conv._cache = norm._cache = None

@@ -41,6 +41,7 @@ class _BatchNorm(Layer):
 
     rank = 0  # the per-sample rank this kind normalises: 3 for (H, W, C), 1 for (D,)
     batch_statistics = True
+    autocast = False  # statistics in float32 under a mixed-precision policy
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: str | None = None):
         super().__init__(name)
@@ -77,8 +78,18 @@ class _BatchNorm(Layer):
 
     def forward_then_relu(self, x: Array, training: bool, relu: bool) -> Array:
         """``forward``, then ``max(., 0)`` in the same pass with ``relu`` (the fused
-        ``BatchNorm, ReLU`` step of :mod:`gpucnn.layers.fused`)."""
+        ``BatchNorm, ReLU`` step of :mod:`gpucnn.layers.fused`).
+
+        An input of a lower precision than the parameters (a mixed-precision model) is
+        normalised in the parameters' dtype, statistics included, and the output cast back."""
         self.check_input(x)
+        kept = self.weight.data.dtype
+        if x.dtype == kept:
+            return self._forward_then_relu(x, training, relu)
+        xp = namespace(x)
+        return xp.astype(self._forward_then_relu(xp.astype(x, kept), training, relu), x.dtype)
+
+    def _forward_then_relu(self, x: Array, training: bool, relu: bool) -> Array:
         if not training:
             self._cache = None
             out, _ = batch_norm_forward(
@@ -140,6 +151,14 @@ class _BatchNorm(Layer):
         running_var[...] = (1.0 - m) * running_var + (m * count / (count - 1)) * var
 
     def backward(self, grad_out: Array, need_input_grad: bool = True) -> Array | None:
+        kept = self.weight.data.dtype
+        if grad_out.dtype == kept:
+            return self._backward(grad_out, need_input_grad)
+        xp = namespace(grad_out)  # a mixed-precision model: as in forward
+        grad_x = self._backward(xp.astype(grad_out, kept), need_input_grad)
+        return None if grad_x is None else xp.astype(grad_x, grad_out.dtype)
+
+    def _backward(self, grad_out: Array, need_input_grad: bool) -> Array | None:
         grad_w, grad_b = batch_norm_parameter_grads(grad_out, self._cache)
         self.weight.grad, self.bias.grad = grad_w, grad_b
         if self.sum_over_processes is not None:
