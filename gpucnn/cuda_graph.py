@@ -77,6 +77,7 @@ class GraphedStep:
         self.disabled_because = self._unsupported_reason()
         self.recorded_for: tuple | None = None  # shapes, dtypes and learning rate recorded
         self._warmed: tuple | None = None  # the key after the last eager step
+        self._precision = model.precision.name  # the policy the graph and the reason are for
         self.replays = 0
 
     def _unsupported_reason(self) -> str | None:
@@ -87,12 +88,16 @@ class GraphedStep:
         for layer in self.model.modules():
             if layer.uses_randomness:
                 return f"layer '{layer.path}' ({type(layer).__name__}) draws random numbers"
+        if self.model.precision.loss_scaling:
+            return LOSS_SCALING_REASON
         return None
 
     def __call__(self, x: Array, labels: Array) -> tuple[Array, Array]:
-        if self.model.precision.loss_scaling:  # the model's policy may change between calls
-            self.disabled_because = LOSS_SCALING_REASON
-        elif self.disabled_because == LOSS_SCALING_REASON:
+        if self.model.precision.name != self._precision:
+            # another precision policy: neither the recorded graph (other dtypes inside) nor
+            # a reason found under the old one (a failed recording) holds any more
+            self._precision = self.model.precision.name
+            self.graph, self.recorded_for, self._warmed = None, None, None
             self.disabled_because = self._unsupported_reason()
         if self.disabled_because is not None:
             return self.step(x, labels)

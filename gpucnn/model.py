@@ -91,6 +91,11 @@ class Sequential(Container):
         super().__init__(layers, name)
         self.is_model = input_shape is not None
         if not self.is_model:
+            if precision is not None:
+                raise ValueError(
+                    f"Sequential '{name}': expected precision only for a model (with "
+                    f"input_shape); received precision={precision!r} for a nested Sequential"
+                )
             return
         owner = "Sequential"
         dtype = check_choice("dtype", _dtype_name(dtype), DTYPES, owner=owner)

@@ -99,9 +99,11 @@ def check_backend(policy: Policy, backend, emulate: bool = False) -> None:
         return
     if emulate and policy.compute_dtype == "float16":
         return
+    emulated = " (emulate=True runs only mixed_float16 there)" if emulate else ""
     raise ValueError(
         f"precision {policy.name!r} needs the CuPy backend (a CUDA GPU); received backend "
-        f"{backend.name!r}, which has no fast {policy.compute_dtype} arithmetic (compute in float32 there)"
+        f"{backend.name!r}, which has no fast {policy.compute_dtype} arithmetic (compute in "
+        f"float32 there){emulated}"
     )
 
 

@@ -132,6 +132,9 @@ def test_the_fused_inference_of_conv_and_batch_norm_casts_its_folded_weights():
     out = model.forward(x)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference.forward(x), rtol=2e-2, atol=2e-2)
+    fused = model.steps[0]  # Conv2D, BatchNorm2D, ReLU as one step: the folded convolution
+    assert type(fused).__name__ == "Conv2DBatchNorm2DReLU"
+    assert fused.forward(np.zeros((1, 10, 10, 2), np.float16)).dtype == np.float16
 
 
 # ---------------------------------------------------------------------- training
@@ -194,6 +197,55 @@ def test_an_overflowed_float16_step_is_skipped_and_the_scale_halves():
     assert any(not np.array_equal(p.data, before[p.name]) for p in model.parameters())
 
 
+def test_every_step_of_a_mixed_model_computes_in_float16():
+    """No layer promotes the 16-bit activations (SciPy's erf, a float32 parameter, a float64
+    constant): each step's output and input gradient stay float16."""
+    from gpucnn.layers import (
+        GELU,
+        AvgPool2D,
+        BatchNorm1D,
+        Dropout,
+        LeakyReLU,
+        Residual,
+        Sigmoid,
+        SiLU,
+        Tanh,
+    )
+
+    layers = [
+        Conv2D(4, 3, padding="same"), BatchNorm2D(), GELU(), AvgPool2D(2), Conv2D(8, 3),
+        LeakyReLU(), SiLU(), Residual([Conv2D(8, 3, padding="same"), Tanh()]), Sigmoid(),
+        MaxPool2D(2), Flatten(), Dense(16), BatchNorm1D(), ReLU(), Dropout(0.3), Dense(3),
+    ]  # fmt: skip
+    model = Sequential(layers, input_shape=(2, 12, 12), backend="numpy", seed=1)
+    model.set_precision("mixed_float16", emulate=True)
+    seen = []
+    for step in model.steps:
+        forward, backward = step.forward, step.backward
+
+        def watched_forward(x, training=False, _f=forward, _name=step.name):
+            out = _f(x, training)
+            seen.append((_name, "forward", out.dtype))
+            return out
+
+        def watched_backward(g, need_input_grad=True, _b=backward, _name=step.name):
+            grad = _b(g, need_input_grad)
+            seen.append((_name, "backward", None if grad is None else grad.dtype))
+            return grad
+
+        step.forward, step.backward = watched_forward, watched_backward
+    x, y = batch()
+    model.loss_and_backward(np.resize(x, (8, 2, 12, 12)), y)
+    assert len(seen) == 2 * len(model.steps)
+    wrong = [entry for entry in seen if entry[2] not in (np.float16, None)]
+    assert not wrong, wrong
+
+
+def test_a_nested_sequential_takes_no_precision():
+    with pytest.raises(ValueError, match="expected precision only for a model"):
+        Sequential([Dense(2)], precision="mixed_float16")
+
+
 def test_the_loss_scale_grows_after_a_run_of_finite_steps():
     scaler = LossScaler(scale=8.0, growth_interval=2)
     grads = [np.ones(3, np.float32)]
@@ -203,6 +255,9 @@ def test_the_loss_scale_grows_after_a_run_of_finite_steps():
     np.testing.assert_array_equal(unscaled[0], np.full(3, 1 / 8, np.float32))
     assert not scaler.unscale(np, [np.array([1.0, np.inf], np.float32)])[1]
     assert scaler.scale == 8.0 and scaler.good_steps == 0
+    capped = LossScaler(scale=LossScaler.MAX_SCALE, growth_interval=1)
+    capped.unscale(np, grads)
+    assert capped.scale == LossScaler.MAX_SCALE
 
 
 def test_loss_scaling_keeps_small_gradients_that_float16_would_flush():
@@ -235,15 +290,19 @@ def test_fit_in_mixed_float16_learns_as_float32_does():
     np.testing.assert_allclose(losses["mixed_float16"][:5], losses[None][:5], rtol=0.05)
 
 
-def test_a_cuda_graph_step_stays_eager_under_loss_scaling():
+def test_a_cuda_graph_step_stays_eager_under_loss_scaling(monkeypatch):
     model = conv_net(precision="mixed_float16")
     step = GraphedStep(model, SGD(0.05))
+    monkeypatch.setattr(step, "_key", lambda x, y: ("shapes",))  # (device addresses: CuPy)
     x, y = batch()
     step(x, y)
     assert step.describe()["disabled_because"] == LOSS_SCALING_REASON
-    model.set_precision("float32")
-    step.disabled_because = LOSS_SCALING_REASON  # as left by the float16 steps
-    assert step._unsupported_reason() is None
+    model.set_precision("float32")  # no loss scaling: the step may be recorded again
+    step(x, y)
+    assert step.describe()["disabled_because"] is None
+    model.set_precision("mixed_float16", emulate=True)
+    step(x, y)
+    assert step.describe()["disabled_because"] == LOSS_SCALING_REASON
 
 
 def test_distributed_training_refuses_float16_loss_scaling():

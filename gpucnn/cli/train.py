@@ -379,7 +379,13 @@ def _train(
     else:  # the checkpoint holds the architecture: no file outside the run folder is read
         model = _model_from_checkpoint(checkpoint, run, data, args.backend, out)
     if run.get("precision"):
-        model.set_precision(run["precision"])
+        try:
+            model.set_precision(run["precision"])
+        except ValueError as exc:  # resumed where the run's precision cannot run
+            raise UsageError(
+                f"{exc}; the run was trained with --precision {run['precision']}: resume it "
+                "where CuPy finds a GPU"
+            ) from None
     trainer = _build_trainer(
         run,
         model,

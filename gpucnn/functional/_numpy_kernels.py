@@ -643,7 +643,7 @@ def erf_fast(x: Array) -> Array | None:
         from scipy.special import erf
     except ImportError:
         return None
-    return erf(x)
+    return erf(x).astype(x.dtype, copy=False)  # SciPy computes float16 in float64
 
 
 # ---------------------------------------------------------------------- batch normalisation
