@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (NumPy) against naive loops, central
-differences and the standard im2col code, and the rules that decide where they run."""
+"""Winograd F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5) convolutions (NumPy) against naive loops,
+central differences and the standard im2col code, and the rules that decide where they run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gpucnn.backend import to_numpy
 from gpucnn.functional import (
     _cpu_threads,
     _winograd,
+    _winograd_4x4,
     _winograd_5x5,
     conv2d_backward,
     conv2d_forward,
@@ -32,9 +33,28 @@ GEOMETRIES = [
 ]
 
 
-# kernel side -> its module; a 5x5 case pads one more on every side (same output sizes)
-MODULES = {3: _winograd, 5: _winograd_5x5}
-KERNELS = pytest.mark.parametrize("kernel", [3, 5], ids=["3x3", "5x5"])
+class Variant(int):
+    """A kernel side (3 or 5) that also names the Winograd algorithm under test: its module,
+    outputs per tile side and float64 tolerance (G's fractions down to 1/24 round more)."""
+
+    def __new__(cls, side: int, module, m: int, tolerance: float):
+        variant = super().__new__(cls, side)
+        variant.module, variant.m, variant.f64_tolerance = module, m, tolerance
+        return variant
+
+    @property
+    def tile(self) -> int:
+        return self.m + int(self) - 1
+
+
+# each algorithm; a 5x5 case pads one more on every side (same output sizes)
+VARIANTS = {
+    "3x3": Variant(3, _winograd, 2, 1e-12),
+    "3x3-f4": Variant(3, _winograd_4x4, 4, 1e-11),
+    "5x5": Variant(5, _winograd_5x5, 2, 1e-11),
+}
+MODULES = [v.module for v in VARIANTS.values()]
+KERNELS = pytest.mark.parametrize("kernel", list(VARIANTS.values()), ids=list(VARIANTS))
 
 
 def _padding(padding, kernel):
@@ -42,13 +62,18 @@ def _padding(padding, kernel):
 
 
 @pytest.fixture
-def everywhere(monkeypatch):
-    """Winograd for every 3x3 and 5x5 stride-1 convolution, however small."""
-    monkeypatch.setattr(_winograd, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(_winograd, "WINOGRAD_MIN_SIDE", 1)
+def everywhere(monkeypatch, request):
+    """Winograd for every 3x3 and 5x5 stride-1 convolution, however small: by the algorithm
+    of the test's ``kernel`` (F(2x2, 3x3) for 3x3 ones without)."""
+    variant = getattr(request.node, "callspec", None)
+    variant = variant.params.get("kernel") if variant else None
+    for module in (_winograd, _winograd_5x5):
+        monkeypatch.setattr(module, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(module, "WINOGRAD_MIN_SIDE", 1)
     monkeypatch.setattr(_winograd, "WINOGRAD_MIN_WORK", 0)
-    monkeypatch.setattr(_winograd_5x5, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(_winograd_5x5, "WINOGRAD_MIN_SIDE", 1)
+    # F(4x4, 3x3) takes the 3x3 convolutions F(2x2, 3x3) takes: all, or (other tests) none
+    chosen = variant is not None and variant.module is _winograd_4x4
+    monkeypatch.setattr(_winograd_4x4, "MAX_SPARE", float("inf") if chosen else 0.0)
 
 
 def _arrays(rng, shape, filters, dtype=np.float64, kernel=3):
@@ -64,10 +89,10 @@ def test_forward_matches_naive_loops(everywhere, rng, shape, filters, padding, k
     x, w, b = _arrays(rng, shape, filters, kernel=kernel)
     padding = _padding(padding, kernel)
     out, saved = conv2d_forward(x, w, b, (1, 1), padding)
-    assert isinstance(saved, MODULES[kernel].TransformedInput)
+    assert isinstance(saved, kernel.module.TransformedInput)
     expected = conv2d_naive(nchw(x), w, b, (1, 1), padding)
     # F(2x2, 5x5)'s filter transform divides by up to 24: a few more float64 roundings
-    tolerance = 1e-12 if kernel == 3 else 1e-11
+    tolerance = kernel.f64_tolerance
     np.testing.assert_allclose(nchw(out), expected, rtol=tolerance, atol=tolerance)
 
 
@@ -99,7 +124,7 @@ def test_equals_the_standard_code(
 
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
-    monkeypatch.setattr(MODULES[kernel], "BLOCK_BYTES", block_bytes)  # 1: one image per block
+    monkeypatch.setattr(kernel.module, "BLOCK_BYTES", block_bytes)  # 1: one image per block
     rng = np.random.default_rng(5)
     x, w, b = _arrays(rng, shape, filters, dtype, kernel)
     padding = _padding(padding, kernel)
@@ -124,7 +149,7 @@ def test_equals_the_standard_code(
     standard += [to_numpy(a) for a in conv2d_backward(masked, cols_s, ws, x.shape, (1, 1), padding)]
     assert fast[5] is None and standard[5] is None
     assert all(a is None or a.dtype == dtype for a in fast)
-    tolerance = 2e-5 if dtype == np.float32 else (1e-12 if kernel == 3 else 1e-11)
+    tolerance = 2e-5 if dtype == np.float32 else kernel.f64_tolerance
     for a, expected in zip(fast, standard, strict=True):
         if a is not None:
             scale = max(1.0, float(np.max(np.abs(expected))))
@@ -139,13 +164,13 @@ def test_pooled_convolution_runs_whole_then_pools(everywhere, rng, dtype, kernel
     x, w, b = _arrays(rng, (2, 8, 6, 3), 4, dtype, kernel)
     padding = _padding((1, 1, 1, 1), kernel)
     out, cache = conv2d_relu_max_pool2d_forward(x, w, b, (1, 1), padding, (2, 2))
-    assert cache[0] == "layers" and isinstance(cache[1][0], MODULES[kernel].TransformedInput)
+    assert cache[0] == "layers" and isinstance(cache[1][0], kernel.module.TransformedInput)
     g = rng.standard_normal(out.shape).astype(dtype)
     grads = conv2d_relu_max_pool2d_backward(g, cache, w, x.shape, (1, 1), padding, (2, 2))
     xs, ws, bs, gs = (array_api_strict.asarray(a) for a in (x, w, b, g))
     out_s, cache_s = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), padding, (2, 2))
     grads_s = conv2d_relu_max_pool2d_backward(gs, cache_s, ws, x.shape, (1, 1), padding, (2, 2))
-    tolerance = 2e-5 if dtype == np.float32 else (1e-12 if kernel == 3 else 1e-11)
+    tolerance = 2e-5 if dtype == np.float32 else kernel.f64_tolerance
     for a, expected in zip((out, *grads), (out_s, *grads_s), strict=True):
         expected = to_numpy(expected)
         scale = max(1.0, float(np.max(np.abs(expected))))  # float32: error grows with the sums
@@ -158,8 +183,8 @@ def test_inference_keeps_no_transformed_input(everywhere, rng, kernel):
     padding = _padding((1, 1, 1, 1), kernel)
     out_training, saved = conv2d_forward(x, w, b, (1, 1), padding)
     out, nothing = conv2d_forward(x, w, b, (1, 1), padding, training=False)
-    tile = kernel + 1  # 2 outputs + kernel - 1
-    assert nothing is None and saved.v.shape == (tile, tile, 2, 3, 3, 3)
+    tiles = -(-6 // kernel.m)  # per side, for 6x6 outputs
+    assert nothing is None and saved.v.shape == (kernel.tile, kernel.tile, 2, tiles, tiles, 3)
     np.testing.assert_array_equal(out, out_training)
 
 
@@ -182,6 +207,22 @@ def test_the_rule_takes_the_sizes_where_winograd_was_measured_faster(monkeypatch
     assert not takes((8, 32, 32, 32), dtype=np.float64)  # mixed dtypes take the standard code
     monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
     assert not takes((8, 32, 32, 32))
+
+
+def test_4x4_tiles_take_the_3x3_convolutions_they_cover_with_little_to_spare(monkeypatch):
+    def takes(shape, filters=64, padding=(1, 1, 1, 1), module=_winograd_4x4):
+        x = np.zeros(shape, np.float32)
+        w = np.zeros((filters, shape[3], 3, 3), np.float32)
+        return module.applies(x, w, np.zeros(filters, np.float32), (1, 1), padding)
+
+    for side in (12, 15, 16, 28, 32):
+        assert takes((8, side, side, 64)) and takes((8, side, side, 64), module=_winograd)
+    for side in (13, 14, 18):  # 16x16 for 13x13 or 14x14, 20x20 for 18x18: too much spare
+        assert not takes((8, side, side, 64)) and takes((8, side, side, 64), module=_winograd)
+    assert not takes((8, 16, 16, 16))  # too few channels for either
+    assert not takes((8, 16, 16, 32), padding=(0, 0, 0, 0))  # 14x14 outputs
+    monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
+    assert not takes((8, 16, 16, 64))
 
 
 def test_the_5x5_rule_takes_the_sizes_where_it_was_measured_faster(monkeypatch):
@@ -217,7 +258,7 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
         {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"},
         {"type": "ReLU"},
         {"type": "MaxPool2D", "pool_size": 2},
-        {"type": "Conv2D", "filters": 32, "kernel_size": 5, "padding": "same"},
+        {"type": "Conv2D", "filters": 64, "kernel_size": 5, "padding": "same"},
         {"type": "Conv2D", "filters": 64, "kernel_size": 3, "padding": "same"},
         {"type": "BatchNorm2D"},
         {"type": "ReLU"},
@@ -225,11 +266,11 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
         {"type": "GlobalAvgPool2D"},
         {"type": "Dense", "units": 10},
     ]
-    config = {"input_shape": [3, 32, 32], "layers": layers}
+    config = {"input_shape": [3, 28, 28], "layers": layers}
     rng = np.random.default_rng(0)
-    x, y = rng.random((4, 3, 32, 32)), rng.integers(0, 10, 4)
+    x, y = rng.random((4, 3, 28, 28)), rng.integers(0, 10, 4)
     calls = []
-    for module in MODULES.values():
+    for module in MODULES:
 
         def counted(*args, _forward=module.forward, _module=module, **kwargs):
             calls.append(_module)
@@ -244,9 +285,10 @@ def test_a_model_trains_the_same_with_and_without_winograd(monkeypatch):
         loss, _ = model.loss_and_backward(x, y)
         grads = [to_numpy(p.grad) for p in model.parameters()]
         results[switch] = (float(loss), grads, to_numpy(model.predict_proba(x)))
-        # three of the four 3x3 convolutions are large enough, and the 5x5 one; each in
-        # training and at inference
-        assert calls.count(_winograd) == (6 if switch == "1" else 0)
+        # each in training and at inference: the first 3x3 convolution has 3 channels (im2col),
+        # the second 28x28 outputs (4x4 tiles), the last two 14x14 (2x2 tiles); the 5x5 one
+        assert calls.count(_winograd_4x4) == (2 if switch == "1" else 0)
+        assert calls.count(_winograd) == (4 if switch == "1" else 0)
         assert calls.count(_winograd_5x5) == (2 if switch == "1" else 0)
     (loss0, grads0, proba0), (loss1, grads1, proba1) = results["0"], results["1"]
     assert loss1 == pytest.approx(loss0, rel=1e-12)
@@ -271,7 +313,7 @@ def test_inference_pools_each_tile_as_it_is_made(
     assert cache is None
     xs, ws, bs = (array_api_strict.asarray(a) for a in (x, w, b))
     out_s, _ = conv2d_relu_max_pool2d_forward(xs, ws, bs, (1, 1), padding, (2, 2), training=False)
-    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    tolerance = 2e-5 if dtype == np.float32 else kernel.f64_tolerance
     scale = max(1.0, float(np.max(np.abs(to_numpy(out_s)))))  # float32: error grows with sums
     np.testing.assert_allclose(out, to_numpy(out_s), rtol=tolerance, atol=tolerance * scale)
     assert out.dtype == dtype
@@ -281,7 +323,7 @@ def test_inference_pools_each_tile_as_it_is_made(
 def test_pooling_inside_the_block_is_for_inference_only(rng, kernel):
     x, w, b = _arrays(rng, (1, 4, 4, 1), 1, kernel=kernel)
     with pytest.raises(ValueError, match="inference only"):
-        MODULES[kernel].forward(x, w, b, _padding((1, 1, 1, 1), kernel), pool=True)
+        kernel.module.forward(x, w, b, _padding((1, 1, 1, 1), kernel), pool=True)
 
 
 @KERNELS
@@ -290,7 +332,7 @@ def test_an_empty_batch_gives_empty_results(everywhere, kernel):
     w, b = np.ones((4, 3, kernel, kernel)), np.zeros(4)
     padding = _padding((1, 1, 1, 1), kernel)
     out, saved = conv2d_forward(x, w, b, (1, 1), padding)
-    assert isinstance(saved, MODULES[kernel].TransformedInput)
+    assert isinstance(saved, kernel.module.TransformedInput)
     grad_x, grad_w, grad_b = conv2d_backward(out, saved, w, x.shape, (1, 1), padding)
     assert out.shape == (0, 6, 6, 4) and grad_x.shape == x.shape
     np.testing.assert_array_equal(grad_w, 0.0)
@@ -319,7 +361,7 @@ def test_a_batch_too_large_for_memory_counts_the_working_memory(everywhere, monk
 def test_the_counted_working_memory_bounds_what_the_blocks_make(everywhere, monkeypatch, kernel):
     """``_Block.nbytes`` (what the memory check counts per thread) is at least what a block's
     buffers take after a whole training step and an inference pass."""
-    module, blocks = MODULES[kernel], []
+    module, blocks = kernel.module, []
 
     class Recorded(module._Block):
         def __init__(self, *args):
@@ -358,7 +400,7 @@ def test_blocks_with_a_shorter_last_block_over_threads(
 ):  # fmt: skip
     """Several threads, each with several blocks and a last one of fewer images: training,
     the ReLU's backward and pooled inference equal the standard code."""
-    module = MODULES[kernel]
+    module = kernel.module
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
     monkeypatch.setattr(_winograd.Geometry, "block_images", lambda self, itemsize: per_block)
@@ -380,7 +422,7 @@ def test_blocks_with_a_shorter_last_block_over_threads(
     PH, PW = out0.shape[1] // 2, out0.shape[2] // 2
     windows = out0[:, : 2 * PH, : 2 * PW].reshape(n, PH, 2, PW, 2, -1)
     pooled0 = np.maximum(windows.max(axis=(2, 4)), 0.0)
-    tolerance = 2e-5 if dtype == np.float32 else 1e-12
+    tolerance = 2e-5 if dtype == np.float32 else kernel.f64_tolerance
     fast = (out, relu_out, pooled, *grads, *relu_grads)
     standard = (out0, np.maximum(out0, 0.0), pooled0, *grads0, *relu_grads0)
     for a, expected in zip(fast, standard, strict=True):
@@ -388,15 +430,16 @@ def test_blocks_with_a_shorter_last_block_over_threads(
         np.testing.assert_allclose(a, expected, rtol=tolerance, atol=tolerance * scale)
 
 
-def test_the_5x5_transforms_come_from_the_toom_cook_identity():
+def test_the_6x6_tile_transforms_come_from_the_toom_cook_identity():
     """Derived matrices satisfy the minimal algorithm's identity (A^T G B^T gives each
     output's taps); for F(2x2, 3x3) they are the 3x3 module's up to the sign of a tile
     position (rows d0 - d2, d1 + d2, d2 - d1, d1 - d3); bad points are refused."""
-    for r, points in ((3, (0.0, 1.0, -1.0)), (5, (0.0, 1.0, -1.0, 2.0, -2.0))):
-        at, g, bt = _winograd_5x5.toom_cook(2, r, points)
+    five = (0.0, 1.0, -1.0, 2.0, -2.0)
+    for m, r, points in ((2, 3, (0.0, 1.0, -1.0)), (2, 5, five), (4, 3, five)):
+        at, g, bt = _winograd_5x5.toom_cook(m, r, points)
         taps = np.einsum("ij,jk,jl->ikl", at, g, bt)  # output i, filter tap k, input l
         expected = np.zeros_like(taps)
-        for i in range(2):
+        for i in range(m):
             expected[i, range(r), [i + k for k in range(r)]] = 1.0
         np.testing.assert_allclose(taps, expected, atol=1e-14)
         assert np.array_equal(bt, np.round(bt))  # integer input transforms: exact adds

@@ -53,6 +53,7 @@ def _winograd_line() -> str:
     return (
         f"on for NumPy stride-1 convolutions large enough (3x3: {w3.WINOGRAD_MIN_CHANNELS}+ "
         f"channels, {w3.WINOGRAD_MIN_SIDE}x{w3.WINOGRAD_MIN_SIDE}+ outputs, OH*OW*C >= "
-        f"{w3.WINOGRAD_MIN_WORK}; 5x5: {w5.WINOGRAD_MIN_CHANNELS}+ channels, "
+        f"{w3.WINOGRAD_MIN_WORK}, by 4x4 output tiles where they fit; 5x5: "
+        f"{w5.WINOGRAD_MIN_CHANNELS}+ channels, "
         f"{w5.WINOGRAD_MIN_SIDE}x{w5.WINOGRAD_MIN_SIDE}+ outputs) ({w3.WINOGRAD_ENV}=0: off)"
     )

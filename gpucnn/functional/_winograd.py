@@ -23,7 +23,8 @@ the input's size, where an im2col matrix is 9x.
 
 What does not depend on the tile (the geometry, the rule's common checks, the weight
 transforms, and the drivers that run blocks of images over the threads, :func:`run_forward`
-and :func:`run_backward`) lives here and serves :mod:`._winograd_5x5` too: an
+and :func:`run_backward`) lives here and serves :mod:`._winograd_5x5` and
+:mod:`._winograd_4x4` too: an
 :class:`Algorithm` names what each brings (its geometry, block of buffers and transforms).
 
 Shape symbols as in :mod:`gpucnn.functional.im2col`; images are channels-last. Tiles: TH =
@@ -124,9 +125,10 @@ def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
 
 
 class Geometry(NamedTuple):
-    """The sizes of one convolution with a ``kernel`` x ``kernel`` filter computed in 2x2
-    output tiles: input (N, H, W, C), F filters, output (OH, OW), tiles (TH, TW) per image,
-    the padding (PT, PB, PL, PR), and the bytes a block's largest buffer may take."""
+    """The sizes of one convolution with a ``kernel`` x ``kernel`` filter computed in m x m
+    output tiles (m = 2 but for F(4x4, 3x3)): input (N, H, W, C), F filters, output (OH, OW),
+    tiles (TH, TW) per image, the padding (PT, PB, PL, PR), and the bytes a block's largest
+    buffer may take."""
 
     N: int
     H: int
@@ -140,19 +142,22 @@ class Geometry(NamedTuple):
     padding: tuple[int, int, int, int]
     kernel: int
     block_bytes: int
+    m: int = 2
 
     @classmethod
-    def of(cls, x_shape, filters: int, padding, kernel: int, block_bytes: int) -> Geometry:
+    def of(
+        cls, x_shape, filters: int, padding, kernel: int, block_bytes: int, m: int = 2
+    ) -> Geometry:
         N, H, W, C = x_shape
         PT, PB, PL, PR = padding
         OH, OW = output_size(H, kernel, 1, PT, PB), output_size(W, kernel, 1, PL, PR)
-        TH, TW = -(-OH // 2), -(-OW // 2)
-        return cls(N, H, W, C, filters, OH, OW, TH, TW, tuple(padding), kernel, block_bytes)
+        TH, TW = -(-OH // m), -(-OW // m)
+        return cls(N, H, W, C, filters, OH, OW, TH, TW, tuple(padding), kernel, block_bytes, m)
 
     @property
     def tile(self) -> int:
-        """The input tile's side: 2 outputs + kernel - 1."""
-        return self.kernel + 1
+        """The input tile's side: m outputs + kernel - 1."""
+        return self.m + self.kernel - 1
 
     @property
     def tiles(self) -> int:
@@ -375,7 +380,7 @@ def _add_overlapping_tiles(gv: Array, target: Array, axis: int) -> None:
 class Algorithm(NamedTuple):
     """One Winograd algorithm, as the shared drivers :func:`run_forward` and
     :func:`run_backward` use it (this module's F(2x2, 3x3), :mod:`._winograd_5x5`'s
-    F(2x2, 5x5)).
+    F(2x2, 5x5), :mod:`._winograd_4x4`'s F(4x4, 3x3)).
 
     ``geometry(x_shape, filters, padding)`` gives the :class:`Geometry`; ``block(geo, m,
     dtype)`` one thread's buffers and transforms (``transform_input``, ``products``,

@@ -25,6 +25,10 @@ keeps 25x.
 Shapes: x (N, H, W, C) channels-last, weight (F, C, 5, 5); TH = ceil(OH / 2) by
 TW = ceil(OW / 2) tiles per image on the input padded to HQ = 2 TH + 4 by WQ = 2 TW + 4 (a
 zero row or column more than the padding where OH or OW is odd; that output is dropped).
+
+The block of buffers and transforms (:class:`_Block`) takes any 6x6-tile algorithm: its tiles
+start every m = ``geo.m`` pixels and give m x m outputs, so it also runs F(4x4, 3x3)
+(:mod:`._winograd_4x4`), whose matrices :data:`MATRICES` holds beside these.
 """
 
 from __future__ import annotations
@@ -95,8 +99,14 @@ def toom_cook(
     return at, g, np.round(bt, 12) + 0.0  # exact small integers here; + 0.0 drops -0.0
 
 
-_AT, _G, _BT = toom_cook(2, 5, (0.0, 1.0, -1.0, 2.0, -2.0))
-_AT2 = np.kron(_AT, _AT)  # (4, 36): output (a, b) of a tile from its 36 products, row 2a + b
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # and infinity: 6x6 tiles for F(2, 5) and F(4, 3)
+# (m, r) -> (A^T, G, B^T, A^T (x) A^T): the last, (m*m, 36), gives a tile's output (a, b), row
+# m a + b, from its 36 products
+MATRICES = {}
+for _m, _r in ((2, 5), (4, 3)):
+    _at, _g, _bt = toom_cook(_m, _r, POINTS)
+    MATRICES[_m, _r] = (_at, _g, _bt, np.kron(_at, _at))
+_AT, _G, _BT, _AT2 = MATRICES[2, 5]
 
 
 class TransformedInput(NamedTuple):
@@ -128,7 +138,11 @@ class _Block:
 
     def __init__(self, geo: Geometry, m: int, dtype):
         self.geo, self.m, self.dtype = geo, m, dtype
-        HQ, WQ = 2 * geo.TH + 4, 2 * geo.TW + 4
+        M = geo.m  # outputs per tile side
+        HQ, WQ = M * geo.TH + geo.kernel - 1, M * geo.TW + geo.kernel - 1
+        self.hq, self.wq = HQ, WQ
+        _, _, bt, at2 = MATRICES[M, geo.kernel]
+        self.bt, self.at2 = bt.astype(dtype), at2.astype(dtype)
         P, C, F = geo.tiles, geo.C, geo.F
         # name -> (leading dims, per-image size); "padded" and "outputs" start zero-filled
         self.layout = {
@@ -138,9 +152,9 @@ class _Block:
             "tiles": ((TILE, TILE), P * C),  # whole tiles: rows combined, columns gathered
             "v": ((TILE, TILE), P * C),  # V when not kept for backward; in backward, gV
             "products": ((36,), P * F),  # the 36 GEMMs' outputs (backward: their gradient)
-            # each tile's 2x2 outputs; backward: their gradient, zero where an odd output
-            # size leaves a tile's last row or column outside the output (never written)
-            "outputs": ((4,), P * F),
+            # each tile's m x m outputs; backward: their gradient, zero where the output size
+            # leaves a tile's last rows or columns outside the output (never written)
+            "outputs": ((M * M,), P * F),
             "grad_padded": ((), HQ * WQ * C),
         }
         self.zeroed = {"padded", "outputs"}
@@ -172,43 +186,52 @@ class _Block:
     def transform_input(self, x: Array, v: Array | None) -> Array:
         """x (n, H, W, C) -> V (36, n*TH*TW, C), written into ``v`` (6, 6, n, TH, TW, C) if
         given (the block's slice of the kept V), else into this block's buffer."""
-        geo, n = self.geo, x.shape[0]
-        TH, TW, C = geo.TH, geo.TW, geo.C
-        WQ = 2 * TW + 4
+        geo, n, M = self.geo, x.shape[0], self.geo.m
+        TH, TW, C, WQ = geo.TH, geo.TW, geo.C, self.wq
         PT, _, PL, _ = geo.padding
-        padded = self.view("padded", n, 2 * TH + 4, WQ, C)
+        padded = self.view("padded", n, self.hq, WQ, C)
         padded[:, PT : PT + geo.H, PL : PL + geo.W] = x
         rows = self.view("rows", n, TH, WQ, C)
-        for i in range(TILE):  # tile row i of every tile: padded rows i, i + 2, ...
-            rows[i] = padded[:, i : i + 2 * TH : 2]
+        for i in range(TILE):  # tile row i of every tile: padded rows i, i + m, ...
+            rows[i] = padded[:, i : i + M * TH : M]
         combined = self.view("combined_rows", n, TH, WQ, C)
-        np.matmul(_BT.astype(self.dtype), rows.reshape(TILE, -1), out=combined.reshape(TILE, -1))
+        np.matmul(self.bt, rows.reshape(TILE, -1), out=combined.reshape(TILE, -1))
         tiles = self.view("tiles", n, TH, TW, C)
         for i in range(TILE):
             for j in range(TILE):
-                tiles[i, j] = combined[i][:, :, j : j + 2 * TW : 2]
+                tiles[i, j] = combined[i][:, :, j : j + M * TW : M]
         v = (self.view("v", n, TH, TW, C) if v is None else v).reshape(TILE, TILE, -1)
-        np.matmul(_BT.astype(self.dtype), tiles.reshape(TILE, TILE, -1), out=v)
+        np.matmul(self.bt, tiles.reshape(TILE, TILE, -1), out=v)
         return v.reshape(36, n * geo.tiles, C)
 
     def transform_output(self, products: Array, out: Array, bias: Array, relu: bool,
                          pool: bool) -> None:  # fmt: skip
         """M (36, n*TH*TW, F) -> out (n, OH, OW, F): A^T M A + bias, then max(., 0) if relu;
-        with ``pool``, out (n, OH // 2, OW // 2, F) takes each tile's maximum (a 2x2 window)."""
-        geo, n = self.geo, out.shape[0]
+        with ``pool``, out (n, OH // 2, OW // 2, F) takes the maximum of each 2x2 window (a
+        tile holds (m/2)^2 of them)."""
+        geo, n, M = self.geo, out.shape[0], self.geo.m
         TH, TW, F = geo.TH, geo.TW, geo.F
         outputs = self.view("outputs", n, TH, TW, F)
-        np.matmul(_AT2.astype(self.dtype), products.reshape(36, -1), out=outputs.reshape(4, -1))
+        np.matmul(self.at2, products.reshape(36, -1), out=outputs.reshape(M * M, -1))
         if pool:
-            t, s = slice(0, geo.OH // 2), slice(0, geo.OW // 2)  # whole windows only
-            np.maximum(outputs[0, :, t, s], outputs[1, :, t, s], out=out)
-            np.maximum(out, outputs[2, :, t, s], out=out)
-            np.maximum(out, outputs[3, :, t, s], out=out)
+            half = M // 2  # pooled outputs per tile side
+            for a in range(half):
+                for b in range(half):  # pooled output (half t + a, half s + b)
+                    rows, cols = (
+                        _phase_count(geo.OH // 2, a, half),
+                        _phase_count(geo.OW // 2, b, half),
+                    )
+                    target = out[:, a::half, b::half]
+                    window = [outputs[M * (2 * a + i) + 2 * b + j, :, :rows, :cols]
+                              for i in range(2) for j in range(2)]  # fmt: skip
+                    np.maximum(window[0], window[1], out=target)
+                    np.maximum(target, window[2], out=target)
+                    np.maximum(target, window[3], out=target)
         else:
-            for a in range(2):
-                for b in range(2):  # output (2t + a, 2s + b): cut where OH or OW is odd
-                    rows, cols = (geo.OH - a + 1) // 2, (geo.OW - b + 1) // 2
-                    out[:, a::2, b::2] = outputs[2 * a + b, :, :rows, :cols]
+            for a in range(M):
+                for b in range(M):  # output (m t + a, m s + b): cut at the output's edges
+                    rows, cols = _phase_count(geo.OH, a, M), _phase_count(geo.OW, b, M)
+                    out[:, a::M, b::M] = outputs[M * a + b, :, :rows, :cols]
         out += bias
         if relu:
             np.maximum(out, 0.0, out=out)
@@ -216,51 +239,56 @@ class _Block:
     def output_grad(self, grad_out: Array) -> Array:
         """The adjoint of :meth:`transform_output` (no bias, ReLU or pool): grad_out
         (n, OH, OW, F) -> gM (36, n*TH*TW, F), in this block's ``products`` buffer."""
-        geo, n = self.geo, grad_out.shape[0]
-        outputs = self.view("outputs", n, geo.TH, geo.TW, geo.F)  # zeros past odd edges
-        for a in range(2):
-            for b in range(2):
-                rows, cols = (geo.OH - a + 1) // 2, (geo.OW - b + 1) // 2
-                outputs[2 * a + b, :, :rows, :cols] = grad_out[:, a::2, b::2]
+        geo, n, M = self.geo, grad_out.shape[0], self.geo.m
+        outputs = self.view("outputs", n, geo.TH, geo.TW, geo.F)  # zeros past the edges
+        for a in range(M):
+            for b in range(M):
+                rows, cols = _phase_count(geo.OH, a, M), _phase_count(geo.OW, b, M)
+                outputs[M * a + b, :, :rows, :cols] = grad_out[:, a::M, b::M]
         products = self.view("products", n, geo.tiles * geo.F).reshape(36, -1)
-        np.matmul(_AT2.T.astype(self.dtype), outputs.reshape(4, -1), out=products)
+        np.matmul(self.at2.T, outputs.reshape(M * M, -1), out=products)
         return products.reshape(36, n * geo.tiles, geo.F)
 
     def input_grad(self, grad_v: Array, grad_x: Array) -> None:
         """The adjoint of :meth:`transform_input`: gV (36, n*TH*TW, C) -> grad_x (n, H, W, C);
         overlapping tiles add up."""
-        geo, n = self.geo, grad_x.shape[0]
-        TH, TW, C = geo.TH, geo.TW, geo.C
-        WQ = 2 * TW + 4
-        bt_adjoint = _BT.T.astype(self.dtype)
+        geo, n, M = self.geo, grad_x.shape[0], self.geo.m
+        TH, TW, C, WQ = geo.TH, geo.TW, geo.C, self.wq
+        bt_adjoint = self.bt.T
         tiles = self.view("tiles", n, TH, TW, C)
         np.matmul(bt_adjoint, grad_v.reshape(TILE, TILE, -1), out=tiles.reshape(TILE, TILE, -1))
         combined = self.view("combined_rows", n, TH, WQ, C)
-        for i in range(TILE):  # tile row i's columns j, j + 2, ... back onto its padded row
-            _add_overlapping(tiles[i], combined[i], axis=2)
+        for i in range(TILE):  # tile row i's columns j, j + m, ... back onto its padded row
+            _add_overlapping(tiles[i], combined[i], axis=2, step=M)
         rows = self.view("rows", n, TH, WQ, C)
         np.matmul(bt_adjoint, combined.reshape(TILE, -1), out=rows.reshape(TILE, -1))
-        padded = self.view("grad_padded", n, 2 * TH + 4, WQ, C)
-        _add_overlapping(rows, padded, axis=1)
+        padded = self.view("grad_padded", n, self.hq, WQ, C)
+        _add_overlapping(rows, padded, axis=1, step=M)
         PT, _, PL, _ = geo.padding
         grad_x[...] = padded[:, PT : PT + geo.H, PL : PL + geo.W]
 
 
-def _add_overlapping(parts: Array, target: Array, axis: int) -> None:
+def _phase_count(size: int, phase: int, step: int) -> int:
+    """How many of positions phase, phase + step, ... lie below ``size``."""
+    return max(0, (size - phase + step - 1) // step)
+
+
+def _add_overlapping(parts: Array, target: Array, axis: int, step: int) -> None:
     """The adjoint of gathering every tile's offsets: ``parts[k]`` (6 offsets k, each with T
-    tiles along ``axis``) into ``target`` (2T + 4 positions along ``axis``) at 2t + k, added
-    where tiles overlap."""
+    tiles along ``axis``) into ``target`` (step T + 6 - step positions along ``axis``) at
+    step t + k, added where tiles overlap."""
     count = parts.shape[axis + 1]
 
-    def at(start, stop=None, step=None):
-        return target[(slice(None),) * axis + (slice(start, stop, step),)]
+    def at(start, stop=None, stride=None):
+        return target[(slice(None),) * axis + (slice(start, stop, stride),)]
 
-    # offsets 0 and 1 cover every position but the last four: set them, zero those, add
-    np.copyto(at(0, 2 * count, 2), parts[0])
-    np.copyto(at(1, 2 * count, 2), parts[1])
-    at(2 * count)[...] = 0.0
-    for k in range(2, TILE):
-        at(k, k + 2 * count, 2)[...] += parts[k]
+    # offsets 0 .. step - 1 cover every position but the last 6 - step: set them, zero
+    # those, add the others
+    for k in range(step):
+        np.copyto(at(k, step * count, step), parts[k])
+    at(step * count)[...] = 0.0
+    for k in range(step, TILE):
+        at(k, k + step * count, step)[...] += parts[k]
 
 
 # the algorithm as the shared drivers take it

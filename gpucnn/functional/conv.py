@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..backend import Array, namespace
 from ..resources import check_arrays
-from . import _winograd, _winograd_5x5
+from . import _winograd, _winograd_4x4, _winograd_5x5
 from ._dispatch import cuda_kernels, matmul
 from ._numpy_kernels import (
     conv2d_backward_fast,
@@ -22,7 +22,8 @@ from .im2col import Padding, Pair, col2im, im2col, output_size, pad2d, unpad2d
 from .pooling import max_pool2d_backward, max_pool2d_forward
 
 # NumPy's Winograd convolutions, 3x3 and 5x5 stride 1, each taken where it measured faster
-WINOGRAD = (_winograd, _winograd_5x5)
+# (the first that applies: F(4x4, 3x3) before F(2x2, 3x3))
+WINOGRAD = (_winograd_4x4, _winograd, _winograd_5x5)
 
 
 def _winograd_for(x: Array, weight: Array, bias: Array, stride: Pair, padding: Padding):
