@@ -478,6 +478,13 @@ class Trainer:
         self._eager_step = self._step.step if isinstance(self._step, GraphedStep) else self._step
 
     @property
+    def loss_scaler(self):
+        """The float16 :class:`~gpucnn.precision.LossScaler` of the training step (its
+        ``scale`` and ``skipped`` count), or None: the model computes in another precision,
+        or no step has run yet."""
+        return self._eager_step.scaler
+
+    @property
     def clip_norm(self) -> float | None:
         """The optimizer's gradient clipping bound (the optimizer clips)."""
         return self.optimizer.clip_norm

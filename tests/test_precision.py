@@ -286,6 +286,7 @@ def test_fit_in_mixed_float16_learns_as_float32_does():
         trainer.fit(x, y, epochs=8, batch_size=16)
         accuracy[precision] = float(np.mean(model.predict(x) == y))
         losses[precision] = trainer.history["loss"]
+        assert (trainer.loss_scaler is None) == (precision is None)
     assert accuracy["mixed_float16"] >= 0.95 and accuracy[None] >= 0.95
     np.testing.assert_allclose(losses["mixed_float16"][:5], losses[None][:5], rtol=0.05)
 

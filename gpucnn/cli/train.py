@@ -411,6 +411,8 @@ def _train(
             f"pass --epochs N with N > {trainer.epoch} to train more"
         )
     processes = f", {comm.size} processes" if comm is not None else ""
+    if model.precision.mixed:
+        processes = f", precision {model.precision.name}{processes}"
     skipped = f", {len(data.skipped)} unreadable file(s) skipped" if data.skipped else ""
     if root:
         print(
@@ -438,6 +440,10 @@ def _train(
     metrics["world_size"] = 1 if comm is None else comm.size
     if comm is not None:
         metrics["distributed"] = comm.stats()
+    metrics["precision"] = model.precision.name
+    scaler = trainer.loss_scaler
+    if scaler is not None:  # float16: how often the loss scale overflowed
+        metrics["loss_scale"], metrics["overflow_steps_skipped"] = scaler.scale, scaler.skipped
     metrics["skipped_files"] = len(data.skipped)
     metrics["skipped"] = data.skipped
     # what `gpucnn report` draws without the test images: the confusion matrix, named classes
