@@ -113,7 +113,11 @@ def transform_weight(g: np.ndarray, weight: Array) -> Array:
     (4, 3)): U[T i + j, c, f] = (g w[f, c] g^T)[i, j]."""
     F, C = weight.shape[:2]
     g = g.astype(weight.dtype)
-    return np.einsum("ik,jl,fckl->ijcf", g, g, weight).reshape(-1, C, F)
+    # two GEMMs (tensordot reshapes to 2-D): a three-operand einsum loops over all six
+    # indices at once, 16 ms for a 64 -> 128 channel 5x5 filter bank, in every pass
+    rows = np.tensordot(g, weight, axes=([1], [2]))  # (T, F, C, K): g applied to the rows
+    transformed = np.tensordot(rows, g, axes=([3], [1]))  # (T, F, C, T)
+    return np.ascontiguousarray(transformed.transpose(0, 3, 2, 1)).reshape(-1, C, F)
 
 
 def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
@@ -121,7 +125,9 @@ def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
     _, C, F = grad_u.shape
     T = g.shape[0]
     g = g.astype(grad_u.dtype)
-    return np.einsum("ik,jl,ijcf->fckl", g, g, grad_u.reshape(T, T, C, F))
+    rows = np.tensordot(g, grad_u.reshape(T, T, C, F), axes=([0], [0]))  # (K, T, C, F)
+    taps = np.tensordot(rows, g, axes=([1], [0]))  # (K, C, F, K)
+    return np.ascontiguousarray(taps.transpose(2, 1, 0, 3))  # (F, C, K, K)
 
 
 class Geometry(NamedTuple):
