@@ -129,6 +129,22 @@ class LossScaler:
         self.good_steps = 0
         self.skipped = 0
 
+    def state_dict(self) -> dict[str, float]:
+        """The scaler's state, JSON-serialisable (a checkpoint keeps it, so a resumed run goes
+        on with the scale it had reached)."""
+        return {
+            "scale": self.scale,
+            "growth_interval": self.growth_interval,
+            "good_steps": self.good_steps,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, float]) -> LossScaler:
+        scaler = cls(float(state["scale"]), int(state["growth_interval"]))
+        scaler.good_steps, scaler.skipped = int(state["good_steps"]), int(state["skipped"])
+        return scaler
+
     def unscale(self, xp: ModuleType, grads: Sequence[Array]) -> tuple[list[Array], bool]:
         """``(grads / scale, finite)``; updates the scale. One host read (the finiteness)."""
         grads = [g / self.scale for g in grads]

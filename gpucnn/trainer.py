@@ -45,6 +45,7 @@ from .data.prefetch import Prefetcher
 from .functional.losses import check_labels, count_correct, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, ConstantLR, Optimizer, Schedule, grad_square_norm
+from .precision import LossScaler
 from .progress import progress_bar
 from .resources import peak_rss_mib, retain_freed_memory
 from .step import check_label_smoothing
@@ -510,6 +511,8 @@ class Trainer:
         }
         if self.augment is not None:
             state["augment_rng"] = self.augment.state_dict()
+        if self.loss_scaler is not None:
+            state["loss_scaler"] = self.loss_scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -523,6 +526,8 @@ class Trainer:
         self._lr_set = state.get("lr_set", self.optimizer.lr)
         if self.augment is not None and state.get("augment_rng") is not None:
             self.augment.load_state_dict(state["augment_rng"])
+        if state.get("loss_scaler") is not None and self.model.precision.loss_scaling:
+            self._eager_step.scaler = LossScaler.from_state(state["loss_scaler"])
         saved = state.get("callbacks") or []
         if saved and len(saved) != len(self.callbacks):
             raise ValueError(

@@ -291,6 +291,23 @@ def test_fit_in_mixed_float16_learns_as_float32_does():
     np.testing.assert_allclose(losses["mixed_float16"][:5], losses[None][:5], rtol=0.05)
 
 
+def test_a_checkpoint_keeps_the_loss_scale(tmp_path):
+    """A resumed float16 run goes on with the scale and counts it had reached."""
+    x, y = batch(16)
+    model = conv_net(precision="mixed_float16")
+    trainer = Trainer(model, SGD(0.02, momentum=0.9), progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    trainer.loss_scaler.scale, trainer.loss_scaler.good_steps = 2.0**9, 7
+    state = trainer.state_dict()
+    resumed = Trainer(conv_net(precision="mixed_float16"), SGD(0.02, momentum=0.9))
+    assert resumed.loss_scaler is None  # no step yet
+    resumed.load_state_dict(state)
+    assert resumed.loss_scaler.state_dict() == trainer.loss_scaler.state_dict()
+    full = Trainer(conv_net(), SGD(0.02, momentum=0.9))
+    full.load_state_dict(state)  # a float32 model ignores it
+    assert full.loss_scaler is None
+
+
 def test_a_cuda_graph_step_stays_eager_under_loss_scaling(monkeypatch):
     model = conv_net(precision="mixed_float16")
     step = GraphedStep(model, SGD(0.05))
