@@ -220,7 +220,11 @@ def test_4x4_tiles_take_the_3x3_convolutions_they_cover_with_little_to_spare(mon
     for side in (13, 14, 18):  # 16x16 for 13x13 or 14x14, 20x20 for 18x18: too much spare
         assert not takes((8, side, side, 64)) and takes((8, side, side, 64), module=_winograd)
     assert not takes((8, 16, 16, 16))  # too few channels for either
-    assert not takes((8, 16, 16, 32), padding=(0, 0, 0, 0))  # 14x14 outputs
+    assert not takes((8, 16, 16, 64), padding=(0, 0, 0, 0))  # 14x14 outputs
+    assert not takes((8, 12, 13, 64)) and takes((8, 12, 20, 64))  # 12x16 for 12x13: 23 %
+    geo = _winograd_4x4._geometry((8, 16, 16, 64), 64, (1, 1, 1, 1))
+    assert (geo.tile, geo.TH, geo.TW) == (6, 4, 4)  # blocks sized by 36 values per tile
+    assert geo.block_images(4) == _winograd_4x4.BLOCK_BYTES // (36 * 16 * 64 * 4)
     monkeypatch.setenv(_winograd.WINOGRAD_ENV, "0")
     assert not takes((8, 16, 16, 64))
 

@@ -111,13 +111,13 @@ def applies(x: Array, weight: Array, bias: Array | None, stride, padding) -> boo
 def transform_weight(g: np.ndarray, weight: Array) -> Array:
     """(F, C, K, K) -> U (T*T, C, F) with the (T, K) filter transform ``g`` (``_G`` here,
     (4, 3)): U[T i + j, c, f] = (g w[f, c] g^T)[i, j]."""
-    F, C = weight.shape[:2]
+    F, C, K, _ = weight.shape
+    T = g.shape[0]
     g = g.astype(weight.dtype)
-    # two GEMMs (tensordot reshapes to 2-D): a three-operand einsum loops over all six
-    # indices at once, 16 ms for a 64 -> 128 channel 5x5 filter bank, in every pass
-    rows = np.tensordot(g, weight, axes=([1], [2]))  # (T, F, C, K): g applied to the rows
-    transformed = np.tensordot(rows, g, axes=([3], [1]))  # (T, F, C, T)
-    return np.ascontiguousarray(transformed.transpose(0, 3, 2, 1)).reshape(-1, C, F)
+    # GEMMs, not a three-operand einsum (which loops over all six indices at once: 16 ms for a
+    # 64 -> 128 channel 5x5 filter bank, in every pass); no temporary larger than U
+    rows = np.tensordot(g, weight.transpose(2, 3, 1, 0), axes=1)  # (T, K, C, F): g on rows
+    return np.matmul(g, rows.reshape(T, K, C * F)).reshape(T * T, C, F)  # and on columns
 
 
 def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
@@ -125,9 +125,10 @@ def weight_grad(g: np.ndarray, grad_u: Array) -> Array:
     _, C, F = grad_u.shape
     T = g.shape[0]
     g = g.astype(grad_u.dtype)
-    rows = np.tensordot(g, grad_u.reshape(T, T, C, F), axes=([0], [0]))  # (K, T, C, F)
-    taps = np.tensordot(rows, g, axes=([1], [0]))  # (K, C, F, K)
-    return np.ascontiguousarray(taps.transpose(2, 1, 0, 3))  # (F, C, K, K)
+    K = g.shape[1]
+    columns = np.matmul(g.T, grad_u.reshape(T, T, C * F))  # (T, K, C F): g^T on columns
+    taps = np.tensordot(g, columns, axes=([0], [0])).reshape(K, K, C, F)  # and on rows
+    return np.ascontiguousarray(taps.transpose(3, 2, 0, 1))  # (F, C, K, K)
 
 
 class Geometry(NamedTuple):
@@ -195,7 +196,8 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
 
 def working_memory(geo: Geometry, block_class, dtype, passes: int) -> tuple:
     """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread, for a
-    geometry and block class of this module or of :mod:`._winograd_5x5`."""
+    geometry and block class of this module or of :mod:`._winograd_5x5` (which
+    :mod:`._winograd_4x4` uses too)."""
     itemsize = np.dtype(dtype).itemsize
     parts = max(1, count_parts(geo.N, passes * geo.bytes_per_image(itemsize)))
     m = max(1, min(geo.block_images(itemsize), -(-geo.N // parts)))

@@ -64,8 +64,9 @@ def conv2d_forward(
         shape (N, OH, OW, L) (see :func:`gpucnn.functional.im2col.im2col`; L is KH*KW*C + 1,
         except on CUDA where zero columns align L to a multiple of 4), or, for the 3x3 and 5x5
         stride-1 convolutions NumPy computes by Winograd's algorithm (see
-        :mod:`gpucnn.functional._winograd` and :mod:`gpucnn.functional._winograd_5x5`), the
-        transformed input (None without ``training``).
+        :mod:`gpucnn.functional._winograd`, :mod:`gpucnn.functional._winograd_4x4` and
+        :mod:`gpucnn.functional._winograd_5x5`), the transformed input (None without
+        ``training``).
     """
     winograd = _winograd_for(x, weight, bias, stride, padding)
     if winograd:
