@@ -141,6 +141,7 @@ class LossScaler:
 
     @classmethod
     def from_state(cls, state: dict[str, float]) -> LossScaler:
+        """The scaler a :meth:`state_dict` describes."""
         scaler = cls(float(state["scale"]), int(state["growth_interval"]))
         scaler.good_steps, scaler.skipped = int(state["good_steps"]), int(state["skipped"])
         return scaler
