@@ -127,7 +127,7 @@ def run_bench(args) -> dict[str, Any]:
         raise ValueError("--batch-size, --infer-batch-size, --repeats and --steps must be >= 1")
     backend = select_backend(args.backend)
     model = build_model(args.model, backend)
-    if getattr(args, "precision", None):
+    if args.precision:
         model.set_precision(args.precision)
     results = []
     for batch_size in args.batch_size:

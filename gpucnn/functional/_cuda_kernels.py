@@ -717,16 +717,17 @@ def softmax_cross_entropy(logits, labels):
 BATCH_NORM_ENV = "GPUCNN_CUDA_BATCH_NORM"
 
 
-def _batch_norm_kernels_on() -> bool:
+def _switched_on(env: str) -> bool:
+    """Whether the off-by-default switch ``env`` is set to 1 (kernels not yet run on a GPU)."""
     import os
 
-    return os.environ.get(BATCH_NORM_ENV, "0").strip() == "1"
+    return os.environ.get(env, "0").strip() == "1"
 
 
 def batch_norm_apply(x, scale, shift, relu: bool):
     """``x * scale + shift`` per channel (last axis), then ReLU if ``relu``: one launch, or
     None (kernels switched off, or arrays the kernel does not take)."""
-    if not _batch_norm_kernels_on() or x.ndim < 1 or scale.dtype != x.dtype:
+    if not _switched_on(BATCH_NORM_ENV) or x.ndim < 1 or scale.dtype != x.dtype:
         return None
     x = _contiguous(x)
     scale, shift = _contiguous(scale.astype(x.dtype)), _contiguous(shift.astype(x.dtype))
@@ -740,7 +741,7 @@ def batch_norm_apply(x, scale, shift, relu: bool):
 
 def batch_norm_input_grad(grad, x, mean, a, b, k):
     """``grad * a + (x - mean) * b + k`` per channel (last axis): one launch, or None."""
-    if not _batch_norm_kernels_on() or grad.shape != x.shape or grad.dtype != x.dtype:
+    if not _switched_on(BATCH_NORM_ENV) or grad.shape != x.shape or grad.dtype != x.dtype:
         return None
     grad, x = _contiguous(grad), _contiguous(x)
     factors = [_contiguous(v.astype(x.dtype)) for v in (mean, a, b, k)]
@@ -838,12 +839,6 @@ HALF_GEMM_ENV = "GPUCNN_CUDA_HALF_GEMM"
 CUDA_DATA_TYPES = {"float16": 2, "bfloat16": 14}  # cudaDataType CUDA_R_16F, CUDA_R_16BF
 CUBLAS_COMPUTE_32F = 68
 CUBLAS_GEMM_DEFAULT = -1
-
-
-def _half_gemm_on() -> bool:
-    import os
-
-    return os.environ.get(HALF_GEMM_ENV, "0").strip() == "1"
 
 
 class _Cublas:
@@ -972,7 +967,10 @@ def gemm(a, b):
         or b.ndim != 2
         or a.shape[1] != b.shape[0]
         or a.dtype != b.dtype
-        or not (a.dtype.name in PRELUDE or (a.dtype.name in CUDA_DATA_TYPES and _half_gemm_on()))
+        or not (
+            a.dtype.name in PRELUDE
+            or (a.dtype.name in CUDA_DATA_TYPES and _switched_on(HALF_GEMM_ENV))
+        )
         or not (a.flags.c_contiguous or a.flags.f_contiguous)
         or not (b.flags.c_contiguous or b.flags.f_contiguous)
         or max(a.size, b.size, a.shape[0] * b.shape[1]) > INT_LIMIT

@@ -194,6 +194,11 @@ def _phase_range(pad: int, size: int, parity: int) -> tuple[slice, slice]:
     return slice(t0, t1), slice(first, first + 2 * (t1 - t0) - 1, 2)
 
 
+def phase_count(size: int, phase: int, step: int) -> int:
+    """How many of positions phase, phase + step, ... lie below ``size``."""
+    return max(0, (size - phase + step - 1) // step)
+
+
 def working_memory(geo: Geometry, block_class, dtype, passes: int) -> tuple:
     """``(shape, dtype)`` for :func:`check_arrays`: the blocks' buffers of every thread, for a
     geometry and block class of this module or of :mod:`._winograd_5x5` (which
@@ -238,7 +243,7 @@ class _Block:
         ]  # fmt: skip
         # output phase (a, b) -> its valid tile rows and columns (the last may be cut off)
         self.output_phases = [
-            (a, b, slice(0, (geo.OH - a + 1) // 2), slice(0, (geo.OW - b + 1) // 2))
+            (a, b, slice(0, phase_count(geo.OH, a, 2)), slice(0, phase_count(geo.OW, b, 2)))
             for a in range(2) for b in range(2)
         ]  # fmt: skip
 

@@ -42,6 +42,7 @@ from ..backend import Array
 from ._winograd import (
     Algorithm,
     Geometry,
+    phase_count,
     run_backward,
     run_forward,
     takes_kind,
@@ -106,7 +107,7 @@ MATRICES = {}
 for _m, _r in ((2, 5), (4, 3)):
     _at, _g, _bt = toom_cook(_m, _r, POINTS)
     MATRICES[_m, _r] = (_at, _g, _bt, np.kron(_at, _at))
-_AT, _G, _BT, _AT2 = MATRICES[2, 5]
+_G = MATRICES[2, 5][1]  # (6, 5)
 
 
 class TransformedInput(NamedTuple):
@@ -218,8 +219,8 @@ class _Block:
             for a in range(half):
                 for b in range(half):  # pooled output (half t + a, half s + b)
                     rows, cols = (
-                        _phase_count(geo.OH // 2, a, half),
-                        _phase_count(geo.OW // 2, b, half),
+                        phase_count(geo.OH // 2, a, half),
+                        phase_count(geo.OW // 2, b, half),
                     )
                     target = out[:, a::half, b::half]
                     window = [outputs[M * (2 * a + i) + 2 * b + j, :, :rows, :cols]
@@ -230,7 +231,7 @@ class _Block:
         else:
             for a in range(M):
                 for b in range(M):  # output (m t + a, m s + b): cut at the output's edges
-                    rows, cols = _phase_count(geo.OH, a, M), _phase_count(geo.OW, b, M)
+                    rows, cols = phase_count(geo.OH, a, M), phase_count(geo.OW, b, M)
                     out[:, a::M, b::M] = outputs[M * a + b, :, :rows, :cols]
         out += bias
         if relu:
@@ -243,7 +244,7 @@ class _Block:
         outputs = self.view("outputs", n, geo.TH, geo.TW, geo.F)  # zeros past the edges
         for a in range(M):
             for b in range(M):
-                rows, cols = _phase_count(geo.OH, a, M), _phase_count(geo.OW, b, M)
+                rows, cols = phase_count(geo.OH, a, M), phase_count(geo.OW, b, M)
                 outputs[M * a + b, :, :rows, :cols] = grad_out[:, a::M, b::M]
         products = self.view("products", n, geo.tiles * geo.F).reshape(36, -1)
         np.matmul(self.at2.T, outputs.reshape(M * M, -1), out=products)
@@ -266,11 +267,6 @@ class _Block:
         _add_overlapping(rows, padded, axis=1, step=M)
         PT, _, PL, _ = geo.padding
         grad_x[...] = padded[:, PT : PT + geo.H, PL : PL + geo.W]
-
-
-def _phase_count(size: int, phase: int, step: int) -> int:
-    """How many of positions phase, phase + step, ... lie below ``size``."""
-    return max(0, (size - phase + step - 1) // step)
 
 
 def _add_overlapping(parts: Array, target: Array, axis: int, step: int) -> None:
