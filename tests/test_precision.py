@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import load_namespace
-from helpers import ThreadComm, ThreadGroup
+from helpers import FakeMPI, ThreadComm, ThreadGroup
 
 from gpucnn import SGD, Adam, Sequential
 from gpucnn.backend import to_numpy
@@ -323,7 +323,8 @@ def test_a_cuda_graph_step_stays_eager_under_loss_scaling(monkeypatch):
     assert step.describe()["disabled_because"] == LOSS_SCALING_REASON
 
 
-def test_distributed_training_refuses_float16_loss_scaling():
+def test_distributed_training_refuses_float16_loss_scaling(monkeypatch):
+    monkeypatch.setattr("gpucnn.distributed.import_mpi", lambda: FakeMPI)  # (no mpi4py needed)
     model = conv_net(precision="mixed_float16")
     trainer = Trainer(model, SGD(0.05), progress=False)
     trainer.communicator = MPICommunicator(ThreadComm(ThreadGroup(1), 0))
