@@ -257,3 +257,17 @@ def test_a_bad_thread_setting_is_refused(monkeypatch, setting):
     monkeypatch.setenv(CPU_THREADS_ENV, setting)
     with pytest.raises(ValueError, match=f"expected {CPU_THREADS_ENV} to be a positive integer"):
         cpu_threads()
+
+
+@needs_blas_control
+def test_the_worker_threads_are_started_once_and_reused(three_threads):
+    def workers():
+        return [t for t in threading.enumerate() if t.name.startswith("gpucnn-cpu-")]
+
+    with parallel():
+        _record_ranges(9)
+        first = workers()
+        for _ in range(50):
+            _record_ranges(9)
+    assert len(first) >= 2 and workers() == first  # two workers beside the caller, kept
+    assert all(thread.daemon for thread in first)  # idle ones never hold the process open

@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 CPU_THREADS_ENV = "GPUCNN_CPU_THREADS"
@@ -38,8 +38,8 @@ CPU_THREADS_ENV = "GPUCNN_CPU_THREADS"
 # Xeon (AVX-512), `reference` training at batch 128 / 512, img/s: BLAS threads alone 5,691 /
 # 4,716; 4 threads 6,403 / 7,268; 8 threads 6,197 / 10,785; 16 threads 3,785 / 8,883.
 MAX_THREADS = 8
-# Splitting a pass into p parts costs about p thread hand-offs (~40 us each on a 2-core EPYC,
-# ~85 us for a split in two) and saves (1 - 1/p) of its time, so the best p grows as the
+# Splitting a pass into p parts costs about p thread hand-offs (~27 us for a split in two on
+# a 2-core EPYC, see _submit) and saves (1 - 1/p) of its time, so the best p grows as the
 # square root of the work: a part gets at least this many bytes when the work is split in two,
 # and p / 2 times as many in p parts (512 KiB parts in two, 1 MiB in four, 2 MiB in eight).
 # Measured (AMD EPYC, 2 threads, training step ms, medians of 3, 2.5 MiB / 512 KiB): at batch
@@ -56,8 +56,12 @@ _threads = 1  # the thread count of the open blocks, found when the first opened
 # per thread: .threads, the split while its block is open (1 inside a part); .depth, its
 # open blocks
 _local = threading.local()
-_pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
+# The worker threads and the queue they take parts from: plain threads on one SimpleQueue,
+# not a ThreadPoolExecutor, whose futures, conditions and idle-thread bookkeeping cost ~50 us
+# of Python per part, paid ~60 times in a small network's training step. Measured (AMD EPYC,
+# 2 threads, a split in two of an empty part): 75 us through the executor, 27 us here.
+_tasks: queue.SimpleQueue = queue.SimpleQueue()
+_workers = 0  # worker threads started in this process
 
 
 def _blas_controller():
@@ -128,21 +132,33 @@ def parallel() -> Iterator[None]:
                 _limiter = None
 
 
-def _submit(parts: int, work: Callable, bounds: list[int]) -> list:
-    """Queue parts 1.. on the pool (grown to ``parts - 1`` threads if needed). Under the lock:
-    a pool is replaced only here, so no thread submits to one that has been shut down (the
-    old pool still finishes what it was given)."""
-    global _pool, _pool_workers
+def _worker(tasks: queue.SimpleQueue) -> None:
+    """A worker thread: runs parts until the process ends (it is a daemon, idle in ``get``)."""
+    while True:
+        done, context, work, start, stop = tasks.get()
+        try:
+            context.run(_in_part, work, start, stop)
+        except BaseException as exc:  # handed to the caller, which raises it
+            done.put(exc)
+        else:
+            done.put(None)
+
+
+def _submit(parts: int, work: Callable, bounds: list[int]) -> queue.SimpleQueue:
+    """Queue parts 1.. for the workers (started, up to ``parts - 1`` of them, if needed);
+    the returned queue gets one item per part when it ends: None, or its exception."""
+    global _workers
     with _lock:
-        if _pool is None or _pool_workers < parts - 1:
-            old, _pool = _pool, ThreadPoolExecutor(parts - 1, thread_name_prefix="gpucnn-cpu")
-            _pool_workers = parts - 1
-            if old is not None:
-                old.shutdown(wait=False)
-        return [
-            _pool.submit(contextvars.copy_context().run, _in_part, work, bounds[k], bounds[k + 1])
-            for k in range(1, parts)
-        ]
+        while _workers < parts - 1:
+            threading.Thread(
+                target=_worker, args=(_tasks,), name=f"gpucnn-cpu-{_workers}", daemon=True
+            ).start()
+            _workers += 1
+        tasks = _tasks
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    for k in range(1, parts):
+        tasks.put((done, contextvars.copy_context(), work, bounds[k], bounds[k + 1]))
+    return done
 
 
 def _in_part(work: Callable[[int, int], None], start: int, stop: int) -> None:
@@ -156,9 +172,10 @@ def _in_part(work: Callable[[int, int], None], start: int, stop: int) -> None:
 
 def _after_fork_in_child() -> None:
     # The child has only the forking thread: its open blocks are the only ones, the parent's
-    # pool threads are gone, and the lock may have been held by a thread that is gone too.
-    global _lock, _open, _limiter, _pool, _pool_workers
-    _lock, _pool, _pool_workers = threading.Lock(), None, 0
+    # worker threads are gone (their queue may hold parts, or be locked), and the lock may
+    # have been held by a thread that is gone too.
+    global _lock, _open, _limiter, _tasks, _workers
+    _lock, _tasks, _workers = threading.Lock(), queue.SimpleQueue(), 0
     _open = getattr(_local, "depth", 0)
     if _open == 0 and _limiter is not None:  # only other threads had blocks open
         _limiter.restore_original_limits()
@@ -195,11 +212,12 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
         work(0, n)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = _submit(parts, work, bounds)
+    done = _submit(parts, work, bounds)
     try:
         _in_part(work, bounds[0], bounds[1])
     finally:
-        for future in futures:
-            future.exception()  # every part finishes before its arrays can be reused
-    for future in futures:
-        future.result()
+        # every part finishes before its arrays can be reused
+        errors = [done.get() for _ in range(1, parts)]
+    for error in errors:
+        if error is not None:
+            raise error

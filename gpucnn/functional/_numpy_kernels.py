@@ -722,7 +722,9 @@ def batch_norm_statistics_fast(x: Array) -> tuple[Array, Array] | None:
     (rows,), k = views
     M = x.size // x.shape[-1]
     width = rows.shape[1]
-    sums = _chunk_sums(rows, width, lambda s, e: np.einsum("ij->j", rows[s:e]))
+    # (column sums by np.add.reduce: einsum's "ij->j" keeps the GIL, measured 2x slower in
+    # each of two threads at once, ~27 us alone against 21 for a (196, 512) float32 chunk)
+    sums = _chunk_sums(rows, width, lambda s, e: np.add.reduce(rows[s:e], axis=0))
     mean = (_per_channel(sums, k, np.float64) / M).astype(x.dtype)
     mean_k = np.tile(mean, k)
 
@@ -771,7 +773,7 @@ def batch_norm_grad_sums_fast(grad_out, x, mean, inv_std) -> tuple[Array, Array]
     def sums(s, e):
         x_hat = rows[s:e] - mean
         x_hat *= inv_std
-        return np.concatenate([np.einsum("ij,ij->j", g[s:e], x_hat), np.einsum("ij->j", g[s:e])])
+        return np.concatenate([np.einsum("ij,ij->j", g[s:e], x_hat), np.add.reduce(g[s:e], axis=0)])
 
     both = _chunk_sums(rows, 2 * width, sums)  # two sums per value, side by side
     both = _per_channel(both.reshape(2, width), k, x.dtype)
