@@ -271,3 +271,45 @@ def test_the_worker_threads_are_started_once_and_reused(three_threads):
             _record_ranges(9)
     assert len(first) >= 2 and workers() == first  # two workers beside the caller, kept
     assert all(thread.daemon for thread in first)  # idle ones never hold the process open
+
+
+@needs_blas_control
+def test_idle_workers_keep_no_arrays_of_a_finished_split(three_threads):
+    import gc
+    import weakref
+
+    def split_once():
+        values = np.ones(9_000)
+
+        def work(start, stop):
+            values[start * 1000 : stop * 1000] *= 2
+
+        with parallel():
+            over_images(9, 1, work)
+        assert values.sum() == 18_000
+        return weakref.ref(values)
+
+    gone = split_once()
+    gc.collect()
+    assert gone() is None  # no worker still holds the part it ran last
+
+
+@needs_blas_control
+def test_an_interrupt_while_waiting_is_raised_after_every_part_finished(three_threads):
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    finished = []
+
+    def work(start, stop):
+        if start == 0:  # the caller's own part: done at once, the caller then waits
+            return
+        if start == 3:  # Ctrl-C while the caller waits for the workers
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Event().wait(0.2)
+        finished.append(start)
+
+    with parallel(), pytest.raises(KeyboardInterrupt):
+        over_images(9, 1, work)
+    assert sorted(finished) == [3, 6]

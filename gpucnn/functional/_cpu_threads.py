@@ -136,12 +136,16 @@ def _worker(tasks: queue.SimpleQueue) -> None:
     """A worker thread: runs parts until the process ends (it is a daemon, idle in ``get``)."""
     while True:
         done, context, work, start, stop = tasks.get()
+        error = None
         try:
             context.run(_in_part, work, start, stop)
         except BaseException as exc:  # handed to the caller, which raises it
-            done.put(exc)
-        else:
-            done.put(None)
+            error = exc
+        # an idle worker keeps nothing of the part it ran (``work`` holds the caller's
+        # arrays); dropped before the caller can go on
+        del context, work
+        done.put(error)
+        del done, error
 
 
 def _submit(parts: int, work: Callable, bounds: list[int]) -> queue.SimpleQueue:
@@ -197,6 +201,22 @@ def count_parts(n: int, bytes_per_image: int) -> int:
     return min(threads, n, max(1, math.isqrt(2 * n * bytes_per_image // MIN_PART_BYTES)))
 
 
+def _outcomes(done: queue.SimpleQueue, count: int) -> list:
+    """The ``count`` parts' outcomes from ``done``, waiting for every one: the parts write the
+    caller's arrays, which must not be reused (or freed) before they end. A Ctrl-C while
+    waiting is raised once they have."""
+    outcomes: list = []
+    interrupted = None
+    while len(outcomes) < count:
+        try:
+            outcomes.append(done.get())
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+    return outcomes
+
+
 def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) -> None:
     """Call ``work(start, stop)`` on consecutive ranges that cover ``range(n)``.
 
@@ -216,8 +236,7 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
     try:
         _in_part(work, bounds[0], bounds[1])
     finally:
-        # every part finishes before its arrays can be reused
-        errors = [done.get() for _ in range(1, parts)]
+        errors = _outcomes(done, parts - 1)
     for error in errors:
         if error is not None:
             raise error
