@@ -313,3 +313,33 @@ def test_an_interrupt_while_waiting_is_raised_after_every_part_finished(three_th
     with parallel(), pytest.raises(KeyboardInterrupt):
         over_images(9, 1, work)
     assert sorted(finished) == [3, 6]
+
+
+@needs_blas_control
+def test_a_wake_up_lost_to_an_interrupt_does_not_leave_the_caller_waiting(
+    three_threads, monkeypatch
+):
+    import queue
+
+    class LosesTheFirstWakeUp(queue.SimpleQueue):
+        lost = False
+
+        def get(self, *args, **kwargs):
+            item = super().get(*args, **kwargs)
+            if not LosesTheFirstWakeUp.lost:  # Ctrl-C handled just after the wake-up
+                LosesTheFirstWakeUp.lost = True
+                raise KeyboardInterrupt
+            return item
+
+    monkeypatch.setattr(_cpu_threads.queue, "SimpleQueue", LosesTheFirstWakeUp)
+    outcome = []
+
+    def run():
+        try:
+            with parallel():
+                over_images(9, 1, lambda start, stop: threading.Event().wait(0.05))
+        except KeyboardInterrupt:
+            outcome.append("interrupted")
+
+    assert _finishes(run), "the caller kept waiting for a wake-up the interrupt took"
+    assert outcome == ["interrupted"] and LosesTheFirstWakeUp.lost

@@ -135,7 +135,7 @@ def parallel() -> Iterator[None]:
 def _worker(tasks: queue.SimpleQueue) -> None:
     """A worker thread: runs parts until the process ends (it is a daemon, idle in ``get``)."""
     while True:
-        done, context, work, start, stop = tasks.get()
+        outcomes, done, context, work, start, stop = tasks.get()
         error = None
         try:
             context.run(_in_part, work, start, stop)
@@ -144,13 +144,15 @@ def _worker(tasks: queue.SimpleQueue) -> None:
         # an idle worker keeps nothing of the part it ran (``work`` holds the caller's
         # arrays); dropped before the caller can go on
         del context, work
-        done.put(error)
-        del done, error
+        outcomes.append(error)  # first the outcome, then the wake-up (see _wait_for)
+        done.put(None)
+        del outcomes, done, error
 
 
-def _submit(parts: int, work: Callable, bounds: list[int]) -> queue.SimpleQueue:
-    """Queue parts 1.. for the workers (started, up to ``parts - 1`` of them, if needed);
-    the returned queue gets one item per part when it ends: None, or its exception."""
+def _submit(parts: int, work: Callable, bounds: list[int]) -> tuple[list, queue.SimpleQueue]:
+    """Queue parts 1.. for the workers (started, up to ``parts - 1`` of them, if needed).
+    Returns ``(outcomes, done)``: as each part ends, its outcome (None, or its exception) is
+    appended to the list, and then an item is put on the queue to wake the caller."""
     global _workers
     with _lock:
         while _workers < parts - 1:
@@ -159,10 +161,11 @@ def _submit(parts: int, work: Callable, bounds: list[int]) -> queue.SimpleQueue:
             ).start()
             _workers += 1
         tasks = _tasks
+    outcomes: list = []
     done: queue.SimpleQueue = queue.SimpleQueue()
     for k in range(1, parts):
-        tasks.put((done, contextvars.copy_context(), work, bounds[k], bounds[k + 1]))
-    return done
+        tasks.put((outcomes, done, contextvars.copy_context(), work, bounds[k], bounds[k + 1]))
+    return outcomes, done
 
 
 def _in_part(work: Callable[[int, int], None], start: int, stop: int) -> None:
@@ -201,20 +204,23 @@ def count_parts(n: int, bytes_per_image: int) -> int:
     return min(threads, n, max(1, math.isqrt(2 * n * bytes_per_image // MIN_PART_BYTES)))
 
 
-def _outcomes(done: queue.SimpleQueue, count: int) -> list:
-    """The ``count`` parts' outcomes from ``done``, waiting for every one: the parts write the
+def _wait_for(outcomes: list, done: queue.SimpleQueue, count: int) -> None:
+    """Wait until ``count`` parts have put their outcome in ``outcomes``: the parts write the
     caller's arrays, which must not be reused (or freed) before they end. A Ctrl-C while
-    waiting is raised once they have."""
-    outcomes: list = []
+    waiting is raised once they have. The count is read from the list, never from the
+    wake-ups taken: a KeyboardInterrupt may land just after ``get`` returned, and that
+    wake-up is then lost (Python runs the handler when the waiting thread gets back to
+    bytecode, which may be only after the queue woke it)."""
     interrupted = None
-    while len(outcomes) < count:
+    while True:
         try:
-            outcomes.append(done.get())
+            while len(outcomes) < count:
+                done.get()
+            break
         except KeyboardInterrupt as exc:
             interrupted = exc
     if interrupted is not None:
         raise interrupted
-    return outcomes
 
 
 def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) -> None:
@@ -232,11 +238,11 @@ def over_images(n: int, bytes_per_image: int, work: Callable[[int, int], None]) 
         work(0, n)
         return
     bounds = [n * k // parts for k in range(parts + 1)]
-    done = _submit(parts, work, bounds)
+    outcomes, done = _submit(parts, work, bounds)
     try:
         _in_part(work, bounds[0], bounds[1])
     finally:
-        errors = _outcomes(done, parts - 1)
-    for error in errors:
+        _wait_for(outcomes, done, parts - 1)
+    for error in outcomes:
         if error is not None:
             raise error
