@@ -39,7 +39,7 @@ CPU_THREADS_ENV = "GPUCNN_CPU_THREADS"
 # 4,716; 4 threads 6,403 / 7,268; 8 threads 6,197 / 10,785; 16 threads 3,785 / 8,883.
 MAX_THREADS = 8
 # Splitting a pass into p parts costs about p thread hand-offs (~27 us for a split in two on
-# a 2-core EPYC, see _submit) and saves (1 - 1/p) of its time, so the best p grows as the
+# a 2-core EPYC, see _tasks) and saves (1 - 1/p) of its time, so the best p grows as the
 # square root of the work: a part gets at least this many bytes when the work is split in two,
 # and p / 2 times as many in p parts (512 KiB parts in two, 1 MiB in four, 2 MiB in eight).
 # Measured (AMD EPYC, 2 threads, training step ms, medians of 3, 2.5 MiB / 512 KiB): at batch
