@@ -300,18 +300,25 @@ def test_an_interrupt_while_waiting_is_raised_after_every_part_finished(three_th
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach the main thread only")
+    # Python's own Ctrl-C handler, whatever this process inherited (a job started in the
+    # background of a shell ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = []
 
     def work(start, stop):
         if start == 0:  # the caller's own part: done at once, the caller then waits
             return
-        if start == 3:  # Ctrl-C while the caller waits for the workers
+        if start == 3:  # Ctrl-C while the caller waits for the workers (by then surely)
+            threading.Event().wait(0.05)
             os.kill(os.getpid(), signal.SIGINT)
         threading.Event().wait(0.2)
         finished.append(start)
 
-    with parallel(), pytest.raises(KeyboardInterrupt):
-        over_images(9, 1, work)
+    try:
+        with parallel(), pytest.raises(KeyboardInterrupt):
+            over_images(9, 1, work)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(finished) == [3, 6]
 
 
@@ -334,10 +341,14 @@ def test_a_wake_up_lost_to_an_interrupt_does_not_leave_the_caller_waiting(
     monkeypatch.setattr(_cpu_threads.queue, "SimpleQueue", LosesTheFirstWakeUp)
     outcome = []
 
+    def work(start, stop):
+        if start:  # the workers' parts end while the caller waits, its own at once
+            threading.Event().wait(0.05)
+
     def run():
         try:
             with parallel():
-                over_images(9, 1, lambda start, stop: threading.Event().wait(0.05))
+                over_images(9, 1, work)
         except KeyboardInterrupt:
             outcome.append("interrupted")
 
