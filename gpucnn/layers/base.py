@@ -75,8 +75,9 @@ class Layer:
     autocast : class attribute; under a mixed-precision policy the model casts the parameters
         of such layers to the compute dtype before each forward pass (they compute with
         ``parameter.value``, which a layer of your own should use too: ``parameter.data``
-        stays float32 and would promote its output). False (BatchNorm) keeps them as they are: the layer computes in
-        its parameters' dtype and casts its output to its input's (see :mod:`gpucnn.precision`).
+        stays float32 and would promote its output). False (BatchNorm) keeps them as they
+        are: the layer computes in its parameters' dtype and casts its output to its input's
+        (see :mod:`gpucnn.precision`).
     batch_statistics : class attribute, True for layers whose training output depends on the
         whole batch (BatchNorm); data-parallel training sets their ``sum_over_processes`` (a
         function summing a 1-d array over the ranks; None otherwise) for the time of ``fit``,
