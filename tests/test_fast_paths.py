@@ -401,6 +401,45 @@ def test_numpy_conv_split_over_threads_equals_the_standard_code(
 
 
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)
+@pytest.mark.parametrize("images_per_block", [1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+def test_numpy_conv_training_in_blocks_equals_whole_parts(
+    monkeypatch, shape, filters, kernel, stride, padding, images_per_block, relu
+):
+    """Parts whose im2col rows outgrow the cache are filled, multiplied and (backward) turned
+    back into input gradients block by block: the same rows, outputs and gradients."""
+    from gpucnn.functional import _cpu_threads, _numpy_kernels
+
+    monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "2")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2 * shape[0] + 1, *shape[1:]))  # parts of 5 and 6 images or more
+    weight = rng.standard_normal((filters, shape[3], *kernel))
+    bias = rng.standard_normal(filters)
+
+    def step():
+        out, cols = _numpy_kernels.conv2d_forward_fast(x, weight, bias, stride, padding, relu)
+        g = np.random.default_rng(5).standard_normal(out.shape)
+        grads = _numpy_kernels.conv2d_backward_fast(
+            g, cols, weight, x.shape, stride, padding, True, relu_out=out if relu else None
+        )
+        return out, cols, *grads
+
+    with _cpu_threads.parallel():
+        whole = step()
+        N, OH, OW, L = whole[1].shape
+        monkeypatch.setattr(_numpy_kernels, "IM2COL_WHOLE_PART_BYTES", 0)
+        monkeypatch.setattr(
+            _numpy_kernels, "IM2COL_BLOCK_BYTES", images_per_block * OH * OW * L * x.itemsize
+        )
+        assert _numpy_kernels._training_block(N // 2, OH * OW * L * x.itemsize) == images_per_block
+        blocked = step()
+    np.testing.assert_array_equal(blocked[1], whole[1])  # the rows kept, ones column included
+    for a, b in zip(blocked, whole, strict=True):  # GEMMs of other sizes: other rounding
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)
 @pytest.mark.parametrize("threads", [1, 3])  # 1: the standard code on NumPy
 def test_numpy_conv_relu_equals_the_standard_code(
     monkeypatch, shape, filters, kernel, stride, padding, threads
