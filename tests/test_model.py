@@ -293,6 +293,37 @@ def test_batch_norm_steps_fuse_with_identical_results(xp, rng):
     assert_training_equals_the_layers(xp, model, x, g, tol=1e-12)
 
 
+@pytest.mark.parametrize("pool", [(2, 2), (3, 2)])  # windows that tile, and that overlap
+def test_conv_batch_norm_relu_max_pool_fuses_with_identical_results(xp, rng, pool):
+    """Conv2D, BatchNorm2D, ReLU, MaxPool2D run as one step, the ReLU taken after the pooling
+    (at inference the BatchNorm folded and, for windows that tile, the pool-aware convolution);
+    training output, every gradient and inference equal the layers', float64."""
+    from gpucnn.layers import BatchNorm2D, Conv2DBatchNorm2DReLUMaxPool2D
+
+    size, stride = pool
+    model = Sequential(
+        [Conv2D(3, 3, padding="same"), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride),
+         Conv2D(2, 3), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride), Flatten(),
+         Dense(2)],
+        input_shape=(2, 11, 11), dtype="float64", backend=xp, seed=4,
+    )  # fmt: skip
+    kinds = [type(step) for step in model.steps]
+    assert kinds[:2] == [Conv2DBatchNorm2DReLUMaxPool2D] * 2 and len(kinds) == 4
+    x = rng.standard_normal((4, 2, 11, 11))
+    x[0, :, :5, :5] = -3.0  # windows whose maximum is negative after the BatchNorm too
+    g = rng.standard_normal((4, 2))
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm2D):  # running statistics away from 0 and 1
+            layer.running_mean.data[...] = on(xp, rng.standard_normal(layer.running_mean.shape))
+            layer.running_var.data[...] = on(xp, rng.uniform(0.5, 2.0, layer.running_var.shape))
+            layer.weight.data[...] = on(xp, rng.standard_normal(layer.weight.shape))  # some < 0
+    h = xp.permute_dims(on(xp, x), (0, 2, 3, 1))
+    for layer in model.layers:
+        h = layer.forward(h)
+    np.testing.assert_allclose(host(h), host(model.forward(on(xp, x))), rtol=1e-12, atol=1e-12)
+    assert_training_equals_the_layers(xp, model, x, g, tol=1e-12)
+
+
 def test_blocked_cpu_inference_equals_one_pass(rng):
     from gpucnn.model import INFERENCE_BLOCK
 

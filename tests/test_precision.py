@@ -19,7 +19,16 @@ from gpucnn.backend import to_numpy
 from gpucnn.cli import main
 from gpucnn.cuda_graph import LOSS_SCALING_REASON, GraphedStep
 from gpucnn.distributed import MPICommunicator
-from gpucnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from gpucnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Conv2DBatchNorm2DReLU,
+    Dense,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
 from gpucnn.precision import LossScaler, compute_dtype, policy
 from gpucnn.step import TrainingStep
 from gpucnn.trainer import Trainer
@@ -132,9 +141,11 @@ def test_the_fused_inference_of_conv_and_batch_norm_casts_its_folded_weights():
     out = model.forward(x)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference.forward(x), rtol=2e-2, atol=2e-2)
-    fused = model.steps[0]  # Conv2D, BatchNorm2D, ReLU as one step: the folded convolution
-    assert type(fused).__name__ == "Conv2DBatchNorm2DReLU"
+    fused = model.steps[0]  # Conv2D, BatchNorm2D, ReLU, MaxPool2D: the folded convolution
+    assert type(fused).__name__ == "Conv2DBatchNorm2DReLUMaxPool2D"
     assert fused.forward(np.zeros((1, 10, 10, 2), np.float16)).dtype == np.float16
+    alone = Conv2DBatchNorm2DReLU(*model.layers[:3])  # without the pooling
+    assert alone.forward(np.zeros((1, 10, 10, 2), np.float16)).dtype == np.float16
 
 
 # ---------------------------------------------------------------------- training
