@@ -413,7 +413,7 @@ def test_numpy_conv_training_in_blocks_equals_whole_parts(
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "2")
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((2 * shape[0] + 1, *shape[1:]))  # parts of 5 and 6 images or more
+    x = rng.standard_normal((2 * shape[0] + 1, *shape[1:]))  # two parts of unequal sizes
     weight = rng.standard_normal((filters, shape[3], *kernel))
     bias = rng.standard_normal(filters)
 

@@ -301,12 +301,16 @@ def test_conv_batch_norm_relu_max_pool_fuses_with_identical_results(xp, rng, poo
     from gpucnn.layers import BatchNorm2D, Conv2DBatchNorm2DReLUMaxPool2D
 
     size, stride = pool
-    model = Sequential(
-        [Conv2D(3, 3, padding="same"), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride),
-         Conv2D(2, 3), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride), Flatten(),
-         Dense(2)],
-        input_shape=(2, 11, 11), dtype="float64", backend=xp, seed=4,
-    )  # fmt: skip
+
+    def build():
+        return Sequential(
+            [Conv2D(3, 3, padding="same"), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride),
+             Conv2D(2, 3), BatchNorm2D(), ReLU(), MaxPool2D(size, stride=stride), Flatten(),
+             Dense(2)],
+            input_shape=(2, 11, 11), dtype="float64", backend=xp, seed=4,
+        )  # fmt: skip
+
+    model = build()
     kinds = [type(step) for step in model.steps]
     assert kinds[:2] == [Conv2DBatchNorm2DReLUMaxPool2D] * 2 and len(kinds) == 4
     x = rng.standard_normal((4, 2, 11, 11))
@@ -321,6 +325,22 @@ def test_conv_batch_norm_relu_max_pool_fuses_with_identical_results(xp, rng, poo
     for layer in model.layers:
         h = layer.forward(h)
     np.testing.assert_allclose(host(h), host(model.forward(on(xp, x))), rtol=1e-12, atol=1e-12)
+    # a training pass updates the running statistics as the layers do, and the next inference
+    # folds the updated ones and keeps no training activations
+    unfused = build()
+    unfused.load_state_dict(model.state_dict())
+    unfused.steps = list(unfused.layers)
+    for twin in (model, unfused):
+        twin.forward(on(xp, x), training=True)
+    state, expected = model.state_dict(), unfused.state_dict()
+    for name, value in expected.items():
+        np.testing.assert_allclose(state[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(
+        host(model.forward(on(xp, x))), host(unfused.forward(on(xp, x))), rtol=1e-12, atol=1e-12
+    )
+    for step in model.steps[:2]:
+        caches = (step.head.conv._cache, step.head.norm._cache, step.tail._cache)
+        assert all(cache is None for cache in caches)
     assert_training_equals_the_layers(xp, model, x, g, tol=1e-12)
 
 
