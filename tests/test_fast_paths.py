@@ -291,6 +291,8 @@ def test_numpy_pooled_conv_equals_the_standard_code(
     from gpucnn.functional import _cpu_threads, _numpy_kernels
 
     monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_SLICE_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_SLICE_WHOLE_PART_BYTES", block_bytes - 1)
     monkeypatch.setattr(_cpu_threads, "MIN_PART_BYTES", 0)
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
     rng = np.random.default_rng(2)
