@@ -1,0 +1,64 @@
+"""``benchmarks/gil_share.py``: its sample counting, its limit model and its child's steps.
+py-spy itself runs only where it is installed and may attach to a child process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import gil_share  # noqa: E402
+
+RAW = "\n".join(
+    [
+        "<module> (gil_share.py:1);main (gil_share.py:2);child (gil_share.py:3) 7",  # warm-up
+        "<module> (gil_share.py:1);child (gil_share.py:3);timed_steps (gil_share.py:4);f (a.py:1) 30",
+        "<module> (gil_share.py:1);child (gil_share.py:3);timed_steps (gil_share.py:4) 10",
+        "_bootstrap (threading.py:1);_worker (_cpu_threads.py:2);_in_part (_cpu_threads.py:3) 12",
+        "_bootstrap (threading.py:1);_worker (_cpu_threads.py:2);get (queue.py:9) 50",  # idle
+    ]
+)
+
+
+def test_counts_only_samples_taken_while_stepping():
+    # every stack of the stepping thread: the warm-up's and idle workers' are not counted
+    assert gil_share.count_samples(RAW, gil=False, steps=10) == 40
+    # GIL holders: the workers' samples in proportion to the 10 timed of 12 steps
+    assert gil_share.count_samples(RAW, gil=True, steps=10) == pytest.approx(40 + 12 * 10 / 12)
+
+
+def test_threads_at_limit_meets_work_and_gil_time():
+    # 12 ms of work on one thread, 1 ms of GIL-held time, 1 ms more per thread: 12 / p = p
+    assert float(gil_share.threads_at_limit(12.0, 1.0, 1.0)) == pytest.approx(12**0.5, abs=0.05)
+    # GIL-held time that does not grow: Amdahl's bound
+    assert gil_share.threads_at_limit(12.0, 3.0, 0.0) == "4"
+
+
+def test_child_times_the_suite_network(monkeypatch):
+    monkeypatch.setenv("GPUCNN_CPU_THREADS", "1")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gil_share.py"), "--child", "--network", "reference",
+         "--batch", "4", "--threads", "1", "--steps", "2"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout.strip().splitlines()[-1])["seconds"] > 0
+
+
+@pytest.mark.skipif(gil_share.find_py_spy() is None, reason="py-spy is not installed")
+def test_share_of_a_small_network_is_a_fraction():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gil_share.py"), "--networks", "reference",
+         "--batch-size", "4", "--steps", "5"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0 and "ptrace" in done.stderr.lower() + done.stdout.lower():
+        pytest.skip("py-spy may not attach to processes here")
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.strip().splitlines()[-1].split()
+    assert row[:2] == ["reference", "4"]
+    shares = [int(row[2]), int(row[9])]  # "N % of T = G ms", once per thread count
+    assert all(0 <= share <= 100 for share in shares)
