@@ -22,6 +22,7 @@ one thread at a time: more threads than that cannot make the step faster.
 
     python benchmarks/gil_share.py                                   # the suite's networks, batch 128
     python benchmarks/gil_share.py --networks reference resnet --batch-size 32 128 --threads 2
+    python benchmarks/gil_share.py --calls      # NumPy calls of 4096 to 10^6 values in two threads
 
 The child's steps are those of ``cpu_suite.py`` (same networks, SGD with momentum).
 """
@@ -121,6 +122,50 @@ def count_samples(raw: str, gil: bool, steps: int) -> float:
     return main_thread + workers * steps / (steps + WARM_UP)
 
 
+def call_contention(sizes=(4096, 65536, 1 << 20), seconds: float = 0.4) -> None:
+    """Print what one NumPy call costs alone and how much two threads calling it at once get
+    done together: a call holds the GIL around its loop, and two threads hand the GIL over on
+    every call. Float32 arrays of each size."""
+    import threading
+
+    import numpy as np
+
+    def calls(size):
+        z, one = np.ones(size, np.float32), np.ones(size, np.float32)
+        return {
+            "np.add(z, one, out=z)": lambda: np.add(z, one, out=z),
+            "np.multiply(z, one, out=z)": lambda: np.multiply(z, one, out=z),
+            "np.copyto(z, one)": lambda: np.copyto(z, one),
+        }
+
+    def rate(ops) -> float:
+        counts, stop = [0] * len(ops), threading.Event()
+
+        def loop(k):
+            while not stop.is_set():
+                ops[k]()
+                counts[k] += 1
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(ops))]
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        return sum(counts) / seconds
+
+    print("calls per second of two threads at once over one thread alone (1.0: no gain)")
+    for size in sizes:
+        first, second = calls(size), calls(size)
+        for name in first:
+            alone = rate([first[name]])
+            both = rate([first[name], second[name]])
+            print(
+                f"  {size:>8} values  {name:<28} {1e6 / alone:7.1f} us alone, two threads {both / alone:.2f}x"
+            )
+
+
 def main() -> None:
     import cpu_suite
 
@@ -139,12 +184,20 @@ def main() -> None:
         "at 500, resnet's 2-thread step at batch 32 took 140 ms, at 100 88 ms (71-87 ms "
         "unsampled)",
     )
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="instead: how much two threads making the same NumPy call at once get done",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--network", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.calls:
+        call_contention()
         return
     py_spy = find_py_spy()
     if py_spy is None:

@@ -62,3 +62,10 @@ def test_share_of_a_small_network_is_a_fraction():
     assert row[:2] == ["reference", "4"]
     shares = [int(row[2]), int(row[9])]  # "N % of T = G ms", once per thread count
     assert all(0 <= share <= 100 for share in shares)
+
+
+def test_call_contention_prints_a_ratio_per_call(capsys):
+    gil_share.call_contention(sizes=(4096,), seconds=0.05)
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(rows) == 3 and all(row.rstrip().endswith("x") for row in rows)
+    assert all(float(row.split()[-1][:-1]) > 0 for row in rows)
