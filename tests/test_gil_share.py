@@ -52,16 +52,17 @@ def test_child_times_the_suite_network(monkeypatch):
 def test_share_of_a_small_network_is_a_fraction():
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gil_share.py"), "--networks", "reference",
-         "--batch-size", "4", "--steps", "5"],
+         "--batch-size", "16", "--steps", "40", "--rate", "500"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     if done.returncode != 0 and "ptrace" in done.stderr.lower() + done.stdout.lower():
         pytest.skip("py-spy may not attach to processes here")
     assert done.returncode == 0, done.stderr
     row = done.stdout.strip().splitlines()[-1].split()
-    assert row[:2] == ["reference", "4"]
+    assert row[:2] == ["reference", "16"]
     shares = [int(row[2]), int(row[9])]  # "N % of T = G ms", once per thread count
-    assert all(0 <= share <= 100 for share in shares)
+    # two runs' sample counts over a fraction of a second each: a share may pass 100 a little
+    assert all(0 <= share <= 120 for share in shares)
 
 
 def test_call_contention_prints_a_ratio_per_call(capsys):
