@@ -340,6 +340,48 @@ def test_numpy_pooled_conv_equals_the_standard_code(
     np.testing.assert_array_equal(fast[1] == 0, standard[1] == 0)
 
 
+@pytest.mark.parametrize("channels,blocks", [(1, True), (2, False)])
+def test_numpy_pooled_conv_takes_slice_filled_parts_in_blocks(monkeypatch, channels, blocks):
+    """One channel under a 3x3 kernel (rows filled by slice copies): a training part over
+    POOLED_CONV_SLICE_WHOLE_PART_BYTES goes in POOLED_CONV_SLICE_BLOCK_BYTES blocks (here two
+    images, the last block one), with the results of one block; other parts stay whole."""
+    from gpucnn.functional import _cpu_threads, _numpy_kernels
+
+    monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, "1")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 10, 10, channels))
+    weight, bias = rng.standard_normal((4, channels, 3, 3)), rng.standard_normal(4)
+    args = ((1, 1), (0, 0, 0, 0), (2, 2))
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_BLOCK_BYTES", 1 << 30)
+    whole, whole_cache = conv2d_relu_max_pool2d_forward(x, weight, bias, *args)
+    per_image = 4 * 4 * 4 * (9 * channels + 1 + 4) * x.itemsize  # phases * PH * PW * (L + F)
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_SLICE_WHOLE_PART_BYTES", 0)
+    monkeypatch.setattr(_numpy_kernels, "POOLED_CONV_SLICE_BLOCK_BYTES", 2 * per_image)
+    out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, *args)
+    assert whole_cache[1][2] >= 5  # images per block: all five in one
+    assert cache[1][2] == 2 if blocks else cache[1][2] >= 5
+    np.testing.assert_array_equal(out, whole)
+    g = rng.standard_normal(out.shape)
+    for a, b in zip(
+        conv2d_relu_max_pool2d_backward(g, cache, weight, x.shape, *args),
+        conv2d_relu_max_pool2d_backward(g, whole_cache, weight, x.shape, *args),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_pooled_conv_of_an_empty_batch(three_threads):
+    x = np.zeros((0, 10, 10, 1), np.float32)
+    weight, bias = np.ones((4, 1, 3, 3), np.float32), np.zeros(4, np.float32)
+    args = ((1, 1), (1, 1, 1, 1), (2, 2))
+    out, cache = conv2d_relu_max_pool2d_forward(x, weight, bias, *args)
+    assert out.shape == (0, 5, 5, 4)
+    grad_x, grad_w, grad_b = conv2d_relu_max_pool2d_backward(out, cache, weight, x.shape, *args)
+    assert grad_x.shape == x.shape
+    np.testing.assert_array_equal(grad_w, 0.0)
+    np.testing.assert_array_equal(grad_b, 0.0)
+
+
 CONV_GEOMETRIES = [
     # x shape (N, H, W, C), filters, kernel, stride, padding
     ((5, 9, 8, 1), 3, (3, 3), (1, 1), (0, 0, 0, 0)),  # C = 1, 3x3: the slice-loop fill

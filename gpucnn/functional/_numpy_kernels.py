@@ -438,7 +438,7 @@ POOLED_CONV_BLOCK_BYTES = 64 << 20
 # block, and a thread's part of more than POOLED_CONV_SLICE_WHOLE_PART_BYTES goes in blocks of
 # POOLED_CONV_SLICE_BLOCK_BYTES that stay in cache. Measured (AMD EPYC, 2 threads, the first
 # layer's training step, 1 -> 16 / 32 filters at 28x28, whole / 4 MiB blocks, ms): batch 512
-# (21 / 34 MB per thread) `small` 26.9 / 19.7, `reference` 40.0 / 31.7, their training steps
+# (a thread's rows and outputs 21 / 34 MB) `small` 26.9 / 19.7, `reference` 40.0 / 31.7, their training steps
 # 1.04x / 1.02x; batch 128 (5 / 8.4 MB) `reference` 8.8 / 8.3 but its step 0.92-1.16x in three
 # runs, hence whole parts up to 16 MiB. Inference keeps POOLED_CONV_BLOCK_BYTES: its blocks
 # are smaller already, and 4 MiB lost 4-6 % there.
@@ -525,7 +525,7 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     w_and_b = _weights_with_bias(weight, bias)
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize
-    parts = count_parts(N, per_image)
+    parts = max(1, count_parts(N, per_image))  # 0 for an empty batch
     if (
         training
         and not window_gather_pays(C, (KH, KW))
