@@ -94,7 +94,10 @@ def sampled(args, py_spy: str, network: str, batch: int, threads: int, gil: bool
         env = dict(os.environ, GPUCNN_CPU_THREADS=str(threads))
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise SystemExit(f"py-spy failed on {network} (exit {done.returncode}):\n{done.stderr}")
+            raise SystemExit(
+                f"py-spy failed on {network} (exit {done.returncode}; it needs the right to "
+                f"trace processes, e.g. root or ptrace_scope 0):\n{done.stderr}"
+            )
         report = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if not report:
             raise SystemExit(f"no timing from the child on {network}:\n{done.stdout}{done.stderr}")
@@ -199,12 +202,16 @@ def main() -> None:
     if args.calls:
         call_contention()
         return
-    py_spy = find_py_spy()
-    if py_spy is None:
-        raise SystemExit("expected py-spy on PATH (pip install py-spy); received none")
     unknown = sorted(set(args.networks) - set(cpu_suite.NETWORKS))
     if unknown:
         parser.error(f"unknown networks {unknown}; choose from {list(cpu_suite.NETWORKS)}")
+    if args.threads < 2:
+        parser.error(
+            f"expected --threads of at least 2 (compared with one); received {args.threads}"
+        )
+    py_spy = find_py_spy()
+    if py_spy is None:
+        raise SystemExit("expected py-spy on PATH (pip install py-spy); received none")
     print(
         f"GIL held during a training step (py-spy, {args.rate} Hz, {args.steps} steps), as a "
         f"share of the step's wall time and in ms per step; CPU: {cpu_suite.cpu_name()}"
@@ -221,7 +228,12 @@ def main() -> None:
                 every, seconds = sampled(args, py_spy, network, batch, threads, gil=False)
                 held, held_seconds = sampled(args, py_spy, network, batch, threads, gil=True)
                 # the rate achieved in the first run, applied to the second's stepping time
-                share = held / max(1.0, every * held_seconds / seconds)
+                if every == 0:
+                    raise SystemExit(
+                        f"expected py-spy samples of {STEP_FRAME}() in {network}'s child; "
+                        "received none (did py-spy read its frames?)"
+                    )
+                share = held / (every * held_seconds / seconds)
                 step_ms.append(1e3 * held_seconds / args.steps)
                 held_ms.append(share * step_ms[-1])
                 cells.append(f"{100 * share:3.0f} % of {step_ms[-1]:6.1f} = {held_ms[-1]:5.1f} ms")
@@ -239,7 +251,7 @@ def threads_at_limit(one_thread_ms: float, held_ms: float, added_ms: float) -> s
     GIL-held time, ``held_ms + (p - 1) * added_ms``, which runs one thread at a time: beyond
     it more threads cannot help (a linear model of the two measured counts)."""
     if added_ms <= 0:
-        return f"{one_thread_ms / max(held_ms, 1e-9):.0f}"
+        return f"{one_thread_ms / max(held_ms, 1e-9):.1f}"
     b = held_ms - added_ms
     return f"{(-b + math.sqrt(b * b + 4 * added_ms * one_thread_ms)) / (2 * added_ms):.1f}"
 

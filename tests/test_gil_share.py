@@ -32,10 +32,12 @@ def test_counts_only_samples_taken_while_stepping():
 
 
 def test_threads_at_limit_meets_work_and_gil_time():
-    # 12 ms of work on one thread, 1 ms of GIL-held time, 1 ms more per thread: 12 / p = p
+    # 12 ms of work on one thread, 2 ms of GIL-held time, 1 ms more per thread:
+    # 12 / p = 2 + (p - 1) at p = 3
+    assert float(gil_share.threads_at_limit(12.0, 2.0, 1.0)) == pytest.approx(3.0, abs=0.05)
     assert float(gil_share.threads_at_limit(12.0, 1.0, 1.0)) == pytest.approx(12**0.5, abs=0.05)
     # GIL-held time that does not grow: Amdahl's bound
-    assert gil_share.threads_at_limit(12.0, 3.0, 0.0) == "4"
+    assert float(gil_share.threads_at_limit(12.0, 3.0, 0.0)) == 4.0
 
 
 def test_child_times_the_suite_network(monkeypatch):
@@ -52,17 +54,19 @@ def test_child_times_the_suite_network(monkeypatch):
 def test_share_of_a_small_network_is_a_fraction():
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gil_share.py"), "--networks", "reference",
-         "--batch-size", "16", "--steps", "40", "--rate", "500"],
+         "--batch-size", "16", "--steps", "60"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    if done.returncode != 0 and "ptrace" in done.stderr.lower() + done.stdout.lower():
+    said = (done.stderr + done.stdout).lower()
+    if done.returncode != 0 and any(w in said for w in ("ptrace", "permission", "not permitted")):
         pytest.skip("py-spy may not attach to processes here")
     assert done.returncode == 0, done.stderr
     row = done.stdout.strip().splitlines()[-1].split()
     assert row[:2] == ["reference", "16"]
     shares = [int(row[2]), int(row[9])]  # "N % of T = G ms", once per thread count
-    # two runs' sample counts over a fraction of a second each: a share may pass 100 a little
-    assert all(0 <= share <= 120 for share in shares)
+    # the ratio of two runs' sample counts, each over about a second: on a loaded machine a
+    # share may pass 100; this checks the wiring, not the figure
+    assert all(0 <= share <= 200 for share in shares)
 
 
 def test_call_contention_prints_a_ratio_per_call(capsys):
