@@ -440,8 +440,8 @@ POOLED_CONV_BLOCK_BYTES = 64 << 20
 # layer's training step, 1 -> 16 / 32 filters at 28x28, whole / 4 MiB blocks, ms): batch 512
 # (a thread's rows and outputs: 21 / 34 MB) `small` 26.9 / 19.7, `reference` 40.0 / 31.7, their
 # training steps 1.04x / 1.02x; batch 128 (5 / 8.4 MB) `reference` 8.8 / 8.3 but its step
-# 0.92-1.16x in three runs, hence whole parts up to 16 MiB. Inference keeps POOLED_CONV_BLOCK_BYTES: its blocks
-# are smaller already, and 4 MiB lost 4-6 % there.
+# 0.92-1.16x in three runs, hence whole parts up to 16 MiB. Inference keeps
+# POOLED_CONV_BLOCK_BYTES: its blocks are smaller already, and 4 MiB lost 4-6 % there.
 POOLED_CONV_SLICE_WHOLE_PART_BYTES = 16 << 20
 POOLED_CONV_SLICE_BLOCK_BYTES = 4 << 20
 
