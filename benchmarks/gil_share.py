@@ -227,17 +227,17 @@ def main() -> None:
             for threads in (1, p):
                 every, seconds = sampled(args, py_spy, network, batch, threads, gil=False)
                 held, held_seconds = sampled(args, py_spy, network, batch, threads, gil=True)
-                # the rate achieved in the first run, applied to the second's stepping time
                 if every == 0:
                     raise SystemExit(
                         f"expected py-spy samples of {STEP_FRAME}() in {network}'s child; "
                         "received none (did py-spy read its frames?)"
                     )
+                # the rate achieved in the first run, applied to the second's stepping time
                 share = held / (every * held_seconds / seconds)
                 step_ms.append(1e3 * held_seconds / args.steps)
                 held_ms.append(share * step_ms[-1])
                 cells.append(f"{100 * share:3.0f} % of {step_ms[-1]:6.1f} = {held_ms[-1]:5.1f} ms")
-            added = (held_ms[1] - held_ms[0]) / max(1, p - 1)
+            added = (held_ms[1] - held_ms[0]) / (p - 1)  # p >= 2, checked above
             limit = threads_at_limit(step_ms[0], held_ms[0], added)
             print(
                 f"{network:<13} {batch:>5}  {cells[0]:>24}  {cells[1]:>24}  {added:13.1f} ms  "

@@ -139,13 +139,17 @@ IM2COL_BLOCK_BYTES = 2 << 20
 IM2COL_WHOLE_PART_BYTES = 8 << 20
 
 
-def _training_block(images: int, rows_per_image: int) -> int:
-    """Images per block of a training part of ``images`` images, each with
-    ``rows_per_image`` bytes of im2col rows: the whole part if its rows fit
-    :data:`IM2COL_WHOLE_PART_BYTES`, else :data:`IM2COL_BLOCK_BYTES` blocks."""
-    if images * rows_per_image <= IM2COL_WHOLE_PART_BYTES:
+def _training_block(
+    images: int, per_image: int, whole_bytes: int | None = None, block_bytes: int | None = None
+) -> int:
+    """Images per block of a training part of ``images`` images, each with ``per_image``
+    bytes kept (im2col rows): the whole part if it fits ``whole_bytes``, else blocks of
+    ``block_bytes`` (by default :data:`IM2COL_WHOLE_PART_BYTES` and
+    :data:`IM2COL_BLOCK_BYTES`)."""
+    whole = IM2COL_WHOLE_PART_BYTES if whole_bytes is None else whole_bytes
+    if images * per_image <= whole:
         return max(1, images)
-    return _images_per_block(IM2COL_BLOCK_BYTES, rows_per_image)
+    return _images_per_block(IM2COL_BLOCK_BYTES if block_bytes is None else block_bytes, per_image)
 
 
 def conv2d_forward_fast(x, weight, bias, stride, padding, relu=False, training=True):
@@ -526,12 +530,11 @@ def conv_relu_max_pool_forward_fast(x, weight, bias, stride, padding, pool, trai
     out = np.empty((N, PH, PW, F), dtype=x.dtype)
     per_image = D * PH * PW * (L + F) * x.itemsize
     parts = max(1, count_parts(N, per_image))  # 0 for an empty batch
-    if (
-        training
-        and not window_gather_pays(C, (KH, KW))
-        and (-(-N // parts) * per_image > POOLED_CONV_SLICE_WHOLE_PART_BYTES)
-    ):
-        block = _images_per_block(POOLED_CONV_SLICE_BLOCK_BYTES, per_image)
+    if training and not window_gather_pays(C, (KH, KW)):  # the largest part, whole or blocked
+        block = _training_block(
+            -(-N // parts), per_image,
+            POOLED_CONV_SLICE_WHOLE_PART_BYTES, POOLED_CONV_SLICE_BLOCK_BYTES,
+        )  # fmt: skip
     else:  # inference rows are scratch, one block per thread: the threads share the bound
         block = _images_per_block(POOLED_CONV_BLOCK_BYTES, per_image * (1 if training else parts))
     cols = np.empty((D, N, PH, PW, L), dtype=x.dtype) if training else None
