@@ -79,3 +79,20 @@ def test_call_contention_prints_a_ratio_per_call(capsys):
     rows = capsys.readouterr().out.strip().splitlines()[1:]
     assert len(rows) == 3 and all(row.rstrip().endswith("x") for row in rows)
     assert all(float(row.split()[-1][:-1]) > 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    "arguments,expected",
+    [
+        (["--threads", "1"], "expected --threads of at least 2 (compared with one); received 1"),
+        (["--networks", "nope"], "unknown networks ['nope']"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(arguments, expected):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gil_share.py"), *arguments],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert expected in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
