@@ -276,6 +276,9 @@ POOLED_CONV_GEOMETRIES = [
     ((2, 12, 13, 4), 3, (2, 3), (2, 1), (0, 0, 0, 0), (3, 2)),
     ((1, 4, 4, 2), 2, (1, 1), (1, 1), (0, 0, 0, 0), (4, 4)),  # one window
     ((2, 15, 13, 3), 4, (3, 2), (2, 1), (1, 0, 0, 1), (2, 3)),  # C = 3, strided, ragged
+    # 16 channels (with ties, sums of 145 terms), ragged edges; 5x5 with F > C
+    ((2, 11, 9, 16), 16, (3, 3), (1, 1), (1, 1, 0, 1), (2, 2)),
+    ((2, 10, 9, 16), 24, (5, 5), (1, 1), (2, 2, 2, 1), (2, 3)),
 ]
 
 
@@ -297,13 +300,15 @@ def test_numpy_pooled_conv_equals_the_standard_code(
     monkeypatch.setenv(_cpu_threads.CPU_THREADS_ENV, str(threads))
     rng = np.random.default_rng(2)
     C = shape[3]
-    if ties:  # small integers: equal maxima and zero outputs in many windows
+    if ties:  # small integers: equal maxima and zero outputs in many windows, and exact sums
+        # (a fractional bias rounds each GEMM's sum its own way: ties then break by rounding)
         x = rng.integers(-1, 2, shape).astype(np.float32)
         weight = rng.integers(-1, 2, (filters, C, *kernel)).astype(np.float32)
+        bias = rng.integers(-1, 2, filters).astype(np.float32)
     else:
         x = rng.standard_normal(shape, dtype=np.float32)
         weight = rng.standard_normal((filters, C, *kernel), dtype=np.float32)
-    bias = rng.standard_normal(filters, dtype=np.float32)
+        bias = rng.standard_normal(filters, dtype=np.float32)
     if not ties:  # a NaN pixel: windows that see it pass no gradient, as in the layers
         x[0, 1, 1, 0] = np.nan
     with _cpu_threads.parallel():
@@ -387,7 +392,32 @@ CONV_GEOMETRIES = [
     ((5, 9, 8, 1), 3, (3, 3), (1, 1), (0, 0, 0, 0)),  # C = 1, 3x3: the slice-loop fill
     ((4, 10, 11, 6), 4, (3, 2), (2, 1), (1, 2, 0, 1)),
     ((3, 7, 7, 4), 5, (1, 1), (1, 1), (0, 0, 0, 0)),
+    # the input gradient as a convolution of the padded output gradient (F <= C; F > C
+    # under a kernel over 3x3), asymmetric padding; padding of 3 under a 3x3 kernel: col2im
+    ((3, 6, 7, 16), 16, (3, 3), (1, 1), (1, 0, 2, 1)),
+    ((2, 6, 5, 16), 24, (5, 3), (1, 1), (0, 4, 2, 1)),
+    ((2, 4, 5, 16), 8, (3, 3), (1, 1), (3, 1, 0, 0)),
 ]
+
+
+@pytest.mark.parametrize(
+    "filters,channels,kernel,stride,padding,expected",
+    [
+        (16, 16, (3, 3), (1, 1), (1, 1, 1, 1), True),
+        (32, 64, (3, 3), (1, 1), (0, 0, 0, 0), True),
+        (32, 16, (3, 3), (1, 1), (1, 1, 1, 1), False),  # F = 2C under 3x3: col2im
+        (32, 16, (5, 5), (1, 1), (2, 2, 2, 2), True),  # 25 slice-adds: the gather
+        (16, 6, (5, 5), (1, 1), (0, 0, 0, 0), False),  # a GEMM 6 columns wide
+        (16, 16, (1, 1), (1, 1), (0, 0, 0, 0), False),  # nothing overlaps
+        (16, 16, (3, 3), (2, 2), (1, 1, 1, 1), False),  # stride 2
+        (16, 16, (3, 3), (1, 1), (3, 1, 0, 0), False),  # padding beyond KH - 1
+    ],
+)
+def test_numpy_conv_input_grad_gather_rule(filters, channels, kernel, stride, padding, expected):
+    from gpucnn.functional._numpy_kernels import input_grad_gather_pays
+
+    weight_shape = (filters, channels, *kernel)
+    assert input_grad_gather_pays(weight_shape, stride, padding) is expected
 
 
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)
