@@ -41,8 +41,14 @@ DTYPES = ("float32", "float64")
 MODEL_FILE = "model.npz"  # what a run folder holds once trained: the final model
 CHECKPOINT_FILE = "checkpoint.npz"  # the resumable state, rewritten every epoch
 # Images per block for CPU inference in predict_proba: a block's activations stay in cache,
-# measured 6.8k -> 8.1k-9.1k images/s against one pass at batch 1000 on the reference network.
-INFERENCE_BLOCK = 128
+# measured 6.8k -> 8.1k-9.1k images/s against one pass at batch 1000 on the reference network
+# (blocks of 128, before the layers split their images over threads and took their own
+# cache-sized blocks). Since then every layer's NumPy calls are paid once per block and
+# thread, and larger blocks won. Measured (AMD EPYC, 2 threads, 1000 images, medians of 7-11
+# alternating passes, 256 / 512 against 128): `lenet` 1.00-1.13x / 0.96-1.09x, `reference`
+# 1.03-1.08x / 1.00-1.02x, `small` 0.95-1.10x / 0.98-1.11x, `resnet` 1.06-1.09x / 1.13-1.14x,
+# `strided` 1.13x / 1.18-1.20x, `vgg` 1.05-1.09x / 0.99-1.06x; 256 is nowhere clearly slower.
+INFERENCE_BLOCK = 256
 GPU_INFERENCE_BATCH = 1024  # a GPU wants large batches; this bounds the activation memory
 # step_hook(step_name, "forward" | "backward") returns a context manager wrapped around the
 # step's evaluation (used by the benchmark's per-layer profile)
