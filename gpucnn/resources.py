@@ -90,16 +90,20 @@ def retain_freed_memory() -> bool:
     freed, so every step takes the page faults of touching new memory again: on an Intel
     Xeon VM (AVX-512, 2 cores) a ``reference`` step at batch 128 took 31.9 ms that way and
     26.5 ms with this (median of 3 alternating runs of 30 steps; peak RSS unchanged). Here,
-    allocations of any size come from the heap (glibc maps anything of 32 MiB or more on its
-    own otherwise, whatever the threshold asks), and up to 256 MiB freed at its top stays
-    there for the next step. Measured with mappings still made for 32 MiB and more (AMD EPYC,
-    2 cores, batch 512, alternating processes of 30 steps): `lenet`'s 42 MB im2col array of its
-    first layer was mapped, faulted in and unmapped every step (509 faults a step, none
-    without); steps 2-11 took 60.4 / 39.6 ms (mapped / not), steps 11-30 40.9 / 38.0 ms;
-    `small_bn` 115.5 / 99.1 and 92.8 / 93.9 ms; peak RSS 231 / 225 and 360 / 348 MiB. A
-    process-wide setting, made once; :meth:`Trainer.fit <gpucnn.trainer.Trainer.fit>` calls
-    it. Memory freed below the heap's top is kept for reuse, not returned. Returns whether it
-    applies (glibc only).
+    allocations come from the heap (otherwise glibc maps anything of 32 MiB or more on its own,
+    the threshold's maximum; in threads other than the main one it still maps 64 MiB or
+    more), and up to 256 MiB freed at its top stays there for the next step. Measured with
+    mappings still made for 32 MiB and more (AMD EPYC, 2 cores, batch 512, alternating
+    processes of 30 steps): `lenet`'s 42 MB im2col array of its first layer was mapped,
+    faulted in and unmapped every step (509 faults a step, none without); steps 2-11 took
+    60.4 / 39.6 ms (mapped / not), steps 11-30 40.9 / 38.0 ms; `small_bn` 115.5 / 99.1 and
+    92.8 / 93.9 ms; peak RSS 231 / 225 and 360 / 348 MiB.
+
+    The price: memory freed below the heap's top (a large array freed while later ones live)
+    is kept for reuse by this process, not returned, so the resident size stays near its
+    high-water mark. A process-wide setting for every library in the process, made once and
+    kept after training ends; :meth:`Trainer.fit <gpucnn.trainer.Trainer.fit>` calls it.
+    Returns whether it applies (glibc only).
     """
     global _retaining
     if _retaining:

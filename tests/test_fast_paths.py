@@ -410,6 +410,9 @@ CONV_GEOMETRIES = [
         (16, 6, (5, 5), (1, 1), (0, 0, 0, 0), False),  # a GEMM 6 columns wide
         (16, 16, (1, 1), (1, 1), (0, 0, 0, 0), False),  # nothing overlaps
         (16, 16, (3, 3), (2, 2), (1, 1, 1, 1), False),  # stride 2
+        (16, 16, (3, 3), (1, 2), (1, 1, 1, 1), False),  # stride 2 along one axis
+        (16, 16, (3, 3), (2, 1), (1, 1, 1, 1), False),
+        (128, 16, (5, 5), (1, 1), (2, 2, 2, 2), False),  # F = 8C: rows 8x im2col's
         (16, 16, (3, 3), (1, 1), (3, 1, 0, 0), False),  # padding beyond KH - 1
     ],
 )
@@ -418,6 +421,18 @@ def test_numpy_conv_input_grad_gather_rule(filters, channels, kernel, stride, pa
 
     weight_shape = (filters, channels, *kernel)
     assert input_grad_gather_pays(weight_shape, stride, padding) is expected
+
+
+def test_numpy_conv_geometries_take_both_input_gradient_paths():
+    """The split-conv tests below see the gather and col2im both (a retuned rule that left
+    one untested would fail here)."""
+    from gpucnn.functional._numpy_kernels import input_grad_gather_pays
+
+    taken = [
+        input_grad_gather_pays((filters, shape[3], *kernel), stride, padding)
+        for shape, filters, kernel, stride, padding in CONV_GEOMETRIES
+    ]
+    assert taken == [False, False, False, True, True, False]
 
 
 @pytest.mark.parametrize("shape,filters,kernel,stride,padding", CONV_GEOMETRIES)

@@ -110,8 +110,9 @@ def input_grad_gather_pays(weight_shape, stride, padding) -> bool:
     gather of every window and one GEMM) than as KH*KW (F, C) GEMMs whose columns col2im adds
     back with KH*KW slice-adds. The gather copies KH*KW*F values per input pixel, the GEMM
     route writes KH*KW*C and adds each back, so it pays where F <= C, and for kernels over 3x3
-    (25 slice-adds) also at F = 2C; a GEMM only C = 16 columns wide was still faster, one
-    narrower not. Measured (AMD EPYC, one thread, 64 images, input gradient, col2im / gather,
+    (25 slice-adds) also at F = 2C (not beyond: at F = 8C, 5x5 from 16 channels, it took twice
+    as long, and its rows take 8x the memory); a GEMM only C = 16 columns wide was still
+    faster, one narrower not. Measured (AMD EPYC, one thread, 64 images, input gradient, col2im / gather,
     ms): 3x3 14x14x32 -> 32 7.7 / 3.8, 7x7x64 -> 64 4.1 / 3.6, 4x4x128 -> 128 4.6 / 4.1,
     28x28x16 -> 16 8.2 / 6.1, 14x14x64 -> 32 12.4 / 6.7; 5x5 14x14x64 -> 128 99.6 / 67.4,
     14x14x16 -> 32 8.8 / 6.5; losing: 3x3 14x14x16 -> 32 2.8 / 3.6, 13x13x32 -> 64 unpadded
@@ -126,9 +127,17 @@ def input_grad_gather_pays(weight_shape, stride, padding) -> bool:
         tuple(stride) == (1, 1)
         and KH * KW > 1
         and C >= 16
-        and (F <= C or KH * KW > 9)
+        and (F <= C or (KH * KW > 9 and F <= 2 * C))  # the gather's rows grow with F
         and 0 <= min(PT, PB) <= max(PT, PB) < KH
         and 0 <= min(PL, PR) <= max(PL, PR) < KW
+    )
+
+
+def _flipped_filters(weight: Array) -> Array:
+    """(F, C, KH, KW) -> (KH*KW*F, C): row (i, j, f) holds ``weight[f, :, KH-1-i, KW-1-j]``."""
+    F, C, KH, KW = weight.shape
+    return np.ascontiguousarray(
+        weight[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(KH * KW * F, C)
     )
 
 
@@ -138,35 +147,30 @@ class _FlippedConv:
     With ``g`` (n, OH, OW, F) the output gradient, the input gradient (n, H, W, C) is
     ``grad_x[y, x, c] = sum(gpad[y + i, x + j, f] * weight[f, c, KH-1-i, KW-1-j])``, ``gpad``
     being ``g`` with KH-1-PT zero rows above, KH-1-PB below (KW-1-PL and KW-1-PR columns):
-    every window of ``gpad`` gathered into rows of KH*KW*F, one GEMM with the flipped filters
-    (KH*KW*F, C). The zero border of ``gpad`` is written once per thread; each block writes
-    its interior only.
+    every window of ``gpad`` gathered into rows of KH*KW*F (as im2col gathers), one GEMM with
+    the flipped filters (KH*KW*F, C) of :func:`_flipped_filters`. The zero border of ``gpad``
+    is written once per thread; each block writes its interior only.
     """
 
-    def __init__(self, weight: Array, x_shape, padding, images: int):
-        F, C, KH, KW = weight.shape
-        _, H, W, _ = x_shape
-        self.kernel, self.top, self.left = (KH, KW), KH - 1 - padding[0], KW - 1 - padding[2]
-        # (KH*KW*F, C): row (i, j, f) holds weight[f, :, KH-1-i, KW-1-j]
-        self.w_flipped = np.ascontiguousarray(
-            weight[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(KH * KW * F, C)
-        )
-        self.gpad = np.zeros((images, H + KH - 1, W + KW - 1, F), dtype=weight.dtype)
-        self.rows = np.empty((images, H, W, KH * KW * F), dtype=weight.dtype)
+    def __init__(self, w_flipped: Array, kernel, x_shape, padding, images: int):
+        (KH, KW), (_, H, W, _) = kernel, x_shape
+        F = w_flipped.shape[0] // (KH * KW)
+        self.w_flipped, self.kernel = w_flipped, (KH, KW)
+        self.top, self.left = KH - 1 - padding[0], KW - 1 - padding[2]
+        self.gpad = np.zeros((images, H + KH - 1, W + KW - 1, F), dtype=w_flipped.dtype)
+        self.rows = np.empty((images, H, W, KH * KW * F), dtype=w_flipped.dtype)
 
     def __call__(self, g: Array, out: Array) -> None:
         """``out`` (n, H, W, C) = the input gradient of the block whose output gradient is
         ``g`` (n, OH, OW, F)."""
-        from numpy.lib.stride_tricks import sliding_window_view
+        from .im2col import fill_windows
 
-        n, OH, OW, F = g.shape
-        _, H, W, C = out.shape
-        KH, KW = self.kernel
+        n, OH, OW, _ = g.shape
         np.copyto(self.gpad[:n, self.top : self.top + OH, self.left : self.left + OW], g)
-        windows = sliding_window_view(self.gpad[:n], (KH, KW), axis=(1, 2))  # (n,H,W,F,KH,KW)
         rows = self.rows[:n]
-        np.copyto(rows.reshape(n, H, W, KH, KW, F), windows.transpose(0, 1, 2, 4, 5, 3))
-        np.matmul(rows.reshape(-1, KH * KW * F), self.w_flipped, out=out.reshape(-1, C))
+        fill_windows(self.gpad[:n], self.kernel, (1, 1), rows)
+        C = out.shape[-1]
+        np.matmul(rows.reshape(-1, rows.shape[-1]), self.w_flipped, out=out.reshape(-1, C))
 
 
 def _conv_grads(grad_wb: Array, weight_shape, grad_padded, padding):
@@ -300,10 +304,15 @@ def conv2d_backward_fast(
         return None
     sums = {}
     gather = need_input_grad and input_grad_gather_pays(weight.shape, stride, padding)
+    grad_padding = (0, 0, 0, 0) if gather else padding  # the gather's result is unpadded
     grad_padded, w_per_offset = (
-        _input_grad_buffers(weight, x_shape, (0, 0, 0, 0) if gather else padding)
-        if need_input_grad else (None, None)
-    )  # fmt: skip
+        _input_grad_buffers(weight, x_shape, grad_padding) if need_input_grad else (None, None)
+    )
+    w_flipped = _flipped_filters(weight) if gather else None
+    # a block's bytes per image: its im2col rows, or the gather's rows where those are larger
+    block_bytes = OH * OW * L * cols.itemsize
+    if gather:
+        block_bytes = max(block_bytes, x_shape[1] * x_shape[2] * KH * KW * F * cols.itemsize)
 
     def images(start, stop):
         g = grad_out[start:stop].reshape(-1, F)
@@ -314,14 +323,15 @@ def conv2d_backward_fast(
         sums[start] = np.matmul(g.T, cols[start:stop].reshape(-1, L))
         if not need_input_grad:
             return
-        step = _training_block(stop - start, OH * OW * L * cols.itemsize)
+        step = _training_block(stop - start, block_bytes)
         flipped = (
-            _FlippedConv(weight, x_shape, padding, min(step, stop - start)) if gather else None
-        )
+            _FlippedConv(w_flipped, (KH, KW), x_shape, padding, min(step, stop - start))
+            if gather else None
+        )  # fmt: skip
         for s in range(start, stop, step):
             e = min(s + step, stop)
             rows = g[(s - start) * OH * OW : (e - start) * OH * OW]
-            if flipped:
+            if flipped is not None:
                 flipped(rows.reshape(e - s, OH, OW, F), grad_padded[s:e])
                 continue
             # offset-major (KH*KW, n, OH, OW, C): every slice-add reads contiguous memory
@@ -329,7 +339,6 @@ def conv2d_backward_fast(
             _col2im_into(grad_padded[s:e], grad_cols, stride)
 
     over_images(N, per_image, images)
-    grad_padding = (0, 0, 0, 0) if gather else padding
     return _conv_grads(_sum_in_order(sums).T, weight.shape, grad_padded, grad_padding)
 
 
