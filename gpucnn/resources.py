@@ -120,7 +120,7 @@ def retain_freed_memory() -> bool:
         mallopt(option, value)
         for option, value in (
             (_M_MMAP_THRESHOLD, 32 << 20),
-            (_M_MMAP_MAX, 0),  # no mappings at all: the heap serves every size
+            (_M_MMAP_MAX, 0),  # no mappings: the heap serves what it can (see above)
             (_M_TRIM_THRESHOLD, 256 << 20),
         )
     )
