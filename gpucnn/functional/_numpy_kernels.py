@@ -113,9 +113,9 @@ def input_grad_gather_pays(weight_shape, stride, padding) -> bool:
     (25 slice-adds) also at F = 2C (not beyond: at F = 8C, 5x5 from 16 channels, it took twice
     as long, and its rows take 8x the memory); a GEMM only C = 16 columns wide was still
     faster, one narrower not. Measured (AMD EPYC, one thread, 64 images, input gradient,
-    col2im / gather, ms): 3x3 14x14x32 -> 32 7.7 / 3.8, 7x7x64 -> 64 4.1 / 3.6, 4x4x128 -> 128 4.6 / 4.1,
-    28x28x16 -> 16 8.2 / 6.1, 14x14x64 -> 32 12.4 / 6.7; 5x5 14x14x64 -> 128 99.6 / 67.4,
-    14x14x16 -> 32 8.8 / 6.5; losing: 3x3 14x14x16 -> 32 2.8 / 3.6, 13x13x32 -> 64 unpadded
+    col2im / gather, ms): 3x3 14x14x32 -> 32 7.7 / 3.8, 7x7x64 -> 64 4.1 / 3.6, 4x4x128 ->
+    128 4.6 / 4.1, 28x28x16 -> 16 8.2 / 6.1, 14x14x64 -> 32 12.4 / 6.7; 5x5 14x14x64 -> 128
+    99.6 / 67.4, 14x14x16 -> 32 8.8 / 6.5; losing: 3x3 14x14x16 -> 32 2.8 / 3.6, 13x13x32 -> 64 unpadded
     5.2 / 6.5, 5x5 14x14x6 -> 16 1.8 / 5.1, 1x1 0.8 / 1.0. `resnet`'s training step (2
     threads, medians of 10-16 alternating pairs): 1.04x at batch 128, 1.02x at 32. In the
     pool-aware convolution's backward pass (whose parts are not cut into cache-sized blocks)

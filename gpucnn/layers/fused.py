@@ -271,8 +271,9 @@ class Conv2DBatchNorm2DReLUMaxPool2D:
     and, for pooling windows that tile (stride equal to the window), the whole step is the
     pool-aware :func:`gpucnn.functional.conv.conv2d_relu_max_pool2d_forward`. Results equal
     the layers' up to rounding. Measured (AMD EPYC, 2 threads, against the
-    ``Conv2D, BatchNorm2D, ReLU`` step and a pooling, alternating in one process): ``small_bn`` training 1.05x / 1.11x /
-    1.08x at batch 32 / 128 / 512, inference at 1000 1.19x; ``resnet`` (its stem) 1.00-1.05x.
+    ``Conv2D, BatchNorm2D, ReLU`` step and a pooling, alternating in one process): ``small_bn``
+    training 1.05x / 1.11x / 1.08x at batch 32 / 128 / 512, inference at 1000 1.19x;
+    ``resnet`` (its stem) 1.00-1.05x.
 
     Input (N, H, W, C) -> output (N, PH, PW, F), as ``pool``.
     """
